@@ -1,0 +1,296 @@
+"""Datasets: the IDX reader, checksums, where files are looked for, and the validation split.
+
+NumPy only at import time. scikit-learn is imported by the functions that need it (the ``digits``
+set and the stratified split); Keras only for the last-resort download.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bench.errors import DataError
+
+FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+DIGIT_CLASSES = tuple(str(i) for i in range(10))
+IDX_FILES = {
+    "x_train": "train-images-idx3-ubyte.gz",
+    "y_train": "train-labels-idx1-ubyte.gz",
+    "x_test": "t10k-images-idx3-ubyte.gz",
+    "y_test": "t10k-labels-idx1-ubyte.gz",
+}
+# SHA-256 of the published Fashion-MNIST files (identical in the Keras cache and Debian's package).
+FASHION_SHA256 = {
+    "train-images-idx3-ubyte.gz": "b0564c3eedabfbf835052cff8503ea422014ce006caf5b757f851416ee8300c7",
+    "train-labels-idx1-ubyte.gz": "0ae29f65d86684f32d1b9c85147786c547b9c6aebcaf235f0400a0cce308b056",
+    "t10k-images-idx3-ubyte.gz": "cc1d090a38ace84dfa1aa66e3ada7c336ef481a96936906477e6dd344da56eaa",
+    "t10k-labels-idx1-ubyte.gz": "8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05",
+}
+MNIST_NPZ_SHA256 = "731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1"
+DATASETS = ("fashion-mnist", "mnist", "digits", "idx")
+SYSTEM_DIR = Path("/usr/share/datasets")
+
+_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Train and test arrays of one image-classification dataset, as raw uint8 pixels."""
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    class_names: tuple[str, ...]
+    source: str
+    digest: str
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+
+@dataclass(frozen=True)
+class Split:
+    """The training split a trial fits on and the validation split it is judged by."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+
+
+# ---------------------------------------------------------------- IDX
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read an IDX file (optionally gzip-compressed) into an array.
+
+    Args:
+        path: The ``.gz`` or uncompressed IDX file.
+
+    Returns:
+        The array, with the shape and element type the header declares.
+
+    Raises:
+        DataError: unreadable, corrupt gzip, wrong magic number or truncated data.
+    """
+    path = Path(path)
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except OSError as exc:
+        if isinstance(exc, gzip.BadGzipFile):
+            raise DataError(f"{path}: corrupt gzip file ({exc}); delete it and fetch it again") from None
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except (EOFError, zlib.error) as exc:
+        raise DataError(f"{path}: corrupt gzip file ({exc}); delete it and fetch it again") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES or raw[3] == 0:
+        head = raw[:4].hex() or "empty"
+        raise DataError(f"{path}: not an IDX file (magic number 0x{head}, expected "
+                        "0x0000TTNN with a known type TT and NN dimensions)")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"{path}: truncated IDX header")
+    shape = struct.unpack(f">{ndim}I", raw[4:header])
+    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    expected = int(np.prod(shape)) * dtype.itemsize
+    if len(raw) - header != expected:
+        raise DataError(f"{path}: IDX header declares shape {shape} ({expected} bytes) but the "
+                        f"file holds {len(raw) - header} bytes of data; the file is damaged")
+    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def write_idx(path: str | Path, array: np.ndarray) -> None:
+    """Write ``array`` as an IDX file (gzip-compressed when the name ends in ``.gz``)."""
+    codes = {np.dtype(v).newbyteorder("="): k for k, v in _IDX_DTYPES.items()}
+    code = codes[array.dtype]
+    blob = bytes([0, 0, code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    blob += array.astype(np.dtype(_IDX_DTYPES[code])).tobytes()
+    path = Path(path)
+    path.write_bytes(gzip.compress(blob, mtime=0) if path.suffix == ".gz" else blob)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------- locating files
+
+
+def keras_cache_dir() -> Path:
+    """Where Keras keeps downloaded datasets (``$KERAS_HOME/datasets``, default ``~/.keras``)."""
+    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "datasets"
+
+
+def candidate_dirs(name: str, data_dir: str | None) -> list[Path]:
+    """Directories searched for ``name``'s IDX files, in order."""
+    explicit = data_dir or os.environ.get("BENCH_DATA_DIR")
+    dirs = [Path(explicit)] if explicit else []
+    if name != "idx":
+        dirs += [keras_cache_dir() / name, SYSTEM_DIR / name]
+    return dirs
+
+
+def _has_idx(directory: Path) -> bool:
+    return all((directory / f).is_file() or (directory / f[:-3]).is_file() for f in IDX_FILES.values())
+
+
+def _idx_path(directory: Path, fname: str) -> Path:
+    return directory / fname if (directory / fname).is_file() else directory / fname[:-3]
+
+
+def _load_idx_dir(name: str, directory: Path, pinned: dict[str, str] | None) -> Dataset:
+    arrays, h = {}, hashlib.sha256()
+    for key, fname in IDX_FILES.items():
+        path = _idx_path(directory, fname)
+        digest = sha256_file(path)
+        if pinned and path.name in pinned and digest != pinned[path.name]:
+            raise DataError(f"{path}: SHA-256 {digest[:12]}… does not match the published "
+                            f"{pinned[path.name][:12]}…; the file is corrupt or not {name}; "
+                            "delete it and fetch it again")
+        h.update(digest.encode())
+        arrays[key] = read_idx(path)
+    return _assemble(name, arrays, str(directory), h.hexdigest()[:16])
+
+
+def _assemble(name: str, arrays: dict[str, np.ndarray], source: str, digest: str) -> Dataset:
+    for part in ("train", "test"):
+        x, y = arrays[f"x_{part}"], arrays[f"y_{part}"]
+        if x.ndim < 2:
+            raise DataError(f"{source}: {part} images have shape {x.shape}; expected (N, H[, W]) images")
+        if y.ndim != 1:
+            raise DataError(f"{source}: {part} labels have shape {y.shape}; expected one label per image")
+        if len(x) != len(y):
+            raise DataError(f"{source}: {len(x)} {part} images but {len(y)} {part} labels; "
+                            "the image and label files do not belong together")
+        if x.dtype != np.uint8:
+            raise DataError(f"{source}: {part} images are {x.dtype}; the models take uint8 pixels")
+    if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:]:
+        raise DataError(f"{source}: train images are {arrays['x_train'].shape[1:]} but test images "
+                        f"are {arrays['x_test'].shape[1:]}; both must have one shape")
+    labels = np.concatenate([arrays["y_train"], arrays["y_test"]]).astype(np.int64)
+    if labels.min() < 0:
+        raise DataError(f"{source}: labels must be >= 0, found {labels.min()}")
+    n_classes = int(labels.max()) + 1
+    classes = {"fashion-mnist": FASHION_CLASSES, "mnist": DIGIT_CLASSES}.get(name)
+    if classes is None or len(classes) != n_classes:
+        classes = tuple(str(i) for i in range(n_classes))
+    return Dataset(name, arrays["x_train"], arrays["y_train"].astype(np.int64), arrays["x_test"],
+                   arrays["y_test"].astype(np.int64), classes, source, digest)
+
+
+def _load_npz(path: Path) -> Dataset:
+    digest = sha256_file(path)
+    if digest != MNIST_NPZ_SHA256:
+        raise DataError(f"{path}: SHA-256 does not match Keras' published mnist.npz; delete it")
+    with np.load(path, allow_pickle=False) as f:
+        arrays = {k: f[k] for k in IDX_FILES}
+    return _assemble("mnist", arrays, str(path), digest[:16])
+
+
+def _digits() -> Dataset:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    images = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)  # 0..16 -> 0..255 like MNIST
+    x_tr, x_te, y_tr, y_te = train_test_split(images, bunch.target, test_size=0.2,
+                                              stratify=bunch.target, random_state=0)
+    digest = hashlib.sha256(images.tobytes() + bunch.target.tobytes()).hexdigest()[:16]
+    return Dataset("digits", x_tr, y_tr.astype(np.int64), x_te, y_te.astype(np.int64),
+                   DIGIT_CLASSES, "sklearn.datasets.load_digits", digest)
+
+
+def _download(name: str) -> None:
+    """Let Keras fetch the dataset into its cache (only works online)."""
+    import keras
+
+    loader = {"fashion-mnist": keras.datasets.fashion_mnist, "mnist": keras.datasets.mnist}[name]
+    loader.load_data()
+
+
+def load_dataset(name: str, data_dir: str | None = None, *, allow_download: bool = True) -> Dataset:
+    """Find, verify and decode a dataset.
+
+    Args:
+        name: ``fashion-mnist``, ``mnist``, ``digits`` or ``idx`` (any four IDX files in
+            ``data_dir``).
+        data_dir: Checked first; ``BENCH_DATA_DIR`` when not given.
+        allow_download: Try the Keras download when no local copy is found.
+
+    Returns:
+        The decoded dataset.
+
+    Raises:
+        DataError: one line saying where it looked and how to get the data.
+    """
+    if name not in DATASETS:
+        raise DataError(f"--dataset: unknown dataset {name!r}; choose one of {list(DATASETS)}")
+    if name == "digits":
+        return _digits()
+    dirs = candidate_dirs(name, data_dir)
+    if name == "idx" and not dirs:
+        raise DataError("--dataset idx needs --data-dir DIR (or BENCH_DATA_DIR) holding the four "
+                        f"IDX files {list(IDX_FILES.values())}")
+    pinned = FASHION_SHA256 if name == "fashion-mnist" else None
+
+    def local() -> Dataset | None:
+        for d in dirs:
+            if _has_idx(d):
+                return _load_idx_dir(name, d, pinned)
+        npz = keras_cache_dir() / "mnist.npz"
+        if name == "mnist" and npz.is_file():
+            return _load_npz(npz)
+        return None
+
+    found = local()
+    if found is None and allow_download and name != "idx":
+        try:
+            _download(name)
+        except Exception:  # noqa: BLE001 - offline, proxy, disk: all mean "not available"
+            pass
+        found = local()
+    if found is None:
+        looked = ", ".join(str(d) for d in dirs)
+        how = ("install Debian's package dataset-fashion-mnist, or " if name == "fashion-mnist" else "")
+        raise DataError(f"{name}: dataset files not found (looked in {looked}"
+                        f"{'; the Keras download failed' if allow_download and name != 'idx' else ''}); "
+                        f"{how}pass --data-dir DIR holding {', '.join(IDX_FILES.values())}")
+    return found
+
+
+def validation_split(ds: Dataset, size: int, seed: int) -> Split:
+    """Carve a stratified, seeded validation split out of the training set.
+
+    Raises:
+        DataError: when ``size`` leaves too little to train on.
+    """
+    n = len(ds.x_train)
+    if not 0 < size <= n // 2:
+        raise DataError(f"train.validation_size: {size} does not fit {ds.name}'s {n} training "
+                        f"images; use a value from {ds.n_classes} to {n // 2}")
+    from sklearn.model_selection import train_test_split
+
+    idx_tr, idx_val = train_test_split(np.arange(n), test_size=size, stratify=ds.y_train,
+                                       random_state=seed)
+    idx_tr.sort()
+    idx_val.sort()
+    return Split(ds.x_train[idx_tr], ds.y_train[idx_tr], ds.x_train[idx_val], ds.y_train[idx_val])

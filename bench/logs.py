@@ -1,0 +1,41 @@
+"""Logging for the CLIs: one line per message on stderr, secrets redacted, library noise quiet."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+from bench.errors import redact
+
+
+class RedactingFilter(logging.Filter):
+    """Masks passwords in URLs in every record, whoever logs it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = redact(record.getMessage())
+        record.args = ()
+        return True
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """Configure the ``bench`` logger and quiet TensorFlow, Optuna and MLflow chatter."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # no C++ chatter (cuInit, oneDNN)
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    handler.addFilter(RedactingFilter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    logging.getLogger("bench").setLevel(level)
+    for noisy in ("optuna", "mlflow", "alembic", "absl", "tensorflow", "keras", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    try:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
+        optuna.logging.disable_default_handler()
+    except ImportError:  # pragma: no cover
+        pass

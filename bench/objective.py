@@ -1,0 +1,158 @@
+"""One trial's training: configuration in, plain :class:`TrialResult` out.
+
+Knows neither Optuna nor MLflow. The caller passes an ``on_epoch`` hook that receives each
+epoch's metrics and answers whether to stop (that is how pruning and tracking hang on it).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bench.data import Split
+    from bench.space import TrainSpec
+
+EpochHook = Callable[[int, dict[str, float]], bool]
+COMPLETED, PRUNED, DIVERGED = "completed", "pruned", "diverged"
+
+
+@dataclass
+class TrialResult:
+    """What one training run produced."""
+
+    status: str  # completed | pruned | diverged
+    value: float  # validation metric of the returned weights (nan when diverged)
+    best_epoch: int
+    epochs_run: int
+    train_seconds: float
+    param_count: int
+    flops_per_sample: int  # forward pass, Dense layers
+    samples_trained: int
+    history: dict[str, list[float]] = field(default_factory=dict)
+    model: Any = None
+    reason: str = ""
+
+    @property
+    def training_flops(self) -> float:
+        """Forward + backward FLOPs actually spent (backward ~ 2x forward)."""
+        return 3.0 * self.flops_per_sample * self.samples_trained
+
+
+def _finite(x: Any) -> bool:
+    try:
+        return math.isfinite(float(x))
+    except (TypeError, ValueError):
+        return False
+
+
+def train(config: dict[str, Any], spec: TrainSpec, split: Split, n_classes: int, seed: int,
+          on_epoch: EpochHook | None = None, metric: str = "val_accuracy",
+          tensorboard_dir: str | None = None) -> TrialResult:
+    """Build and fit one MLP with early stopping; stop early when ``on_epoch`` says so.
+
+    Args:
+        config: Model configuration (see :func:`bench.space.suggest`).
+        spec: Epoch budget, early stopping and performance settings.
+        split: Training and validation arrays (raw uint8 pixels).
+        n_classes: Number of classes.
+        seed: Seeds Python, NumPy and the backend for this trial.
+        on_epoch: Called after each epoch with (epoch, metrics); returning True stops the trial
+            as pruned.
+        metric: ``val_accuracy`` (maximised) or ``val_loss`` (minimised).
+        tensorboard_dir: When given, Keras' TensorBoard callback writes there.
+
+    Returns:
+        The result, with the model holding the best epoch's weights.
+    """
+    import keras
+
+    from bench.model import build_mlp, make_optimizer
+
+    keras.utils.set_random_seed(seed)
+    mode = "max" if metric == "val_accuracy" else "min"
+    n = len(split.x_train)
+    batch = int(config["batch_size"])
+    steps_per_epoch = max(1, math.ceil(n / batch))
+    model = build_mlp(config, split.x_train.shape[1:], n_classes, split.x_train)
+    model.compile(
+        optimizer=make_optimizer(config["optimizer"], float(config["learning_rate"]),
+                                 config["lr_schedule"], steps_per_epoch * spec.max_epochs),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+        jit_compile=spec.jit_compile,
+        steps_per_execution=min(spec.steps_per_execution, steps_per_epoch),
+    )
+    stopper = keras.callbacks.EarlyStopping(monitor=metric, mode=mode, patience=spec.patience,
+                                            min_delta=spec.min_delta, restore_best_weights=True)
+    watch = _watch_class()(on_epoch)
+    callbacks = [stopper, watch]
+    if tensorboard_dir:
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=tensorboard_dir))
+    start = time.perf_counter()
+    model.fit(split.x_train, split.y_train, batch_size=batch, epochs=spec.max_epochs,
+              validation_data=(split.x_val, split.y_val),
+              validation_batch_size=spec.eval_batch_size, callbacks=callbacks, verbose=0)
+    seconds = time.perf_counter() - start
+    history = watch.history
+    epochs = len(history.get(metric, []))
+    best = stopper.best_epoch if epochs else 0
+    if watch.diverged:
+        status, value, reason = DIVERGED, float("nan"), watch.reason
+    else:
+        value = float(history[metric][best]) if epochs else float("nan")
+        status = PRUNED if watch.pruned else COMPLETED
+        reason = f"pruned at epoch {epochs - 1}" if watch.pruned else ""
+    return TrialResult(status, value, best, epochs, seconds, int(model.count_params()),
+                       _flops(model), watch.samples(n), history, model, reason)
+
+
+def _flops(model) -> int:
+    from bench.model import dense_flops
+
+    return dense_flops(model)
+
+
+def _watch_class():
+    """The Keras callback class, built on first use so importing this module stays cheap."""
+    import keras
+
+    class Watch(keras.callbacks.Callback):
+        """Collects per-epoch metrics, stops on divergence, relays epochs to the hook."""
+
+        def __init__(self, hook: EpochHook | None):
+            super().__init__()
+            self.hook = hook
+            self.history: dict[str, list[float]] = {}
+            self.pruned = False
+            self.diverged = False
+            self.reason = ""
+
+        def samples(self, n: int) -> int:
+            return len(self.history.get("loss", [])) * n
+
+        def on_train_batch_end(self, batch, logs=None):
+            loss = (logs or {}).get("loss")
+            if loss is not None and not _finite(loss):
+                self.diverged = True
+                self.reason = f"loss became {float(loss)} during epoch {len(self.history.get('loss', []))}"
+                self.model.stop_training = True
+
+        def on_epoch_end(self, epoch, logs=None):
+            metrics = {k: float(v) for k, v in (logs or {}).items()}
+            metrics["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+            for k, v in metrics.items():
+                self.history.setdefault(k, []).append(v)
+            if not all(_finite(metrics.get(k)) for k in ("loss", "val_loss") if k in metrics):
+                self.diverged = True
+                self.reason = self.reason or f"non-finite loss at epoch {epoch}"
+                self.model.stop_training = True
+                return
+            if self.hook is not None and self.hook(epoch, metrics):
+                self.pruned = True
+                self.model.stop_training = True
+
+    return Watch

@@ -1,0 +1,266 @@
+"""The only module that talks to MLflow: parent and trial runs, batched metrics, models, registry.
+
+Runs are driven through ``MlflowClient`` with explicit run ids, never through the fluent
+"active run" stack, so several worker processes (or machines) can write trial runs under one
+parent run without "run already active" errors. Calls made while a trial trains go through
+:meth:`Tracker.safe`: when the store is down the trial keeps training and its result still lands
+in the Optuna storage; the failure is reported once and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+from bench.errors import BenchError, redact
+
+if TYPE_CHECKING:
+    from bench.data import Dataset
+
+log = logging.getLogger("bench")
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow's own default: `mlflow ui` finds it
+
+
+def resolve_uri(cli_uri: str | None) -> str:
+    """``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else MLflow's default sqlite store."""
+    return cli_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def artifact_root(uri: str) -> str | None:
+    """Artifacts of a local sqlite store live in ``mlruns/`` beside the database file."""
+    if uri.startswith("sqlite:///"):
+        return str((Path(uri[len("sqlite:///"):]).resolve().parent / "mlruns"))
+    return None
+
+
+def check_uri(uri: str) -> None:
+    """Reject tracking URIs that cannot work, before anything is written.
+
+    Raises:
+        BenchError: the file store, an unwritable sqlite location, an unknown scheme.
+    """
+    parsed = urlparse(uri)
+    shown = redact(uri)
+    if parsed.scheme in ("", "file"):
+        raise BenchError(f"--tracking-uri {shown}: MLflow's file store is not supported (MLflow 3.13+ "
+                         "refuses it); use sqlite:///mlflow.db or an http(s):// tracking server")
+    if parsed.scheme == "sqlite":
+        db = Path(uri[len("sqlite:///"):])
+        folder = db.resolve().parent
+        for place in (folder, folder / "mlruns"):
+            probe = place if place.exists() else place.parent
+            if not os.access(probe, os.W_OK | os.X_OK) or (db.exists() and not os.access(db, os.W_OK)):
+                raise BenchError(f"--tracking-uri {shown}: {probe} is not writable; choose a "
+                                 "writable location for the tracking database and mlruns/")
+        return
+    if parsed.scheme not in ("http", "https", "postgresql", "mysql", "mssql", "databricks") and \
+            not parsed.scheme.startswith(("postgresql+", "mysql+")):
+        raise BenchError(f"--tracking-uri {shown}: unknown scheme '{parsed.scheme}'; use "
+                         "sqlite:///PATH, http(s)://HOST:PORT or a database URL")
+
+
+def _limit_http_retries() -> None:
+    # MLflow's defaults retry a dead server for minutes per call; a search should notice sooner.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+
+
+class Tracker:
+    """MLflow access for one process: created once, reused for every trial."""
+
+    def __init__(self, uri: str, experiment: str):
+        _limit_http_retries()
+        import mlflow
+        from mlflow import MlflowClient
+
+        self.uri = uri
+        self.mlflow = mlflow
+        mlflow.set_tracking_uri(uri)
+        self.client = MlflowClient(uri)
+        self.failures = 0
+        self._warned = False
+        try:
+            exp = self.client.get_experiment_by_name(experiment)
+            if exp is None:
+                try:
+                    root = artifact_root(uri)
+                    self.experiment_id = self.client.create_experiment(
+                        experiment, artifact_location=Path(root).as_uri() if root else None)
+                except Exception:  # noqa: BLE001 - another worker created it first
+                    exp = self.client.get_experiment_by_name(experiment)
+                    if exp is None:
+                        raise
+                    self.experiment_id = exp.experiment_id
+            else:
+                self.experiment_id = exp.experiment_id
+        except BenchError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise BenchError(f"--tracking-uri {redact(uri)}: cannot open the tracking store "
+                             f"({redact(_short(exc))})") from None
+
+    # -------------------------------------------------------------- resilience
+
+    def safe(self, fn, *args, **kwargs) -> Any:
+        """Call ``fn``; on failure warn once, count it and return None instead of raising."""
+        for attempt in range(3):
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001
+                if _is_locked(exc) and attempt < 2:
+                    time.sleep(0.5 * (attempt + 1))
+                    continue
+                self.failures += 1
+                if not self._warned:
+                    self._warned = True
+                    log.warning("tracking store %s failed (%s); results still go to the Optuna "
+                                "storage, tracking resumes when the store answers",
+                                redact(self.uri), redact(_short(exc)))
+                return None
+        return None
+
+    # -------------------------------------------------------------- runs
+
+    def start_parent(self, name: str, params: dict[str, Any], tags: dict[str, str]) -> str:
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=_clean(tags))
+        self.log_params(run.info.run_id, params)
+        return run.info.run_id
+
+    def reopen(self, run_id: str) -> None:
+        self.client.update_run(run_id, status="RUNNING")
+
+    def start_trial(self, parent_id: str, number: int, params: dict[str, Any],
+                    tags: dict[str, str]) -> str:
+        tags = {"mlflow.parentRunId": parent_id, **tags}
+        run = self.client.create_run(self.experiment_id, run_name=f"trial-{number}", tags=_clean(tags))
+        self.log_params(run.info.run_id, params)
+        return run.info.run_id
+
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, redact(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[i:i + 100])
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0,
+                    model_id: str | None = None) -> None:
+        """One batched call for all of an epoch's metrics."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step, model_id=model_id) for k, v in metrics.items()]
+        self.client.log_batch(run_id, metrics=batch)
+
+    def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in _clean(tags).items()])
+
+    def end_run(self, run_id: str, status: str) -> None:
+        """End a run as FINISHED, FAILED or KILLED."""
+        self.client.set_terminated(run_id, status)
+
+    def run_status(self, run_id: str) -> str:
+        return self.client.get_run(run_id).info.status
+
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        self.client.log_text(run_id, text, artifact_file)
+
+    def log_artifact(self, run_id: str, path: str, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(run_id, path, artifact_path)
+
+    def log_dataset(self, run_id: str, ds: Dataset) -> None:
+        """Record the dataset (name, digest, source, shape) as the parent run's input."""
+        import mlflow.data
+        from mlflow.entities import DatasetInput, InputTag
+
+        sample = ds.x_train[:1000]
+        dataset = mlflow.data.from_numpy(sample, targets=ds.y_train[:1000], source=ds.source,
+                                         name=ds.name, digest=ds.digest)
+        entity = dataset._to_mlflow_entity()
+        self.client.log_inputs(run_id, [DatasetInput(entity, [InputTag("mlflow.data.context",
+                                                                       "training")])])
+
+    # -------------------------------------------------------------- models
+
+    def log_model(self, run_id: str, model, image_shape: tuple[int, ...], n_classes: int):
+        """Log a Keras model (raw uint8 images -> probabilities) to a trial run.
+
+        Returns:
+            MLflow's ``ModelInfo`` (``model_uri``, ``model_id``).
+        """
+        import keras
+        import numpy as np
+        import tensorflow as tf
+        from mlflow.models import ModelSignature
+        from mlflow.types import Schema, TensorSpec
+
+        signature = ModelSignature(
+            inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, *image_shape), "pixels")]),
+            outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, n_classes), "probabilities")]),
+        )
+        requirements = [f"mlflow=={self.mlflow.__version__}", f"keras=={keras.__version__}",
+                        f"tensorflow=={tf.__version__}", f"numpy=={np.__version__}"]
+        with self.mlflow.start_run(run_id=run_id, nested=True):
+            return self.mlflow.keras.log_model(model, name="model", signature=signature,
+                                               pip_requirements=requirements)
+
+    def load_model(self, model_uri: str):
+        """Load a logged Keras model (Keras' safe mode: no arbitrary code)."""
+        return self.mlflow.keras.load_model(model_uri)
+
+    def register(self, model_uri: str, name: str, tags: dict[str, Any]):
+        return self.mlflow.register_model(model_uri, name, tags=_clean(tags))
+
+    def find_version(self, name: str, tags: dict[str, str]):
+        """The registered version of ``name`` carrying all ``tags``, or None."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            versions = self.client.search_model_versions(f"name = '{name}'")
+        except MlflowException:
+            return None
+        for v in versions:
+            if all(v.tags.get(k) == str(val) for k, val in tags.items()):
+                return v
+        return None
+
+    def champion(self, name: str, alias: str = "champion"):
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_model_version_by_alias(name, alias)
+        except MlflowException:
+            return None
+
+    def set_alias(self, name: str, version: str, alias: str = "champion") -> None:
+        self.client.set_registered_model_alias(name, alias, version)
+
+    def tag_version(self, name: str, version: str, tags: dict[str, Any]) -> None:
+        for k, v in _clean(tags).items():
+            self.client.set_model_version_tag(name, version, k, v)
+
+
+def _clean(tags: dict[str, Any]) -> dict[str, str]:
+    return {k: redact(v) for k, v in tags.items() if v is not None}
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:300]}" if text else type(exc).__name__
+
+
+def _is_locked(exc: BaseException) -> bool:
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, sqlite3.OperationalError) or "database is locked" in str(cause):
+            return "locked" in str(cause)
+        cause = cause.__cause__ or cause.__context__
+    return False

@@ -1,0 +1,51 @@
+"""Shared fixtures: seeded randomness, an isolated working directory, a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SPACES = REPO / "search_spaces"
+
+
+@pytest.fixture(autouse=True)
+def _seed_everything():
+    random.seed(0)
+    np.random.seed(0)
+    if "keras" in sys.modules:  # never import TensorFlow just to seed it
+        sys.modules["keras"].utils.set_random_seed(0)
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """A fresh current directory: the default mlflow.db, mlruns/ and journal land here."""
+    monkeypatch.chdir(tmp_path)
+    for var in ("MLFLOW_TRACKING_URI", "BENCH_DATA_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    return tmp_path
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "BENCH_DATA_DIR")}
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra)
+    return env
+
+
+def run_module(module: str, *args: str, cwd: Path, timeout: float = 600,
+               **env: str) -> subprocess.CompletedProcess:
+    """Run ``python -m module args`` the way a user would, capturing its output."""
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=cli_env(**env),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def write_space(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path

@@ -18,7 +18,9 @@ from pathlib import Path
 from bench.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, BenchError, redact
 
 log = logging.getLogger("bench")
-DEFAULT_SPACE = str(Path(__file__).resolve().parent.parent / "search_spaces" / "mlp.yaml")
+SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+DEFAULT_SPACE = str(SPACES_DIR / "mlp.yaml")
+BASELINES_SPACE = str(SPACES_DIR / "baselines.yaml")
 
 
 def _positive(text: str) -> int:
@@ -58,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fashion-mnist | mnist | digits | idx (default fashion-mnist)")
     p.add_argument("--data-dir", help="folder with the four IDX .gz files (else BENCH_DATA_DIR, the "
                                       "Keras cache, /usr/share/datasets/NAME)")
-    p.add_argument("--study-name", help="Optuna study (default: the experiment name)")
+    p.add_argument("--study-name", help="Optuna study (default <dataset>-<space file stem>, e.g. "
+                                        "fashion-mnist-mlp)")
     p.add_argument("--storage", help="Optuna storage: a journal file path (default "
                                      "optuna-studies.log) or a database URL, e.g. postgresql://...")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default MLFLOW_TRACKING_URI or "
@@ -115,12 +118,19 @@ def _run(args: argparse.Namespace, interrupts) -> int:
                          f"not fit {dataset.name}'s {n_train} training images; use at most {n_train // 2}")
     uri = resolve_uri(args.tracking_uri)
     check_uri(uri)
+    first = [b.payload() for b in space.baselines if b.dataset in (None, dataset.name)]
+    if args.with_baselines:
+        extra = load_space(BASELINES_SPACE).baselines
+        first += [b.payload() for b in extra if b.dataset in (None, dataset.name)]
+    if space.baselines and not first:
+        raise BenchError(f"{space.path}: none of its baselines runs on {dataset.name}")
+    n_trials = args.trials if space.searches else len(first)  # a baselines file runs each once
     default_name = f"{dataset.name}-mlp"
     cores = os.cpu_count() or 1
-    jobs = args.jobs or max(1, min(cores, args.trials))
+    jobs = args.jobs or max(1, min(cores, n_trials))
     cfg = SearchConfig(
         space_path=args.space, dataset=args.dataset, data_dir=args.data_dir,
-        study_name=args.study_name or args.experiment or default_name,
+        study_name=args.study_name or f"{dataset.name}-{Path(args.space).stem}",
         storage=args.storage or st.DEFAULT_STORAGE, tracking_uri=uri,
         experiment=args.experiment or default_name, model_name=args.model_name or default_name,
         max_epochs=args.max_epochs, seed=args.seed, register=not args.no_register,
@@ -133,11 +143,10 @@ def _run(args: argparse.Namespace, interrupts) -> int:
     from bench.tracking import Tracker
 
     tracker = Tracker(uri, cfg.experiment)
-    first = _baselines(space) if args.with_baselines else []
 
     def start_parent(batch_id: int) -> str:
         run_id = tracker.start_parent(f"{cfg.study_name}-batch-{batch_id}", {
-            "n_trials": args.trials, "dataset": dataset.name, "space": Path(args.space).name,
+            "n_trials": n_trials, "dataset": dataset.name, "space": Path(args.space).name,
             "sampler": space.sampler.name, "pruner": space.pruner.name, "seed": cfg.seed,
             "metric": space.metric, "storage": cfg.storage,
             **{f"train.{k}": v for k, v in space.train.__dict__.items()},
@@ -148,7 +157,7 @@ def _run(args: argparse.Namespace, interrupts) -> int:
         tracker.safe(tracker.log_dataset, run_id, dataset)
         return run_id
 
-    batch = st.open_batch(study, args.trials, start_parent, first)
+    batch = st.open_batch(study, n_trials, start_parent, first)
     done_before = len(_finished(study, batch.id))
     if not batch.created:
         tracker.safe(tracker.reopen, batch.parent_run_id)
@@ -176,12 +185,6 @@ def _run(args: argparse.Namespace, interrupts) -> int:
         return _interrupted(cfg, study, batch, tracker, done_before)
     progress.stop()
     return _summary(cfg, study, batch, time.time() - started)
-
-
-def _baselines(space) -> list[dict]:
-    from bench.baselines import enqueue_params
-
-    return enqueue_params(space)
 
 
 def _finished(study, batch_id: int):

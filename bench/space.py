@@ -142,6 +142,7 @@ class Space:
     train: TrainSpec
     params: dict[str, Param] = field(default_factory=dict)
     description: str = ""
+    baselines: tuple[Baseline, ...] = ()
 
     def with_overrides(self, *, max_epochs: int | None = None, seed: int | None = None) -> Space:
         """Return a copy with CLI overrides applied (``--max-epochs``, ``--seed``)."""
@@ -155,9 +156,15 @@ class Space:
     @property
     def search_hash(self) -> str:
         """Digest of what defines the search (params, metric); identifies a study's space."""
-        payload = {"metric": self.metric, "params": {k: _jsonable(v) for k, v in self.params.items()}}
+        payload = {"metric": self.metric, "params": {k: _jsonable(v) for k, v in self.params.items()},
+                   "baselines": [b.payload() for b in self.baselines]}
         blob = json.dumps(payload, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+    @property
+    def searches(self) -> bool:
+        """Whether any parameter is sampled (a baselines-only file searches nothing)."""
+        return any(not isinstance(p, FixedParam) for p in self.params.values())
 
     def fixed_values(self) -> dict[str, Any]:
         """The parameters this space does not search, as logged values."""
@@ -172,7 +179,61 @@ def _jsonable(p: Param) -> dict:
 
 # ---------------------------------------------------------------- parsing
 
-_TOP_KEYS = ("version", "description", "study", "train", "params")
+_TOP_KEYS = ("version", "description", "study", "train", "params", "baselines")
+_BASELINE_KEYS = ("name", "description", "params", "train", "published_test_accuracy", "dataset")
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """A fixed configuration (e.g. a tutorial's network) run as one trial with its own settings."""
+
+    name: str
+    config: dict  # the complete model configuration, per-layer values as lists
+    train: dict  # TrainSpec fields this configuration overrides (epochs, patience, ...)
+    published_test_accuracy: float | None = None
+    dataset: str | None = None  # run only on this dataset (None: any)
+    description: str = ""
+
+    def payload(self) -> dict:
+        """What a trial slot carries so any worker can run this configuration."""
+        return {"name": self.name, "config": self.config, "train": self.train,
+                "published_test_accuracy": self.published_test_accuracy}
+
+
+def _parse_baseline(ctx: _Ctx, i: int, data: Any, train_kinds: dict) -> Baseline:
+    where = f"baselines[{i}]"
+    data = ctx.keys(where, data, _BASELINE_KEYS)
+    name = _typed(ctx, f"{where}.name", data.get("name"), str, "a string")
+    raw = ctx.keys(f"{where}.params", data.get("params") or {}, tuple(PARAM_DEFAULTS))
+    fixed = {}
+    for key, default in PARAM_DEFAULTS.items():
+        p = _parse_param(ctx, key, raw.get(key, default)) if key in raw else FixedParam(default)
+        if not isinstance(p, FixedParam):
+            raise ctx.fail(f"{where}.params.{key}", "a baseline fixes every value; give a value, "
+                           "not a distribution")
+        fixed[key] = p
+    n = fixed["n_layers"].value
+    config: dict[str, Any] = {}
+    for key, p in fixed.items():
+        if key in PER_LAYER_OK:
+            values = list(p.value) if p.per_layer else [p.value] * n
+            if len(values) != n:
+                raise ctx.fail(f"{where}.params.{key}", f"needs {n} per-layer values (n_layers), "
+                               f"got {len(values)}")
+            config[key] = values
+        else:
+            config[key] = p.value
+    train = ctx.keys(f"{where}.train", data.get("train") or {}, tuple(train_kinds))
+    for key, value in train.items():
+        _typed(ctx, f"{where}.train.{key}", value, train_kinds[key][0], train_kinds[key][1])
+    published = data.get("published_test_accuracy")
+    if published is not None:
+        _typed(ctx, f"{where}.published_test_accuracy", published, (int, float), "a number")
+    dataset = data.get("dataset")
+    if dataset is not None:
+        _typed(ctx, f"{where}.dataset", dataset, str, "a dataset name")
+    return Baseline(name, config, dict(train), published, dataset,
+                    str(data.get("description", "")))
 _STUDY_KEYS = ("direction", "metric", "sampler", "pruner")
 _DIST_KEYS = {
     "int": ("type", "low", "high", "step", "log", "per_layer"),
@@ -330,12 +391,13 @@ def parse_space(data: Any, path: str = "<space>") -> Space:
     if sampler.n_startup_trials < 0 or pruner.n_startup_trials < 0 or pruner.n_warmup_steps < 0:
         raise ctx.fail("study", "n_startup_trials and n_warmup_steps must be >= 0")
 
-    train = _struct(ctx, "train", data.get("train"), TrainSpec, {
+    train_kinds = {
         "max_epochs": (int, "an integer"), "patience": (int, "an integer"),
         "min_delta": ((int, float), "a number"), "validation_size": (int, "an integer"),
         "steps_per_execution": (int, "an integer"), "jit_compile": ((bool, str), "true, false or auto"),
         "eval_batch_size": (int, "an integer"),
-    })
+    }
+    train = _struct(ctx, "train", data.get("train"), TrainSpec, train_kinds)
     for key in ("max_epochs", "patience", "validation_size", "steps_per_execution", "eval_batch_size"):
         if getattr(train, key) < 1:
             raise ctx.fail(f"train.{key}", f"must be >= 1, got {getattr(train, key)}")
@@ -356,7 +418,15 @@ def parse_space(data: Any, path: str = "<space>") -> Space:
             if not (isinstance(n_layers, FixedParam) and n_layers.value == len(p.value)):
                 raise ctx.fail(f"params.{name}", f"a list of {len(p.value)} per-layer values needs "
                                f"a fixed `n_layers: {len(p.value)}`")
-    return Space(path, version, metric, direction, sampler, pruner, train, params, description)
+    raw_baselines = data.get("baselines") or []
+    if not isinstance(raw_baselines, list):
+        raise ctx.fail("baselines", f"must be a list of configurations, got {raw_baselines!r}")
+    baselines = tuple(_parse_baseline(ctx, i, b, train_kinds) for i, b in enumerate(raw_baselines))
+    names = [b.name for b in baselines]
+    if len(set(names)) != len(names):
+        raise ctx.fail("baselines", f"names must be unique, got {names}")
+    return Space(path, version, metric, direction, sampler, pruner, train, params, description,
+                 baselines)
 
 
 def load_space(path: str | Path) -> Space:

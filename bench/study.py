@@ -33,6 +33,7 @@ SPACE_ATTR = "bench.space_hash"
 SLOT_ATTR = "bench.batch_id"
 OWNER_ATTR = "bench.owner"
 REASON_ATTR = "bench.reason"
+BASELINE_ATTR = "bench.baseline"  # on a slot: a fixed configuration to run instead of sampling
 CLAIM_SEP = "~claim~"
 MAX_RETRY = 3  # a configuration whose worker died is retried at most this often
 HEARTBEAT_INTERVAL = int(os.environ.get("BENCH_HEARTBEAT_INTERVAL", "10"))
@@ -193,7 +194,8 @@ def open_batch(study: optuna.Study, n_trials: int, start_parent, first: list[dic
         study: The study.
         n_trials: Slots of a new batch (ignored when joining).
         start_parent: ``f(batch_id) -> run_id``, called only by the process that opens the batch.
-        first: Fixed parameter sets to enqueue before the free slots (they count as slots).
+        first: Baseline payloads (:meth:`bench.space.Baseline.payload`) to enqueue before the
+            free slots; they count as slots.
         wait_seconds: How long a process that lost the race waits for the winner to publish.
     """
     batch = current_batch(study)
@@ -203,8 +205,8 @@ def open_batch(study: optuna.Study, n_trials: int, start_parent, first: list[dic
     if claim(study, f"batch-{new_id}"):
         parent = start_parent(new_id)
         first = first or []
-        for params in first:
-            study.enqueue_trial(params, user_attrs={SLOT_ATTR: new_id})
+        for payload in first:
+            study.enqueue_trial({}, user_attrs={SLOT_ATTR: new_id, BASELINE_ATTR: payload})
         for _ in range(max(0, n_trials - len(first))):
             study.enqueue_trial({}, user_attrs={SLOT_ATTR: new_id})
         opened = Batch(new_id, parent, max(n_trials, len(first)), "running", created=True)

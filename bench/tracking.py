@@ -79,6 +79,8 @@ class Tracker:
         import mlflow
         from mlflow import MlflowClient
 
+        logging.getLogger("mlflow").setLevel(logging.ERROR)  # mlflow sets its own on import
+        logging.getLogger("alembic").setLevel(logging.ERROR)
         self.uri = uri
         self.mlflow = mlflow
         mlflow.set_tracking_uri(uri)

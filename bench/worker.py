@@ -13,7 +13,7 @@ import logging
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from bench import study as st
@@ -134,13 +134,18 @@ class Worker:
 
         space, cfg = self.space, self.cfg
         seed = cfg.seed + trial.number
-        config = suggest(trial, space)
+        baseline = trial.user_attrs.get(st.BASELINE_ATTR)
+        if baseline:
+            config, spec = baseline["config"], replace(space.train, **baseline["train"])
+        else:
+            config, spec = suggest(trial, space), space.train
         trial.set_user_attr("bench.seed", seed)
-        params = {**flat_config(config), **_train_params(space), "seed": seed,
+        trial.set_user_attr("bench.config", config)
+        params = {**flat_config(config), **_train_params(spec), "seed": seed,
                   "dataset": self.dataset.name}
         tags = {"trial_number": trial.number, "study_name": cfg.study_name,
                 "space_hash": space.search_hash, "dataset_digest": self.dataset.digest,
-                "optuna_state": "RUNNING"}
+                "optuna_state": "RUNNING", "baseline": baseline["name"] if baseline else None}
         run_id = self.tracker.safe(self.tracker.start_trial, self.batch.parent_run_id,
                                    trial.number, params, tags)
         if run_id:
@@ -155,11 +160,11 @@ class Worker:
             value = metrics.get(space.metric)
             if value is not None:
                 trial.report(value, epoch)
-            return trial.should_prune()
+            return not baseline and trial.should_prune()  # reference rows always run in full
 
         beat = _Heartbeat(self.study, trial._trial_id)
         try:
-            result = train(config, space.train, self.split, self.dataset.n_classes, seed, on_epoch,
+            result = train(config, spec, self.split, self.dataset.n_classes, seed, on_epoch,
                            metric=space.metric, tensorboard_dir=self._tb_dir(trial.number))
         except KeyboardInterrupt:
             beat.stop()
@@ -261,8 +266,7 @@ class Worker:
         return summary
 
 
-def _train_params(space) -> dict[str, Any]:
-    t = space.train
+def _train_params(t) -> dict[str, Any]:
     return {"max_epochs": t.max_epochs, "patience": t.patience, "min_delta": t.min_delta,
             "validation_size": t.validation_size, "steps_per_execution": t.steps_per_execution,
             "jit_compile": t.jit_compile}
@@ -306,3 +310,6 @@ def worker_main(cfg: SearchConfig, batch_id: int, index: int) -> int:
     except BenchError as exc:
         log.error("worker %d: %s", index, exc)
         return 2
+    except Exception as exc:  # noqa: BLE001 - one line; a running trial is reaped by a peer
+        log.error("worker %d crashed: %s: %s", index, type(exc).__name__, redact(exc))
+        return 1

@@ -49,3 +49,26 @@ def run_module(module: str, *args: str, cwd: Path, timeout: float = 600,
 def write_space(path: Path, text: str) -> Path:
     path.write_text(text, encoding="utf-8")
     return path
+
+
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+def fashion_available() -> bool:
+    return (FASHION_DIR / "train-images-idx3-ubyte.gz").is_file() or bool(os.environ.get("BENCH_DATA_DIR"))
+
+
+@pytest.fixture(scope="session")
+def fashion_search(tmp_path_factory):
+    """One tiny real Fashion-MNIST search (2 trials x 2 epochs) shared by the slow tests.
+
+    Returns the folder it ran in: ``mlflow.db``, ``mlruns/`` and ``optuna-studies.log`` are there,
+    and ``models:/fashion-mnist-mlp@champion`` is registered.
+    """
+    if not fashion_available() and not os.environ.get("CI"):
+        pytest.skip("Fashion-MNIST files missing: apt-get install dataset-fashion-mnist")
+    folder = tmp_path_factory.mktemp("fashion-search")
+    proc = run_module("bench.search", "--trials", "2", "--max-epochs", "2", "--quiet",
+                      cwd=folder, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return folder

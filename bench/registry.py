@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("bench")
 ALIAS = "champion"
+CONFUSION_ATTR = "bench.confusion_matrix"  # on the study: the registered best model's test confusion
 
 
 def best_logged_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
@@ -36,6 +38,16 @@ def evaluate(model, dataset: Dataset) -> tuple[float, float]:
     """Test loss and accuracy of a model on the dataset's test split."""
     loss, acc = model.evaluate(dataset.x_test, dataset.y_test, batch_size=2048, verbose=0)
     return float(loss), float(acc)
+
+
+def confusion(model, dataset: Dataset) -> list[list[int]]:
+    """Test-set confusion matrix (rows: true class, columns: predicted class)."""
+    import numpy as np
+
+    predicted = model.predict(dataset.x_test, batch_size=2048, verbose=0).argmax(axis=1)
+    k = dataset.n_classes
+    counts = np.bincount(dataset.y_test * k + predicted, minlength=k * k).reshape(k, k)
+    return counts.tolist()
 
 
 def finalize(study: optuna.Study, batch: Batch, tracker: Tracker, dataset: Dataset,
@@ -57,6 +69,12 @@ def finalize(study: optuna.Study, batch: Batch, tracker: Tracker, dataset: Datas
     else:
         model = tracker.load_model(uri)
         test_loss, test_acc = evaluate(model, dataset)
+        matrix = confusion(model, dataset)
+        study.set_user_attr(CONFUSION_ATTR, {"trial": best.number, "classes": list(dataset.class_names),
+                                             "matrix": matrix})
+        tracker.safe(tracker.log_text, batch.parent_run_id,
+                     json.dumps({"classes": list(dataset.class_names), "matrix": matrix}),
+                     "champion/confusion_matrix.json")
         model_id = uri.split("/", 1)[1].lstrip("/") if uri.startswith("models:/") else None
         metrics = {"test_accuracy": test_acc, "test_loss": test_loss}
         tracker.log_metrics(batch.parent_run_id, metrics)

@@ -88,18 +88,18 @@ def finalize(study: optuna.Study, batch: Batch, tracker: Tracker, dataset: Datas
             "space_hash": space.search_hash,
         })
     champion = tracker.champion(cfg.model_name)
-    if champion is not None and champion.version == version.version:
+    if champion is not None and str(champion.version) == str(version.version):
         promoted = False  # already the champion (a rerun whose best trial did not change)
     else:
         old = float(champion.tags.get("test_accuracy", "nan")) if champion else None
         promoted = champion is None or not (old >= test_acc)  # a champion without a score loses
         tracker.tag_version(cfg.model_name, version.version, {
             "previous_champion_test_accuracy": "none" if old is None else old,
-            "previous_champion_version": champion.version if champion else "none",
+            "previous_champion_version": str(champion.version) if champion else "none",
             "promoted": str(promoted).lower()})
         if promoted:
             tracker.set_alias(cfg.model_name, version.version, ALIAS)
-    current = version.version if promoted or champion is None else champion.version
-    summary.update({"registered": version.version, "test_accuracy": test_acc, "test_loss": test_loss,
+    current = str(version.version if promoted or champion is None else champion.version)
+    summary.update({"registered": str(version.version), "test_accuracy": test_acc, "test_loss": test_loss,
                     "champion_version": current, "promoted": promoted})
     return summary

@@ -78,9 +78,9 @@ def make_storage(url: str | None) -> optuna.storages.BaseStorage:
     except (sqlalchemy.exc.ArgumentError, ValueError) as exc:
         raise BenchError(f"--storage {shown}: malformed storage URL ({_first_line(exc)}); "
                          "expected e.g. postgresql://user@host:5432/db or a journal file path") from None
-    except ModuleNotFoundError as exc:
-        raise BenchError(f"--storage {shown}: database driver missing ({exc.name}); install it, "
-                         "e.g. pip install psycopg2-binary") from None
+    except ImportError as exc:
+        raise BenchError(f"--storage {shown}: database driver missing ({_first_line(exc)}); "
+                         "install it, e.g. pip install 'psycopg[binary]' for PostgreSQL") from None
     except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.DBAPIError) as exc:
         raise BenchError(f"--storage {shown}: cannot connect to the database "
                          f"({redact(_first_line(exc.orig or exc))})") from None

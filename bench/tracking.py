@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,13 +51,16 @@ def check_uri(uri: str) -> None:
         raise BenchError(f"--tracking-uri {shown}: MLflow's file store is not supported (MLflow 3.13+ "
                          "refuses it); use sqlite:///mlflow.db or an http(s):// tracking server")
     if parsed.scheme == "sqlite":
-        db = Path(uri[len("sqlite:///"):])
-        folder = db.resolve().parent
-        for place in (folder, folder / "mlruns"):
-            probe = place if place.exists() else place.parent
-            if not os.access(probe, os.W_OK | os.X_OK) or (db.exists() and not os.access(db, os.W_OK)):
-                raise BenchError(f"--tracking-uri {shown}: {probe} is not writable; choose a "
-                                 "writable location for the tracking database and mlruns/")
+        folder = Path(uri[len("sqlite:///"):]).resolve().parent
+        if not folder.is_dir():
+            raise BenchError(f"--tracking-uri {shown}: folder {folder} does not exist; create it "
+                             "or point the tracking database somewhere that does")
+        try:  # a real write probe: permission bits say little to root or on read-only mounts
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=".bench-probe-"):
+                pass
+        except OSError as exc:
+            raise BenchError(f"--tracking-uri {shown}: cannot write in {folder} ({exc.strerror}); "
+                             "choose a writable location for the tracking database and mlruns/") from None
         return
     if parsed.scheme not in ("http", "https", "postgresql", "mysql", "mssql", "databricks") and \
             not parsed.scheme.startswith(("postgresql+", "mysql+")):

@@ -1,0 +1,494 @@
+"""``python -m bench.report``: a study's tables, plots and ``report.md``, read from the Optuna storage.
+
+Everything shown comes from the trials' user attributes (``bench.config``, ``bench.history``, ...)
+and the study's (``bench.batch``, ``bench.confusion_matrix``, ``bench.finalized``), so a report
+takes seconds and never imports TensorFlow. Only ``--finalize`` trains (see :mod:`bench.finalize`).
+The files are also logged as artifacts of the study's parent MLflow run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bench.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, BenchError, redact
+from bench.finalize import FINALIZED_ATTR
+
+if TYPE_CHECKING:
+    import optuna
+    import pandas as pd
+
+_FINISHED = ("COMPLETE", "PRUNED")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line and exit 2, like bench.search
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}; see --help\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m bench.report",
+                description="Tables, plots and report.md of a study; --finalize retrains the "
+                            "top configurations with several seeds and registers the champion.")
+    p.add_argument("--study-name", help="the study (default: the storage's only study)")
+    p.add_argument("--storage", help="Optuna storage: journal file or database URL (default "
+                                     "optuna-studies.log)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default MLFLOW_TRACKING_URI or "
+                                          "sqlite:///mlflow.db)")
+    p.add_argument("--out", help="output folder (default reports/<study>/)")
+    p.add_argument("--top-k", type=_positive, default=3,
+                   help="trials listed first, plotted as learning curves and finalized (default 3)")
+    p.add_argument("--no-mlflow", action="store_true", help="do not log the report to MLflow")
+    f = p.add_argument_group("--finalize (retrains: imports TensorFlow)")
+    f.add_argument("--finalize", action="store_true",
+                   help="retrain the top-k configurations with --seeds seeds each, score them on "
+                        "the test set, register the best mean as the champion")
+    f.add_argument("--seeds", type=_positive, default=3, help="seeds per configuration (default 3)")
+    f.add_argument("--dataset", default="fashion-mnist", help="the study's dataset (default fashion-mnist)")
+    f.add_argument("--data-dir", help="folder with the dataset's IDX files (as bench.search)")
+    f.add_argument("--space", help="the study's search-space file (default search_spaces/mlp.yaml)")
+    f.add_argument("--max-epochs", type=_positive, help="the study's --max-epochs, if it used one")
+    f.add_argument("--seed", type=int, default=0, help="the study's --seed: picks the validation split")
+    f.add_argument("--model-name", help="registered model name (default <dataset>-mlp)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from bench.logs import setup_logging
+
+    setup_logging()  # also silences Optuna's ExperimentalWarning on every matplotlib plot
+    try:
+        return _run(args)
+    except BenchError as exc:
+        print(f"error: {redact(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted; files written so far are kept", file=sys.stderr)
+        return 130
+
+
+def open_study(storage_url: str | None, name: str | None) -> optuna.Study:
+    """Load ``name``, or the storage's only study (claim markers do not count).
+
+    Raises:
+        BenchError: no storage, no such study, or several studies and no ``name``.
+    """
+    import optuna
+
+    from bench import study as st
+
+    url = storage_url or st.DEFAULT_STORAGE
+    if st.is_journal(url) and not Path(url).is_file():
+        raise BenchError(f"--storage {redact(url)}: no such journal file; run bench.search first "
+                         "or point --storage at the study's storage")
+    storage = st.make_storage(url)
+    names = sorted(n for n in optuna.get_all_study_names(storage) if st.CLAIM_SEP not in n)
+    if name is None:
+        if len(names) != 1:
+            raise BenchError(f"--study-name is required: {redact(url)} holds {len(names)} studies "
+                             f"({', '.join(names) or 'none'})")
+        name = names[0]
+    elif name not in names:
+        raise BenchError(f"--study-name {name!r}: not in {redact(url)}; it holds "
+                         f"{', '.join(names) or 'no study'}")
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def _run(args: argparse.Namespace) -> int:
+    study = open_study(args.storage, args.study_name)
+    from bench.tracking import resolve_uri
+
+    uri = resolve_uri(args.tracking_uri)
+    if args.finalize:
+        from bench.finalize import options_from_args, run
+
+        run(study, options_from_args(args, uri))
+    out = Path(args.out or Path("reports") / study.study_name.replace(os.sep, "_"))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BenchError(f"--out {out}: cannot create the folder ({exc.strerror})") from None
+    report = build(study, out, args.top_k)
+    print(report.text)
+    print(f"\nwrote {out / 'report.md'} and {len(report.images)} plot(s) to {out}/")
+    if not args.no_mlflow:
+        where = log_artifacts(study, uri, out, report.files)
+        print(where, file=sys.stderr if where.startswith("not logged") else sys.stdout)
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- tables
+
+
+def metric_name(study: optuna.Study) -> str:
+    return "val_accuracy" if study.direction.name == "MAXIMIZE" else "val_loss"
+
+
+def _fmt_list(values: Any) -> str:
+    if isinstance(values, (list, tuple)):
+        return "-".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
+    return "" if values is None else str(values)
+
+
+def trials_frame(study: optuna.Study, top_k: int) -> pd.DataFrame:
+    """Every trial, one row each: the completed ones best first, then the rest by number."""
+    import pandas as pd
+
+    sign = -1 if study.direction.name == "MAXIMIZE" else 1
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        c, a = t.user_attrs.get("bench.config") or {}, t.user_attrs
+        rows.append({
+            "trial": t.number, "state": t.state.name,
+            "baseline": (a.get("bench.baseline") or {}).get("name", ""),
+            "normalization": c.get("normalization", ""), "layers": c.get("n_layers"),
+            "units": _fmt_list(c.get("units")), "dropout": _fmt_list(c.get("dropout")),
+            "l2": c.get("l2"), "optimizer": c.get("optimizer", ""), "lr": c.get("learning_rate"),
+            "schedule": c.get("lr_schedule", ""), "batch": c.get("batch_size"),
+            metric_name(study): t.value, "epochs": a.get("bench.epochs"),
+            "seconds": a.get("bench.train_seconds"), "note": str(a.get("bench.reason", ""))[:60],
+        })
+    frame = pd.DataFrame(rows, columns=None if rows else ["trial", "state", metric_name(study)])
+    if frame.empty:
+        return frame
+    done = frame["state"] == "COMPLETE"
+    frame["_key"] = [sign * v if d else math.inf for v, d in zip(frame[metric_name(study)], done)]
+    frame = frame.sort_values(["_key", "trial"]).drop(columns="_key").reset_index(drop=True)
+    frame.insert(0, "rank", [str(i + 1) if d and i < top_k else "" for i, d in
+                             enumerate(frame["state"] == "COMPLETE")])
+    return frame
+
+
+def ablation(frame: pd.DataFrame, by: str, metric: str, maximize: bool) -> pd.DataFrame:
+    """Best and median of the metric and trial counts, per value of column ``by``."""
+    finished = frame[frame["state"].isin(_FINISHED) & frame[by].notna() & (frame[by] != "")]
+    done = finished[finished["state"] == "COMPLETE"]
+    table = done.groupby(by)[metric].agg(best="max" if maximize else "min", median="median",
+                                         completed="count")
+    table["finished"] = finished.groupby(by)["trial"].count()
+    table = table.sort_values("best", ascending=not maximize)
+    return table.reset_index()
+
+
+def baselines_frame(study: optuna.Study) -> pd.DataFrame | None:
+    """Published vs reproduced test accuracy of the baseline trials (None when there are none)."""
+    import pandas as pd
+
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        b = t.user_attrs.get("bench.baseline")
+        if not b:
+            continue
+        pub, got = b.get("published_test_accuracy"), t.user_attrs.get("bench.test_accuracy")
+        diff = got - pub if pub is not None and got is not None else None
+        rows.append({"baseline": b.get("name"), "trial": t.number, "state": t.state.name,
+                     "published": pub, "reproduced": got, "difference": diff,
+                     "within_1pt": "" if diff is None else ("yes" if abs(diff) <= 0.01 else "no"),
+                     metric_name(study): t.value, "epochs": t.user_attrs.get("bench.epochs")})
+    return pd.DataFrame(rows) if rows else None
+
+
+def finalized_frame(study: optuna.Study) -> pd.DataFrame | None:
+    """The --finalize record as a table: per configuration mean ± 95 % CI over seeds."""
+    import pandas as pd
+
+    record = study.user_attrs.get(FINALIZED_ATTR)
+    if not record:
+        return None
+    rows = []
+    for c in record["configs"]:
+        accs = c["test_accuracy"]
+        rows.append({"champion": "*" if c["trial"] == record["champion"]["trial"] else "",
+                     "trial": c["trial"], "baseline": c.get("baseline") or "",
+                     "seeds": len(accs), "mean": c["mean"], "ci95_low": c["ci_low"],
+                     "ci95_high": c["ci_high"], "test_accuracies": _fmt_list(
+                         [round(a, 4) for a in accs])})
+    return pd.DataFrame(rows)
+
+
+def _md(frame: pd.DataFrame) -> str:
+    """A GitHub markdown table (pandas' to_markdown needs the optional tabulate package)."""
+    def cell(v: Any) -> str:
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return ""
+        text = f"{v:.4g}" if isinstance(v, float) else str(v)
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    head = [str(c) for c in frame.columns]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |"
+              for row in frame.astype(object).itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def _text(frame: pd.DataFrame) -> str:
+    return frame.to_string(index=False, na_rep="", float_format=lambda v: f"{v:.4g}")
+
+
+# ---------------------------------------------------------------- the report
+
+
+class Report:
+    """What :func:`build` produced: printable text, markdown, and the files written."""
+
+    def __init__(self) -> None:
+        self.sections: list[tuple[str, pd.DataFrame | str]] = []
+        self.images: list[tuple[str, Path]] = []
+        self.notes: list[str] = []
+        self.files: list[Path] = []
+
+    @property
+    def text(self) -> str:
+        parts = [f"== {title}\n{body if isinstance(body, str) else _text(body)}"
+                 for title, body in self.sections]
+        parts += [f"note: {n}" for n in self.notes]
+        return "\n\n".join(parts)
+
+    def markdown(self, study_name: str) -> str:
+        parts = [f"# Benchmark report: {study_name}"]
+        for title, body in self.sections:
+            parts.append(f"## {title}\n\n{body if isinstance(body, str) else _md(body)}")
+        if self.images:
+            parts.append("## Plots\n\n" + "\n\n".join(f"### {t}\n\n![{t}]({p.name})"
+                                                      for t, p in self.images))
+        if self.notes:
+            parts.append("## Notes\n\n" + "\n".join(f"- {n}" for n in self.notes))
+        return "\n\n".join(parts) + "\n"
+
+
+def build(study: optuna.Study, out: Path, top_k: int) -> Report:
+    """Compute every table and plot of ``study``, write them and ``report.md`` into ``out``."""
+    report = Report()
+    metric, maximize = metric_name(study), study.direction.name == "MAXIMIZE"
+    frame = trials_frame(study, top_k)
+    counts = frame["state"].value_counts().to_dict() if not frame.empty else {}
+    summary = f"study '{study.study_name}': {len(frame)} trials " + \
+        ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))
+    done = frame[frame["state"] == "COMPLETE"] if not frame.empty else frame
+    if not done.empty:
+        best = done.iloc[0]
+        summary += f"; best {metric} {best[metric]:.4f} (trial {best['trial']})"
+    report.sections.append(("Summary", summary))
+    report.sections.append((f"Trials (top {top_k} ranked first)", frame))
+    if not done.empty:
+        for by, label in (("normalization", "normalization"), ("optimizer", "optimizer"),
+                          ("layers", "depth (hidden layers)")):
+            report.sections.append((f"Ablation by {label}", ablation(frame, by, metric, maximize)))
+    baselines = baselines_frame(study)
+    if baselines is not None:
+        report.sections.append(("Baselines: published vs reproduced test accuracy", baselines))
+    final = finalized_frame(study)
+    if final is not None:
+        record = study.user_attrs[FINALIZED_ATTR]
+        ch = record["champion"]
+        half = (ch["ci_high"] - ch["ci_low"]) / 2
+        report.sections.append(("Finalized champion", (
+            f"trial {ch['trial']}'s configuration: test accuracy {ch['mean']:.4f} ± {half:.4f} "
+            f"(95 % CI {ch['ci_low']:.4f}-{ch['ci_high']:.4f}, t-distribution, "
+            f"{len(record['seeds'])} seeds); registered {ch.get('model_name')} version "
+            f"{ch.get('version')} (best seed {ch['seed']}: {ch['test_accuracy']:.4f})")))
+        report.sections.append(("Finalized configurations (test accuracy over seeds)", final))
+    draw_plots(study, frame, out, top_k, report)
+    md = out / "report.md"
+    md.write_text(report.markdown(study.study_name), encoding="utf-8")
+    report.files = [md] + [p for _, p in report.images]
+    return report
+
+
+# ---------------------------------------------------------------- plots
+
+
+def _search_view(study: optuna.Study) -> optuna.Study:
+    """An in-memory copy holding only sampled trials: baseline rows have no Optuna params and
+    would empty the common search space that importances and parallel coordinates need."""
+    import optuna
+
+    view = optuna.create_study(direction=study.direction, study_name=study.study_name)
+    view.add_trials([t for t in study.get_trials(deepcopy=False)
+                     if t.distributions and t.state.name in _FINISHED])
+    return view
+
+
+def _common_params(view: optuna.Study) -> list[str]:
+    from optuna.trial import TrialState
+
+    done = view.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    names = set.intersection(*(set(t.params) for t in done)) if done else set()
+    return sorted(n for n in names if len({repr(t.params[n]) for t in done}) > 1)
+
+
+def _save(axes: Any, path: Path, size: tuple[float, float] | None = None) -> None:
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig = np.ravel(axes)[0].figure
+    if size:
+        fig.set_size_inches(*size)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _wall_time(study: optuna.Study, metric: str, maximize: bool):
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    trials = study.get_trials(deepcopy=False)
+    done = [t for t in trials if t.state.name == "COMPLETE" and t.datetime_complete]
+    if not done:
+        raise ValueError("no completed trial")
+    t0 = min(t.datetime_start for t in trials if t.datetime_start)
+    series = pd.Series([t.value for t in done], name=metric,
+                       index=[(t.datetime_complete - t0).total_seconds() / 60 for t in done]).sort_index()
+    _, ax = plt.subplots(figsize=(7, 4))
+    ax.scatter(series.index, series.values, s=12, color="tab:blue", alpha=0.6, label="trial")
+    best = series.cummax() if maximize else series.cummin()
+    best.plot(ax=ax, drawstyle="steps-post", color="tab:red", label="best so far")
+    ax.set(xlabel="wall time since the first trial started (minutes)", ylabel=metric,
+           title="Best so far against wall time")
+    ax.legend()
+    return ax
+
+
+def _learning_curves(study: optuna.Study, frame: pd.DataFrame, top_k: int):
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    ranked = [int(n) for n in frame.loc[frame["rank"] != "", "trial"]][:top_k]
+    histories = {n: study.trials[n].user_attrs.get("bench.history") for n in ranked}
+    histories = {n: h for n, h in histories.items() if h and h.get("loss")}
+    if not histories:
+        raise ValueError("the top trials have no bench.history")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for i, (n, hist) in enumerate(histories.items()):
+        curves = pd.DataFrame({k: v for k, v in hist.items() if k != "learning_rate"})
+        curves.index = range(1, len(curves) + 1)
+        for ax, key in zip(axes, ("loss", "accuracy")):
+            for col, style in ((key, "-"), (f"val_{key}", "--")):
+                if col in curves:
+                    curves[col].plot(ax=ax, style=style, color=f"C{i}", marker=".",
+                                     label=f"trial {n} {'val' if style == '--' else 'train'}")
+    for ax, key in zip(axes, ("loss", "accuracy")):
+        ax.set(xlabel="epoch", ylabel=key, title=f"{key}: train (solid) and validation (dashed)")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    return axes
+
+
+def _confusion(study: optuna.Study):
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    cm = study.user_attrs.get("bench.confusion_matrix")
+    if not cm:
+        raise ValueError("the study has no bench.confusion_matrix (no registered champion yet)")
+    matrix = np.asarray(cm["matrix"])
+    _, ax = plt.subplots(figsize=(8, 7))
+    ConfusionMatrixDisplay(matrix, display_labels=cm["classes"]).plot(
+        ax=ax, cmap="Blues", xticks_rotation=45, colorbar=False)
+    acc = np.trace(matrix) / max(1, matrix.sum())
+    ax.grid(False)
+    ax.set_title(f"Champion (trial {cm['trial']}) on the test set: accuracy {acc:.4f}")
+    return ax
+
+
+def draw_plots(study: optuna.Study, frame: pd.DataFrame, out: Path, top_k: int,
+               report: Report) -> None:
+    """Write each plot as a PNG into ``out``; a plot the study cannot support becomes a note."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from optuna.trial import TrialState
+    from optuna.visualization import matplotlib as ov
+
+    metric, maximize = metric_name(study), study.direction.name == "MAXIMIZE"
+    view = _search_view(study)
+    common = _common_params(view)
+    n_search = len(view.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    few = f"needs >= 2 completed sampled trials with varying parameters (has {n_search})"
+    plots = [
+        ("Optimization history", "history.png", lambda: ov.plot_optimization_history(
+            study, target_name=metric), (8, 4.5), None),
+        ("Best so far against wall time", "wall_time.png",
+         lambda: _wall_time(study, metric, maximize), None, None),
+        ("Parameter importances (fANOVA)", "importances.png", lambda: ov.plot_param_importances(
+            view, params=common, evaluator=_fanova()), (8, 4.5), few if n_search < 2 or not common else None),
+        ("Parallel coordinates", "parallel.png", lambda: ov.plot_parallel_coordinate(
+            view, params=common, target_name=metric), (12, 5), few if n_search < 2 or not common else None),
+        ("Slices", "slice.png", lambda: ov.plot_slice(view, params=common, target_name=metric),
+         (3.2 * max(1, len(common)), 3.6), few if n_search < 2 or not common else None),
+        (f"Learning curves of the top {top_k}", "learning_curves.png",
+         lambda: _learning_curves(study, frame, top_k), None, None),
+        ("Champion confusion matrix (test set)", "confusion_matrix.png",
+         lambda: _confusion(study), None, None),
+    ]
+    for title, name, draw, size, skip in plots:
+        if skip:
+            report.notes.append(f"{title}: skipped, {skip}")
+            continue
+        try:
+            _save(draw(), out / name, size)
+        except Exception as exc:  # noqa: BLE001 - one missing plot must not cost the report
+            import matplotlib.pyplot as plt
+
+            plt.close("all")
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            report.notes.append(f"{title}: skipped, {first}")
+            continue
+        report.images.append((title, out / name))
+
+
+def _fanova():
+    from optuna.importance import FanovaImportanceEvaluator
+
+    return FanovaImportanceEvaluator(seed=0)  # seeded: the same study gives the same picture
+
+
+def log_artifacts(study: optuna.Study, uri: str, out: Path, files: list[Path]) -> str:
+    """Log the report files to the study's parent MLflow run; returns a line saying where."""
+    batch = study.user_attrs.get("bench.batch") or {}
+    parent = batch.get("parent_run_id")
+    if not parent:
+        return "not logged to MLflow: the study has no parent run (bench.batch)"
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        return f"not logged to MLflow: no tracking database at {redact(uri)}"
+    from mlflow import MlflowClient
+
+    from bench.tracking import Tracker
+
+    try:
+        run = MlflowClient(uri).get_run(parent)
+        experiment = MlflowClient(uri).get_experiment(run.info.experiment_id).name
+        tracker = Tracker(uri, experiment)
+        for path in files:
+            tracker.log_artifact(parent, str(path), "report")
+    except Exception as exc:  # noqa: BLE001 - the files on disk are the report; MLflow is a copy
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        return f"not logged to MLflow ({redact(uri)}): {redact(first)}"
+    return f"logged {len(files)} file(s) to MLflow run {parent} under report/ ({redact(uri)})"
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except Exception as exc:  # noqa: BLE001 - last resort: one line, exit 1
+        if os.environ.get("BENCH_DEBUG"):
+            raise
+        print(f"error: {type(exc).__name__}: {redact(exc)}", file=sys.stderr)
+        sys.exit(EXIT_FAILURE)

@@ -1,0 +1,150 @@
+"""IDX reading, checksums, dataset lookup and the validation split (NumPy only, no TensorFlow)."""
+
+from __future__ import annotations
+
+import gzip
+
+import numpy as np
+import pytest
+
+from bench import data
+from bench.errors import DataError
+
+
+def _write_set(folder, n_train=60, n_test=20, shape=(6, 5), classes=3):
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = {
+        "x_train": rng.integers(0, 256, (n_train, *shape), dtype=np.uint8),
+        "y_train": (np.arange(n_train) % classes).astype(np.uint8),
+        "x_test": rng.integers(0, 256, (n_test, *shape), dtype=np.uint8),
+        "y_test": (np.arange(n_test) % classes).astype(np.uint8),
+    }
+    for key, fname in data.IDX_FILES.items():
+        data.write_idx(folder / fname, arrays[key])
+    return arrays
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.int32, np.float32, np.float64])
+@pytest.mark.parametrize("suffix", [".gz", ""])
+def test_idx_round_trip(tmp_path, dtype, suffix):
+    array = (np.arange(2 * 3 * 4) - 7).astype(dtype).reshape(2, 3, 4)
+    if dtype == np.uint8:
+        array = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+    path = tmp_path / f"a.idx{suffix}"
+    data.write_idx(path, array)
+    back = data.read_idx(path)
+    assert back.dtype == array.dtype and back.shape == array.shape
+    np.testing.assert_array_equal(back, array)
+
+
+def test_idx_header_is_big_endian_like_the_published_files(tmp_path):
+    path = tmp_path / "labels.idx"
+    data.write_idx(path, np.array([1, 2, 3], dtype=np.uint8))
+    assert path.read_bytes() == b"\x00\x00\x08\x01\x00\x00\x00\x03\x01\x02\x03"
+
+
+@pytest.mark.parametrize(("blob", "message"), [
+    (b"\x00\x00\x08\x01\x00\x00\x00\x05\x01\x02", "declares shape (5,)"),
+    (b"\x12\x34\x08\x01\x00\x00\x00\x01\x01", "not an IDX file (magic number 0x12340801"),
+    (b"\x00\x00\x07\x01\x00\x00\x00\x01\x01", "not an IDX file"),
+    (b"", "magic number 0xempty"),
+    (b"\x00\x00\x08\x03\x00\x00", "truncated IDX header"),
+])
+def test_broken_idx_files_are_one_clear_error(tmp_path, blob, message):
+    path = tmp_path / "broken.idx"
+    path.write_bytes(blob)
+    with pytest.raises(DataError, match="broken.idx: ") as err:
+        data.read_idx(path)
+    assert message in str(err.value)
+
+
+def test_corrupt_gzip(tmp_path):
+    path = tmp_path / "x.gz"
+    path.write_bytes(gzip.compress(b"\x00\x00\x08\x01\x00\x00\x00\x01\x07")[:-6])
+    with pytest.raises(DataError, match="corrupt gzip file"):
+        data.read_idx(path)
+    path.write_bytes(b"not gzip at all")
+    with pytest.raises(DataError, match="corrupt gzip file"):
+        data.read_idx(path)
+
+
+def test_idx_dataset_reads_shape_from_the_files(tmp_path):
+    arrays = _write_set(tmp_path / "set", shape=(6, 5), classes=3)
+    ds = data.load_dataset("idx", str(tmp_path / "set"))
+    assert ds.image_shape == (6, 5) and ds.n_classes == 3
+    np.testing.assert_array_equal(ds.x_test, arrays["x_test"])
+    assert ds.y_train.dtype == np.int64 and len(ds.digest) == 16
+
+
+def test_env_var_names_the_data_dir(tmp_path, monkeypatch):
+    _write_set(tmp_path / "env")
+    monkeypatch.setenv("BENCH_DATA_DIR", str(tmp_path / "env"))
+    assert data.load_dataset("idx").source == str(tmp_path / "env")
+
+
+def test_mismatched_counts_and_shapes(tmp_path):
+    folder = tmp_path / "bad"
+    _write_set(folder, n_train=60)
+    data.write_idx(folder / data.IDX_FILES["y_train"], np.zeros(59, dtype=np.uint8))
+    with pytest.raises(DataError, match="60 train images but 59 train labels"):
+        data.load_dataset("idx", str(folder))
+    _write_set(folder)
+    data.write_idx(folder / data.IDX_FILES["x_test"], np.zeros((20, 7, 7), dtype=np.uint8))
+    with pytest.raises(DataError, match="both must have one shape"):
+        data.load_dataset("idx", str(folder))
+    _write_set(folder)
+    data.write_idx(folder / data.IDX_FILES["x_train"], np.zeros(60, dtype=np.uint8))
+    with pytest.raises(DataError, match=r"expected \(N, H\[, W\]\) images"):
+        data.load_dataset("idx", str(folder))
+
+
+def test_fashion_checksums_are_verified(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "SYSTEM_DIR", tmp_path / "none")
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    _write_set(tmp_path / "fake")
+    with pytest.raises(DataError, match="does not match the published"):
+        data.load_dataset("fashion-mnist", str(tmp_path / "fake"))
+
+
+def test_missing_dataset_says_where_it_looked_and_how_to_fix(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "SYSTEM_DIR", tmp_path / "system")
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.delenv("BENCH_DATA_DIR", raising=False)
+    with pytest.raises(DataError) as err:
+        data.load_dataset("fashion-mnist", str(tmp_path / "given"), allow_download=False)
+    text = str(err.value)
+    for place in ("given", "keras/datasets/fashion-mnist", "system/fashion-mnist"):
+        assert place in text
+    assert "dataset-fashion-mnist" in text and "--data-dir" in text and "\n" not in text
+    with pytest.raises(DataError, match="unknown dataset 'cifar'"):
+        data.load_dataset("cifar")
+
+
+def test_validation_split_is_stratified_seeded_and_disjoint(tmp_path):
+    _write_set(tmp_path / "s", n_train=90, classes=3)
+    ds = data.load_dataset("idx", str(tmp_path / "s"))
+    a = data.validation_split(ds, 30, seed=0)
+    b = data.validation_split(ds, 30, seed=0)
+    np.testing.assert_array_equal(a.y_val, b.y_val)
+    np.testing.assert_array_equal(a.x_val, b.x_val)
+    assert len(a.x_train) == 60 and len(a.x_val) == 30
+    assert np.bincount(a.y_val).tolist() == [10, 10, 10]
+    with pytest.raises(DataError, match="does not fit"):
+        data.validation_split(ds, 80, seed=0)
+
+
+def test_digits_is_uint8_images():
+    ds = data.load_dataset("digits")
+    assert ds.x_train.dtype == np.uint8 and ds.image_shape == (8, 8) and ds.n_classes == 10
+    assert ds.x_train.max() == 255
+
+
+@pytest.mark.skipif(not (data.SYSTEM_DIR / "fashion-mnist").is_dir(), reason="dataset-fashion-mnist not installed")
+def test_real_fashion_mnist_from_the_debian_package(monkeypatch, tmp_path):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.delenv("BENCH_DATA_DIR", raising=False)
+    ds = data.load_dataset("fashion-mnist", allow_download=False)
+    assert ds.x_train.shape == (60000, 28, 28) and ds.x_test.shape == (10000, 28, 28)
+    assert ds.class_names[9] == "Ankle boot"
+    assert np.bincount(ds.y_train).tolist() == [6000] * 10

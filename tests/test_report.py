@@ -1,0 +1,244 @@
+"""bench.report on synthetic studies: built with Optuna directly, no training, no TensorFlow."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import subprocess
+import sys
+
+import numpy as np
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.storages.journal import JournalFileBackend, JournalStorage
+from optuna.trial import TrialState
+from PIL import Image
+
+from bench.data import FASHION_CLASSES
+from tests.conftest import cli_env, run_module
+
+STUDY = "fashion-mnist-mlp"
+NORMS = ["none", "minmax", "standard"]
+OPTS = ["sgd", "adam"]
+DISTS = {
+    "normalization": CategoricalDistribution(NORMS),
+    "n_layers": IntDistribution(1, 3),
+    "units_0": IntDistribution(32, 512, log=True),
+    "optimizer": CategoricalDistribution(OPTS),
+    "learning_rate": FloatDistribution(1e-4, 1e-1, log=True),
+}
+PLOTS = ("history.png", "wall_time.png", "importances.png", "parallel.png", "slice.png",
+         "learning_curves.png", "confusion_matrix.png")
+T0 = dt.datetime(2025, 1, 1, 12, 0, 0)
+
+
+def _history(rng, epochs: int, final: float) -> dict[str, list[float]]:
+    acc = list(np.linspace(final - 0.1, final, epochs) + rng.normal(0, 0.003, epochs))
+    loss = list(np.linspace(0.9, 0.3, epochs))
+    return {"loss": loss, "accuracy": [a + 0.01 for a in acc], "val_loss": [x + 0.05 for x in loss],
+            "val_accuracy": acc, "learning_rate": [1e-3] * epochs}
+
+
+def _config(p: dict) -> dict:
+    n = p["n_layers"]
+    return {"normalization": p["normalization"], "n_layers": n, "units": [p["units_0"]] * n,
+            "activation": ["relu"] * n, "dropout": [0.1] * n, "l2": 1e-5,
+            "optimizer": p["optimizer"], "learning_rate": p["learning_rate"], "batch_size": 128,
+            "lr_schedule": "constant"}
+
+
+def _add(study, number: int, state: TrialState, value, params: dict, attrs: dict) -> None:
+    trial = optuna.trial.create_trial(
+        state=state, value=value, params=params, distributions={k: DISTS[k] for k in params},
+        user_attrs=attrs, intermediate_values={0: 0.5, 1: 0.6} if state != TrialState.FAIL else None)
+    trial.datetime_start = T0 + dt.timedelta(minutes=2 * number)
+    trial.datetime_complete = trial.datetime_start + dt.timedelta(seconds=90)
+    study.add_trial(trial)
+
+
+def build_study(storage, name: str = STUDY, n_search: int = 10, parent_run_id: str | None = None,
+                baseline: bool = True, finalized: bool = True) -> optuna.Study:
+    """Search trials (some pruned, one failed), a baseline row, and the study-level attributes."""
+    rng = np.random.default_rng(0)
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
+    for i in range(n_search):
+        params = {"normalization": NORMS[i % 3], "n_layers": 1 + i % 3,
+                  "units_0": int(rng.integers(32, 512)), "optimizer": OPTS[i % 2],
+                  "learning_rate": float(10 ** rng.uniform(-4, -1))}
+        state = TrialState.PRUNED if i in (3, 7) else TrialState.FAIL if i == 5 else TrialState.COMPLETE
+        value = round(0.80 + 0.008 * i + 0.01 * (params["normalization"] != "none"), 4)
+        attrs = {"bench.config": _config(params), "bench.seed": i, "bench.batch_id": 1}
+        if state != TrialState.FAIL:
+            epochs = 3 if state == TrialState.PRUNED else 6
+            attrs.update({"bench.history": _history(rng, epochs, value), "bench.epochs": epochs,
+                          "bench.best_epoch": epochs - 1, "bench.train_seconds": 10.0 + i})
+        if state != TrialState.COMPLETE:
+            attrs["bench.reason"] = "pruned at epoch 2" if state == TrialState.PRUNED else "boom"
+        _add(study, i, state, value if state == TrialState.COMPLETE else None, params, attrs)
+    if baseline:
+        cfg = {**_config({"normalization": "standard", "n_layers": 2, "units_0": 300,
+                          "optimizer": "sgd", "learning_rate": 0.01}), "units": [300, 100]}
+        _add(study, n_search, TrialState.COMPLETE, 0.8878, {}, {
+            "bench.config": cfg, "bench.epochs": 10, "bench.train_seconds": 28.0,
+            "bench.history": _history(rng, 10, 0.8878), "bench.test_accuracy": 0.8793,
+            "bench.baseline": {"name": "dense300-100-sgd-standard", "config": cfg,
+                               "train": {"max_epochs": 10}, "published_test_accuracy": 0.8825}})
+    matrix = (np.eye(10, dtype=int) * 900 + rng.integers(0, 12, (10, 10))).tolist()
+    study.set_user_attr("bench.confusion_matrix", {"trial": 9, "classes": list(FASHION_CLASSES),
+                                                   "matrix": matrix})
+    if parent_run_id:
+        study.set_user_attr("bench.batch", {"id": 1, "parent_run_id": parent_run_id, "trials": 11,
+                                            "state": "done", "summary": None})
+    if finalized:
+        study.set_user_attr("bench.finalized", {
+            "seeds": [1_000_000, 1_000_001, 1_000_002], "retrains": 6, "level": 0.95,
+            "configs": [{"trial": 9, "baseline": None, "test_accuracy": [0.88, 0.884, 0.888],
+                         "mean": 0.884, "ci_low": 0.87406, "ci_high": 0.89394},
+                        {"trial": 8, "baseline": None, "test_accuracy": [0.87, 0.875, 0.872],
+                         "mean": 0.8723, "ci_low": 0.866, "ci_high": 0.8786}],
+            "champion": {"trial": 9, "seed": 1_000_002, "test_accuracy": 0.888, "mean": 0.884,
+                         "ci_low": 0.87406, "ci_high": 0.89394, "model_name": "fashion-mnist-mlp",
+                         "version": "3"}})
+    # a claim marker, as bench.study creates: never a "real" study
+    optuna.create_study(study_name=f"{name}~claim~batch-1", storage=storage)
+    return study
+
+
+def journal(path) -> JournalStorage:
+    return JournalStorage(JournalFileBackend(str(path)))
+
+
+@pytest.fixture(scope="module")
+def reported(tmp_path_factory):
+    """A synthetic study with an MLflow parent run, reported once by the CLI."""
+    from bench.tracking import Tracker
+
+    folder = tmp_path_factory.mktemp("report")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    parent = Tracker(uri, "fashion-mnist-mlp").start_parent("fashion-mnist-mlp-batch-1", {}, {})
+    study = build_study(journal(folder / "optuna-studies.log"), parent_run_id=parent)
+    proc = run_module("bench.report", "--tracking-uri", uri, "--top-k", "3", cwd=folder,
+                      timeout=300)
+    return {"folder": folder, "uri": uri, "parent": parent, "study": study, "proc": proc,
+            "out": folder / "reports" / STUDY}
+
+
+def test_report_prints_every_table(reported):
+    proc = reported["proc"]
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    for title in ("Trials (top 3 ranked first)", "Ablation by normalization", "Ablation by optimizer",
+                  "Ablation by depth", "Baselines: published vs reproduced", "Finalized champion"):
+        assert title in out, title
+    assert "0.8840 ± 0.0099" in out  # the finalized champion: mean ± half the CI width
+    row = next(line for line in out.splitlines() if "dense300-100-sgd-standard" in line
+               and "0.8825" in line)
+    assert "0.8793" in row and "-0.0032" in row and "yes" in row
+
+
+def test_pngs_are_nontrivial_images(reported):
+    for name in PLOTS:
+        with Image.open(reported["out"] / name) as img:
+            assert img.format == "PNG"
+            assert img.width >= 400 and img.height >= 250, (name, img.size)
+            colours = img.convert("RGB").getcolors(maxcolors=1 << 20)
+            assert colours is not None and len(colours) > 50, (name, len(colours or []))
+
+
+def test_markdown_lists_every_trial_and_links_existing_images(reported):
+    text = (reported["out"] / "report.md").read_text()
+    table = text.split("## Trials", 1)[1].split("\n## ", 1)[0]
+    listed = {int(m.group(1)) for m in re.finditer(r"^\| \d* \| (\d+) \| [A-Z]+ \|", table, re.M)}
+    assert listed == {t.number for t in reported["study"].trials} == set(range(11))
+    links = re.findall(r"!\[[^]]*\]\(([^)]+)\)", text)
+    assert sorted(links) == sorted(PLOTS)
+    assert all((reported["out"] / link).is_file() for link in links)
+
+
+def test_top_k_are_the_best_completed_trials(reported):
+    from bench.report import trials_frame
+
+    frame = trials_frame(reported["study"], 3)
+    done = sorted((t for t in reported["study"].trials if t.state == TrialState.COMPLETE),
+                  key=lambda t: -t.value)
+    assert list(frame["trial"][:3]) == [t.number for t in done[:3]]
+    assert list(frame["rank"][:4]) == ["1", "2", "3", ""]
+    assert set(frame["state"][len(done):]) == {"PRUNED", "FAIL"}
+
+
+def test_ablation_groups_by_normalization(reported):
+    from bench.report import ablation, trials_frame
+
+    table = ablation(trials_frame(reported["study"], 3), "normalization", "val_accuracy", True)
+    by = table.set_index("normalization")
+    for norm in NORMS + ["standard"]:
+        done = [t.value for t in reported["study"].trials if t.state == TrialState.COMPLETE
+                and t.user_attrs["bench.config"]["normalization"] == norm]
+        finished = [t for t in reported["study"].trials if t.state.name in ("COMPLETE", "PRUNED")
+                    and t.user_attrs["bench.config"]["normalization"] == norm]
+        assert by.loc[norm, "best"] == pytest.approx(max(done))
+        assert by.loc[norm, "median"] == pytest.approx(float(np.median(done)))
+        assert by.loc[norm, "completed"] == len(done)
+        assert by.loc[norm, "finished"] == len(finished)
+    assert list(table["best"]) == sorted(table["best"], reverse=True)
+
+
+def test_report_is_logged_to_the_parent_run(reported):
+    from mlflow import MlflowClient
+
+    names = {a.path.split("/")[-1] for a in MlflowClient(reported["uri"]).list_artifacts(
+        reported["parent"], "report")}
+    assert names == {"report.md", *PLOTS}
+
+
+def test_report_never_imports_tensorflow(reported):
+    code = ("import sys; from bench.report import main; rc = main(['--tracking-uri', "
+            f"{reported['uri']!r}, '--out', 'tf-check']); "
+            "heavy = [m for m in ('tensorflow', 'keras') if m in sys.modules]; "
+            "print('HEAVY', heavy, rc)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=reported["folder"], env=cli_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert "HEAVY [] 0" in proc.stdout, proc.stdout[-500:] + proc.stderr[-2000:]
+
+
+def test_small_study_skips_importances_with_a_note(tmp_path):
+    storage = journal(tmp_path / "optuna-studies.log")
+    build_study(storage, n_search=1, baseline=False, finalized=False)
+    proc = run_module("bench.report", "--out", "r", cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Parameter importances (fANOVA): skipped, needs >= 2 completed" in proc.stdout
+    assert "not logged to MLflow: the study has no parent run" in proc.stderr
+    assert (tmp_path / "r" / "history.png").is_file()
+    assert not (tmp_path / "r" / "importances.png").exists()
+    assert not (tmp_path / "mlflow.db").exists()  # a report never creates a tracking store
+
+
+def test_several_studies_need_a_name(tmp_path):
+    storage = journal(tmp_path / "optuna-studies.log")
+    build_study(storage, name="alpha", n_search=2, baseline=False, finalized=False)
+    build_study(storage, name="beta", n_search=2, baseline=False, finalized=False)
+    proc = run_module("bench.report", "--no-mlflow", cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: --study-name is required: optuna-studies.log holds 2 studies (alpha, beta)"]
+    proc = run_module("bench.report", "--study-name", "beta", "--no-mlflow", cwd=tmp_path,
+                      timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "reports" / "beta" / "report.md").is_file()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--top-k", "0"], "--top-k: must be >= 1, got 0"),
+    (["--storage", "missing.log"], "--storage missing.log: no such journal file"),
+    (["--study-name", "nope"], "--study-name 'nope': not in optuna-studies.log"),
+    (["--storage", "postgresql://bench:s3cret@127.0.0.1:1/db"], "--storage postgresql://bench:***@"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
+    build_study(journal(tmp_path / "optuna-studies.log"), n_search=2, baseline=False,
+                finalized=False)
+    proc = run_module("bench.report", *args, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert "s3cret" not in proc.stderr + proc.stdout

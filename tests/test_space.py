@@ -1,0 +1,171 @@
+"""Search-space parsing: good files, every rule with its message, and a property-based fuzz."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as hs
+
+from bench.errors import SpaceError
+from bench.space import (
+    CategoricalParam,
+    FixedParam,
+    FloatParam,
+    IntParam,
+    load_space,
+    parse_space,
+    suggest,
+)
+from tests.conftest import SPACES
+
+
+@pytest.mark.parametrize("path", sorted(SPACES.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_space_validates(path):
+    space = load_space(path)
+    assert space.params["n_layers"] is not None
+    assert space.searches or space.baselines
+
+
+def test_default_space_searches_the_seed_questions():
+    space = load_space(SPACES / "mlp.yaml")
+    assert isinstance(space.params["normalization"], CategoricalParam)
+    assert set(space.params["normalization"].choices) == {"none", "minmax", "symmetric", "standard",
+                                                          "per_pixel"}
+    assert isinstance(space.params["units"], IntParam) and space.params["units"].per_layer
+    assert space.params["units"].log
+    assert isinstance(space.params["learning_rate"], FloatParam) and space.params["learning_rate"].log
+    assert space.train.patience == 5 and space.train.min_delta == pytest.approx(1e-3)
+    assert space.sampler.name == "tpe" and space.sampler.seed == 0 and space.sampler.multivariate
+
+
+def _space(params: dict | None = None, **top) -> dict:
+    doc = {"version": 1, "params": params or {}}
+    doc.update(top)
+    return doc
+
+
+@pytest.mark.parametrize(("doc", "message"), [
+    (_space({"n_layers": {"type": "int", "low": 3, "high": 1}}),
+     "params.n_layers: `low <= high` must hold, but got (low=3, high=1)"),
+    (_space({"learning_rate": {"type": "float", "low": 0.0, "high": 0.1, "log": True}}),
+     "`low > 0` must hold for a log distribution"),
+    (_space({"learning_rate": {"type": "float", "low": 0.01, "high": 0.1, "log": True, "step": 0.01}}),
+     "`step` cannot be combined with `log: true`"),
+    (_space({"optimizer": {"type": "categorical", "choices": []}}), "params.optimizer.choices: must be a non-empty list"),
+    (_space({"optimizer": {"type": "categorical", "choices": ["adam", "lion"]}}),
+     "params.optimizer.choices[1]: must be one of"),
+    (_space({"normalization": "zscore"}), "params.normalization: must be one of"),
+    (_space({"learning_rat": 0.1}), "unknown key 'learning_rat'; did you mean 'learning_rate'?"),
+    (_space({"units": {"type": "int", "low": "a", "high": 3}}), "params.units.low: must be an integer, got str"),
+    (_space({"units": {"typ": "int"}}), "a distribution needs 'type'"),
+    (_space({"dropout": {"type": "float", "low": 0.0, "high": 1.0}}), "0 <= dropout < 1"),
+    (_space({"n_layers": {"type": "int", "low": 1, "high": 3}, "units": [300, 100]}),
+     "needs a fixed `n_layers: 2`"),
+    (_space(study={"sampler": {"name": "cmaes"}}), "study.sampler.name: must be one of"),
+    (_space(study={"pruner": {"name": "median", "n_warmup": 2}}), "did you mean 'n_warmup_steps'?"),
+    (_space(study={"metric": "val_accuracy", "direction": "minimize"}), "val_accuracy must be maximized"),
+    (_space(train={"max_epochs": 0}), "train.max_epochs: must be >= 1"),
+    (_space(train={"patience": "five"}), "train.patience: must be an integer"),
+    ({"version": 2}, "only version 1 is supported"),
+    ({"parms": {}}, "did you mean 'params'?"),
+    ([1, 2], "must be a mapping"),
+])
+def test_invalid_spaces_name_the_file_key_and_problem(doc, message):
+    with pytest.raises(SpaceError) as err:
+        parse_space(doc, "spaces/x.yaml")
+    text = str(err.value)
+    assert text.startswith("spaces/x.yaml: ")
+    assert message in text
+    assert "\n" not in text
+
+
+def test_malformed_and_unreadable_files(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("params:\n  units: [1, 2\n")
+    with pytest.raises(SpaceError, match=r"bad.yaml: line \d+, column \d+: .*not valid YAML"):
+        load_space(bad)
+    with pytest.raises(SpaceError, match="cannot read the search-space file"):
+        load_space(tmp_path / "missing.yaml")
+
+
+def test_yaml_is_loaded_safely(tmp_path):
+    evil = tmp_path / "evil.yaml"
+    evil.write_text("params: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(SpaceError, match="not valid YAML"):
+        load_space(evil)
+
+
+def test_defaults_fill_missing_params_and_fixed_lists_are_per_layer():
+    space = parse_space(_space({"n_layers": 2, "units": [300, 100], "dropout": 0.1}))
+    assert space.params["units"] == FixedParam((300, 100), per_layer=True)
+    assert space.params["optimizer"] == FixedParam("adam")
+    assert not space.searches
+
+
+def test_search_hash_ignores_train_settings_but_not_params():
+    a = parse_space(_space({"n_layers": {"type": "int", "low": 1, "high": 3}}))
+    b = parse_space(_space({"n_layers": {"type": "int", "low": 1, "high": 3}}, train={"max_epochs": 3}))
+    c = parse_space(_space({"n_layers": {"type": "int", "low": 1, "high": 4}}))
+    assert a.search_hash == b.search_hash != c.search_hash
+
+
+def test_suggest_gives_per_layer_lists_with_optuna():
+    import optuna
+
+    space = load_space(SPACES / "mlp.yaml")
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=1))
+    for _ in range(20):
+        trial = study.ask()
+        config = suggest(trial, space)
+        n = config["n_layers"]
+        assert 1 <= n <= 4
+        assert len(config["units"]) == n == len(config["dropout"]) == len(config["activation"])
+        assert all(64 <= u <= 1024 for u in config["units"])
+        assert set(trial.params) >= {"n_layers", "units_0", "optimizer", "learning_rate"}
+        assert f"units_{n}" not in trial.params
+        study.tell(trial, 0.5)
+
+
+# ---- property-based: any document parses to a valid space or raises SpaceError, nothing else
+
+_scalars = hs.one_of(hs.none(), hs.booleans(), hs.integers(-5, 2000), hs.floats(allow_nan=True),
+                     hs.text(max_size=8), hs.sampled_from(["adam", "minmax", "tpe", "int", "float",
+                                                           "categorical", "relu", "median"]))
+_keys = hs.sampled_from(["type", "low", "high", "log", "step", "choices", "per_layer", "name",
+                         "seed", "max_epochs", "patience", "units", "n_layers", "dropout",
+                         "optimizer", "learning_rate", "normalization", "params", "study", "train",
+                         "sampler", "pruner", "version", "metric", "baselines", "bogus"])
+_docs = hs.recursive(_scalars, lambda inner: hs.one_of(hs.lists(inner, max_size=4),
+                                                       hs.dictionaries(_keys, inner, max_size=5)),
+                     max_leaves=25)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_docs)
+def test_parser_never_raises_anything_but_space_error(doc):
+    try:
+        space = parse_space(doc, "fuzz.yaml")
+    except SpaceError as exc:
+        assert str(exc).startswith("fuzz.yaml: ")
+        return
+    assert space.version == 1
+    for p in space.params.values():
+        if isinstance(p, (IntParam, FloatParam)):
+            assert p.low <= p.high and (not p.log or p.low > 0)
+
+
+@settings(max_examples=150, deadline=None)
+@given(hs.text(max_size=60))
+def test_any_text_file_parses_or_raises_space_error(tmp_path_factory, text):
+    path = tmp_path_factory.mktemp("fuzz") / "s.yaml"
+    path.write_text(text, encoding="utf-8")
+    try:
+        load_space(path)
+    except SpaceError:
+        pass
+
+
+def test_round_trip_of_shipped_space_through_yaml():
+    doc = yaml.safe_load((SPACES / "mlp.yaml").read_text())
+    assert parse_space(doc).search_hash == load_space(SPACES / "mlp.yaml").search_hash

@@ -157,7 +157,9 @@ def _run(args: argparse.Namespace, interrupts) -> int:
         tracker.safe(tracker.log_dataset, run_id, dataset)
         return run_id
 
-    batch = st.open_batch(study, n_trials, start_parent, first)
+    meta = {"space": str(Path(args.space).resolve()), "dataset": args.dataset, "data_dir": args.data_dir,
+            "experiment": cfg.experiment, "model_name": cfg.model_name, "seed": cfg.seed}
+    batch = st.open_batch(study, n_trials, start_parent, first, meta=meta)
     done_before = len(_finished(study, batch.id))
     if not batch.created:
         tracker.safe(tracker.reopen, batch.parent_run_id)

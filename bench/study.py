@@ -172,11 +172,12 @@ class Batch:
     trials: int
     state: str  # running | done
     summary: dict | None = None  # champion registration outcome, once finalized
+    meta: dict | None = None  # how it was started (space, dataset, names): no secrets
     created: bool = False  # this process opened it (rather than joined it)
 
     def record(self, **changes: Any) -> dict:
         data = {"id": self.id, "parent_run_id": self.parent_run_id, "trials": self.trials,
-                "state": self.state, "summary": self.summary}
+                "state": self.state, "summary": self.summary, "meta": self.meta}
         data.update(changes)
         return data
 
@@ -187,7 +188,7 @@ def current_batch(study: optuna.Study) -> Batch | None:
 
 
 def open_batch(study: optuna.Study, n_trials: int, start_parent, first: list[dict] | None = None,
-               wait_seconds: float = 120.0) -> Batch:
+               wait_seconds: float = 120.0, meta: dict | None = None) -> Batch:
     """Join the study's running batch, or open a new one with ``n_trials`` slots.
 
     Args:
@@ -209,7 +210,7 @@ def open_batch(study: optuna.Study, n_trials: int, start_parent, first: list[dic
             study.enqueue_trial({}, user_attrs={SLOT_ATTR: new_id, BASELINE_ATTR: payload})
         for _ in range(max(0, n_trials - len(first))):
             study.enqueue_trial({}, user_attrs={SLOT_ATTR: new_id})
-        opened = Batch(new_id, parent, max(n_trials, len(first)), "running", created=True)
+        opened = Batch(new_id, parent, max(n_trials, len(first)), "running", meta=meta, created=True)
         study.set_user_attr(BATCH_ATTR, opened.record())
         return opened
     deadline = time.monotonic() + wait_seconds

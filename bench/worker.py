@@ -268,8 +268,15 @@ class Worker:
         if not st.claim(self.study, f"final-{self.batch.id}-{n_done}"):
             return None
         with self.interrupts.critical():
-            summary = finalize(self.study, self.batch, self.tracker, self.dataset, self.cfg,
-                               self.space)
+            try:
+                summary = finalize(self.study, self.batch, self.tracker, self.dataset, self.cfg,
+                                   self.space)
+            except Exception as exc:  # noqa: BLE001 - the trials are safe; say how to finish
+                log.error("registering the champion failed (%s: %s); the trials are kept in the "
+                          "study; when the tracking store answers again run: python -m "
+                          "bench.register --study-name %s", type(exc).__name__,
+                          redact(str(exc).splitlines()[0] if str(exc) else ""), self.cfg.study_name)
+                summary = {"registered": None, "error": redact(type(exc).__name__)}
             st.close_batch(self.study, self.batch, summary, done=not waiting)
             self.tracker.safe(self.tracker.end_run, self.batch.parent_run_id, "FINISHED")
         return summary

@@ -51,7 +51,7 @@ def make_storage(url: str | None) -> optuna.storages.BaseStorage:
         BenchError: a malformed URL, a missing driver, an unreachable database, an unwritable path.
     """
     import optuna
-    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+    from optuna.storages import RDBStorage
     from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock, JournalStorage
 
     url = url or DEFAULT_STORAGE
@@ -73,7 +73,7 @@ def make_storage(url: str | None) -> optuna.storages.BaseStorage:
             engine_kwargs={"pool_pre_ping": True},
             heartbeat_interval=HEARTBEAT_INTERVAL,
             grace_period=GRACE_PERIOD,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
+            heartbeat_stale_trial_callback=retry,
         )
     except (sqlalchemy.exc.ArgumentError, ValueError) as exc:
         raise BenchError(f"--storage {shown}: malformed storage URL ({_first_line(exc)}); "
@@ -263,10 +263,23 @@ def add_slot(study: optuna.Study, batch_id: int) -> None:
 
 
 def retry(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-    """Re-enqueue a trial's configuration (a crashed or interrupted worker's), bounded."""
-    from optuna.storages import RetryHeartbeatStaleTrialCallback
+    """Re-enqueue a trial's configuration (a crashed or interrupted worker's), bounded.
 
-    RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(study, trial)
+    Like Optuna's ``RetryHeartbeatStaleTrialCallback`` (same ``failed_trial``/``retry_history``
+    system attrs), but the new slot carries only the batch and baseline attrs, not the failed
+    run's reason, owner or MLflow run id.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    history = [*trial.system_attrs.get("retry_history", []), trial.number]
+    if len(history) > MAX_RETRY:
+        log.warning("trial %d failed %d times; not retrying it again", trial.number, len(history))
+        return
+    keep = {k: v for k, v in trial.user_attrs.items() if k in (SLOT_ATTR, BASELINE_ATTR)}
+    study.add_trial(optuna.trial.create_trial(
+        state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
+        user_attrs=keep, system_attrs={"failed_trial": history[0], "retry_history": history}))
 
 
 # ---------------------------------------------------------------- stale trials
@@ -309,24 +322,21 @@ def reap_stale(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     if not running:
         return []
     reaped: list[int] = []
-    optuna.storages.fail_stale_trials(study)  # no-op without heartbeat support
-    for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-        if t.number in running and REASON_ATTR not in t.user_attrs:
-            study._storage.set_trial_user_attr(t._trial_id, REASON_ATTR,
-                                               "worker stopped sending heartbeats")
-            reaped.append(t.number)
+    optuna.storages.fail_stale_trials(study)  # heartbeat storages; calls retry() for each
+    reaped += [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+               if t.number in running]
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if not _owner_dead(t):
             continue
-        try:
+        owner = t.user_attrs[OWNER_ATTR]
+        try:  # the reason first: a finished trial's attributes can no longer change
+            study._storage.set_trial_user_attr(t._trial_id, REASON_ATTR,
+                                               f"worker process {owner['pid']} died")
             if not study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
                 continue
         except optuna.exceptions.UpdateFinishedTrialError:
-            continue
-        retry(study, study._storage.get_trial(t._trial_id))  # before the reason: it copies attrs
-        owner = t.user_attrs[OWNER_ATTR]
-        study._storage.set_trial_user_attr(t._trial_id, REASON_ATTR,
-                                           f"worker process {owner['pid']} died")
+            continue  # a peer reaped it first
+        retry(study, study._storage.get_trial(t._trial_id))
         reaped.append(t.number)
     return [t for t in study.get_trials(deepcopy=False) if t.number in reaped]
 

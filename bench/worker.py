@@ -120,8 +120,9 @@ class Worker:
         for t in trials:
             run_id = t.user_attrs.get("bench.mlflow_run_id")
             if run_id:
+                reason = t.user_attrs.get(st.REASON_ATTR, "worker stopped sending heartbeats")
                 self.tracker.safe(self.tracker.set_tags, run_id, {
-                    "optuna_state": "FAIL", "state_reason": t.user_attrs.get(st.REASON_ATTR, "")})
+                    "optuna_state": "FAIL", "state_reason": reason})
                 self.tracker.safe(self.tracker.end_run, run_id, "FAILED")
 
     # ------------------------------------------------------------ one trial

@@ -1,0 +1,177 @@
+"""The report's plots as PNG files: Optuna's matplotlib plots, pandas and scikit-learn displays.
+
+Split from :mod:`bench.report` to keep each module to one concern. Uses matplotlib's Agg backend
+(no display needed) and never imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import optuna
+    import pandas as pd
+
+_FINISHED = ("COMPLETE", "PRUNED")
+
+
+def _search_view(study: optuna.Study) -> optuna.Study:
+    """An in-memory copy holding only sampled trials: baseline rows have no Optuna params and
+    would empty the common search space that importances and parallel coordinates need."""
+    import optuna
+
+    view = optuna.create_study(direction=study.direction, study_name=study.study_name)
+    view.add_trials([t for t in study.get_trials(deepcopy=False)
+                     if t.distributions and t.state.name in _FINISHED])
+    return view
+
+
+def _common_params(view: optuna.Study) -> list[str]:
+    from optuna.trial import TrialState
+
+    done = view.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    names = set.intersection(*(set(t.params) for t in done)) if done else set()
+    return sorted(n for n in names if len({repr(t.params[n]) for t in done}) > 1)
+
+
+def _save(axes: Any, path: Path, size: tuple[float, float] | None = None) -> None:
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig = np.ravel(axes)[0].figure
+    if size:
+        fig.set_size_inches(*size)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _wall_time(study: optuna.Study, metric: str, maximize: bool):
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    trials = study.get_trials(deepcopy=False)
+    done = [t for t in trials if t.state.name == "COMPLETE" and t.datetime_complete]
+    if not done:
+        raise ValueError("no completed trial")
+    t0 = min(t.datetime_start for t in trials if t.datetime_start)
+    series = pd.Series([t.value for t in done], name=metric,
+                       index=[(t.datetime_complete - t0).total_seconds() / 60 for t in done]).sort_index()
+    _, ax = plt.subplots(figsize=(7, 4))
+    ax.scatter(series.index, series.values, s=12, color="tab:blue", alpha=0.6, label="trial")
+    best = series.cummax() if maximize else series.cummin()
+    best.plot(ax=ax, drawstyle="steps-post", color="tab:red", label="best so far")
+    ax.set(xlabel="wall time since the first trial started (minutes)", ylabel=metric,
+           title="Best so far against wall time")
+    ax.legend()
+    return ax
+
+
+def _learning_curves(study: optuna.Study, frame: pd.DataFrame, top_k: int):
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    ranked = [int(n) for n in frame.loc[frame["rank"] != "", "trial"]][:top_k]
+    histories = {n: study.trials[n].user_attrs.get("bench.history") for n in ranked}
+    histories = {n: h for n, h in histories.items() if h and h.get("loss")}
+    if not histories:
+        raise ValueError("the top trials have no bench.history")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for i, (n, hist) in enumerate(histories.items()):
+        curves = pd.DataFrame({k: v for k, v in hist.items() if k != "learning_rate"})
+        curves.index = range(1, len(curves) + 1)
+        for ax, key in zip(axes, ("loss", "accuracy")):
+            for col, style in ((key, "-"), (f"val_{key}", "--")):
+                if col in curves:
+                    curves[col].plot(ax=ax, style=style, color=f"C{i}", marker=".",
+                                     label=f"trial {n} {'val' if style == '--' else 'train'}")
+    for ax, key in zip(axes, ("loss", "accuracy")):
+        ax.set(xlabel="epoch", ylabel=key, title=f"{key}: train (solid) and validation (dashed)")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    return axes
+
+
+def _confusion(study: optuna.Study):
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    cm = study.user_attrs.get("bench.confusion_matrix")
+    if not cm:
+        raise ValueError("the study has no bench.confusion_matrix (no registered champion yet)")
+    matrix = np.asarray(cm["matrix"])
+    _, ax = plt.subplots(figsize=(8, 7))
+    ConfusionMatrixDisplay(matrix, display_labels=cm["classes"]).plot(
+        ax=ax, cmap="Blues", xticks_rotation=45, colorbar=False)
+    acc = np.trace(matrix) / max(1, matrix.sum())
+    ax.grid(False)
+    ax.set_title(f"Champion (trial {cm['trial']}) on the test set: accuracy {acc:.4f}")
+    return ax
+
+
+def draw_plots(study: optuna.Study, frame: pd.DataFrame, out: Path,
+               top_k: int) -> tuple[list[tuple[str, Path]], list[str]]:
+    """Write each plot as a PNG into ``out``; a plot the study cannot support becomes a note.
+
+    Args:
+        study: The study.
+        frame: :func:`bench.report.trials_frame` of it (its ``rank`` column picks the top k).
+        out: The folder to write into.
+        top_k: How many learning curves to draw.
+
+    Returns:
+        ``(title, path)`` of each plot written, and one note per plot skipped.
+    """
+    from bench.report import metric_name
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from optuna.trial import TrialState
+    from optuna.visualization import matplotlib as ov
+
+    metric, maximize = metric_name(study), study.direction.name == "MAXIMIZE"
+    view = _search_view(study)
+    common = _common_params(view)
+    n_search = len(view.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    few = f"needs >= 2 completed sampled trials with varying parameters (has {n_search})"
+    plots = [
+        ("Optimization history", "history.png", lambda: ov.plot_optimization_history(
+            study, target_name=metric), (8, 4.5), None),
+        ("Best so far against wall time", "wall_time.png",
+         lambda: _wall_time(study, metric, maximize), None, None),
+        ("Parameter importances (fANOVA)", "importances.png", lambda: ov.plot_param_importances(
+            view, params=common, evaluator=_fanova()), (8, 4.5), few if n_search < 2 or not common else None),
+        ("Parallel coordinates", "parallel.png", lambda: ov.plot_parallel_coordinate(
+            view, params=common, target_name=metric), (12, 5), few if n_search < 2 or not common else None),
+        ("Slices", "slice.png", lambda: ov.plot_slice(view, params=common, target_name=metric),
+         (3.2 * max(1, len(common)), 3.6), few if n_search < 2 or not common else None),
+        (f"Learning curves of the top {top_k}", "learning_curves.png",
+         lambda: _learning_curves(study, frame, top_k), None, None),
+        ("Champion confusion matrix (test set)", "confusion_matrix.png",
+         lambda: _confusion(study), None, None),
+    ]
+    images, notes = [], []
+    for title, name, draw, size, skip in plots:
+        if skip:
+            notes.append(f"{title}: skipped, {skip}")
+            continue
+        try:
+            _save(draw(), out / name, size)
+        except Exception as exc:  # noqa: BLE001 - one missing plot must not cost the report
+            import matplotlib.pyplot as plt
+
+            plt.close("all")
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            notes.append(f"{title}: skipped, {first}")
+            continue
+        images.append((title, out / name))
+    return images, notes
+
+
+def _fanova():
+    from optuna.importance import FanovaImportanceEvaluator
+
+    return FanovaImportanceEvaluator(seed=0)  # seeded: the same study gives the same picture

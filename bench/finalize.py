@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from bench.tracking import Tracker
 
 FINALIZED_ATTR = "bench.finalized"  # on the study: the record bench.report shows
-SEED0 = 1_000_000  # retrain seeds start here: disjoint from the search's seeds (seed + trial number)
+SEED0 = 1_000_000  # retrain seeds: disjoint from the search's (study seed + trial number)
 LEVEL = 0.95
 
 
@@ -44,7 +44,7 @@ class Options:
     data_dir: str | None = None
     space_path: str | None = None  # None: search_spaces/mlp.yaml
     max_epochs: int | None = None
-    split_seed: int = 0  # the search's --seed, which chose the validation split
+    split_seed: int | None = None  # the search's --seed (chose the validation split); None: its own
     model_name: str | None = None  # None: <dataset>-mlp
     tracking_uri: str = "sqlite:///mlflow.db"
 
@@ -91,19 +91,46 @@ def candidates(study: optuna.Study, k: int) -> list[optuna.trial.FrozenTrial]:
     return picked[:k]
 
 
-def _parent(study: optuna.Study, uri: str) -> tuple[str | None, dict[str, str], str | None]:
-    """The study's parent run id, its params and its experiment name (Nones when unknown)."""
+def parent_run(study: optuna.Study, uri: str) -> tuple[str | None, dict, str | None, str]:
+    """The study's parent MLflow run (``bench.batch``): its id, params and experiment name.
+
+    Returns:
+        ``(run_id, params, experiment, "")``, or ``(None, {}, None, why)`` when there is none;
+        a report never creates a tracking store just to look.
+    """
     parent = (study.user_attrs.get("bench.batch") or {}).get("parent_run_id")
-    if not parent or (uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file()):
-        return None, {}, None
+    if not parent:
+        return None, {}, None, "the study has no parent run (bench.batch)"
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        return None, {}, None, f"no tracking database at {redact(uri)}"
     from mlflow import MlflowClient
 
     try:
         client = MlflowClient(uri)
         run = client.get_run(parent)
-        return parent, dict(run.data.params), client.get_experiment(run.info.experiment_id).name
-    except Exception:  # noqa: BLE001 - a lost parent run only loses the nesting
-        return None, {}, None
+        return parent, dict(run.data.params), client.get_experiment(run.info.experiment_id).name, ""
+    except Exception as exc:  # noqa: BLE001 - a lost parent run only loses the nesting
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        return None, {}, None, f"parent run {parent} unreadable in {redact(uri)}: {redact(first)}"
+
+
+def finalized_tables(record: dict[str, Any]) -> tuple[str, Any]:
+    """The ``bench.finalized`` record as a one-line champion summary and a table of configs."""
+    import pandas as pd
+
+    ch = record["champion"]
+    half = (ch["ci_high"] - ch["ci_low"]) / 2
+    line = (f"trial {ch['trial']}'s configuration: test accuracy {ch['mean']:.4f} ± {half:.4f} "
+            f"({record.get('level', LEVEL):.0%} CI {ch['ci_low']:.4f}-{ch['ci_high']:.4f}, "
+            f"t-distribution, {len(record['seeds'])} seeds); registered {ch.get('model_name')} "
+            f"version {ch.get('version')} (best seed {ch['seed']}: {ch['test_accuracy']:.4f})")
+    table = pd.DataFrame([{
+        "champion": "*" if c["trial"] == ch["trial"] else "", "trial": c["trial"],
+        "baseline": c.get("baseline") or "", "seeds": len(c["test_accuracy"]), "mean": c["mean"],
+        "ci95_low": c["ci_low"], "ci95_high": c["ci_high"],
+        "test_accuracies": ", ".join(f"{a:.4f}" for a in c["test_accuracy"])}
+        for c in record["configs"]])
+    return line, table
 
 
 def run(study: optuna.Study, opts: Options) -> dict[str, Any]:
@@ -128,13 +155,22 @@ def run(study: optuna.Study, opts: Options) -> dict[str, Any]:
     if not picked:
         raise BenchError(f"study '{study.study_name}' has no completed trial with a "
                          "configuration (bench.config); nothing to finalize")
-    parent, params, experiment = _parent(study, opts.tracking_uri)
+    parent, params, experiment, _ = parent_run(study, opts.tracking_uri)
     if params.get("dataset") and params["dataset"] != opts.dataset and opts.dataset != "idx":
         raise BenchError(f"--dataset {opts.dataset}: study '{study.study_name}' was searched on "
                          f"{params['dataset']}; pass --dataset {params['dataset']}")
+    # The parent run recorded the search's --max-epochs and --seed: retrain exactly as it trained.
+    searched_epochs = int(params.get("train.max_epochs", space.train.max_epochs))
+    if opts.max_epochs is None and searched_epochs != space.train.max_epochs:
+        print(f"using the search's max_epochs {searched_epochs} (recorded in its parent run)",
+              file=sys.stderr)
+        space = space.with_overrides(max_epochs=searched_epochs)
+    if opts.split_seed is None:
+        opts = replace(opts, split_seed=int(params.get("seed", 0)))
     seeds = [SEED0 + i for i in range(opts.seeds)]
     key = {"trials": [t.number for t in picked], "seeds": seeds, "space_hash": space.search_hash,
-           "dataset": opts.dataset}
+           "dataset": opts.dataset, "max_epochs": space.train.max_epochs,
+           "split_seed": opts.split_seed}
     old = study.user_attrs.get(FINALIZED_ATTR)
     if old and old.get("key") == key:
         print(f"already finalized with these {len(picked)} configurations and seeds; "
@@ -182,7 +218,8 @@ def _retrain_all(study, picked, seeds, space, dataset, tracker: Tracker, parent:
                    "seconds": round(result.train_seconds, 3)}
             tags = {"mlflow.parentRunId": parent, "role": "finalize", "study_name":
                     study.study_name, "finalized_from_trial": trial.number, "seed": seed}
-            run_id = tracker.safe(tracker.start_parent, f"finalize-trial-{trial.number}-seed-{seed}",
+            run_id = tracker.safe(tracker.start_parent,
+                                  f"finalize-trial-{trial.number}-seed-{seed}",
                                   {**flat_config(config), "seed": seed}, tags)
             if run_id:
                 metrics = {k: v for k, v in row.items() if k in ("test_accuracy", "test_loss",

@@ -1,4 +1,4 @@
-"""``python -m bench.report``: a study's tables, plots and ``report.md``, read from the Optuna storage.
+"""``python -m bench.report``: a study's tables, plots and ``report.md``, from the Optuna storage.
 
 Everything shown comes from the trials' user attributes (``bench.config``, ``bench.history``, ...)
 and the study's (``bench.batch``, ``bench.confusion_matrix``, ``bench.finalized``), so a report
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, BenchError, redact
-from bench.finalize import FINALIZED_ATTR
+from bench.finalize import FINALIZED_ATTR, finalized_tables, parent_run
 
 if TYPE_CHECKING:
     import optuna
@@ -25,22 +25,9 @@ if TYPE_CHECKING:
 _FINISHED = ("COMPLETE", "PRUNED")
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line and exit 2, like bench.search
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}; see --help\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
+    from bench.search import _Parser, _positive  # the same one-line errors and checks
+
     p = _Parser(prog="python -m bench.report",
                 description="Tables, plots and report.md of a study; --finalize retrains the "
                             "top configurations with several seeds and registers the champion.")
@@ -58,11 +45,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="retrain the top-k configurations with --seeds seeds each, score them on "
                         "the test set, register the best mean as the champion")
     f.add_argument("--seeds", type=_positive, default=3, help="seeds per configuration (default 3)")
-    f.add_argument("--dataset", default="fashion-mnist", help="the study's dataset (default fashion-mnist)")
+    f.add_argument("--dataset", default="fashion-mnist",
+                   help="the study's dataset (default fashion-mnist)")
     f.add_argument("--data-dir", help="folder with the dataset's IDX files (as bench.search)")
     f.add_argument("--space", help="the study's search-space file (default search_spaces/mlp.yaml)")
-    f.add_argument("--max-epochs", type=_positive, help="the study's --max-epochs, if it used one")
-    f.add_argument("--seed", type=int, default=0, help="the study's --seed: picks the validation split")
+    f.add_argument("--max-epochs", type=_positive,
+                   help="override train.max_epochs (default: what the search used, from its "
+                        "parent run, else the space file's)")
+    f.add_argument("--seed", type=int, help="the search's --seed, which picked the validation "
+                                            "split (default: from its parent run, else 0)")
     f.add_argument("--model-name", help="registered model name (default <dataset>-mlp)")
     return p
 
@@ -167,7 +158,8 @@ def trials_frame(study: optuna.Study, top_k: int) -> pd.DataFrame:
     if frame.empty:
         return frame
     done = frame["state"] == "COMPLETE"
-    frame["_key"] = [sign * v if d else math.inf for v, d in zip(frame[metric_name(study)], done)]
+    frame["_key"] = [sign * v if d else math.inf
+                     for v, d in zip(frame[metric_name(study)], done, strict=True)]
     frame = frame.sort_values(["_key", "trial"]).drop(columns="_key").reset_index(drop=True)
     frame.insert(0, "rank", [str(i + 1) if d and i < top_k else "" for i, d in
                              enumerate(frame["state"] == "COMPLETE")])
@@ -208,24 +200,6 @@ def baselines_frame(study: optuna.Study) -> pd.DataFrame | None:
                      "within_1pt": "" if diff is None else ("yes" if abs(diff) <= 0.01 else "no"),
                      metric_name(study): t.value, "epochs": t.user_attrs.get("bench.epochs")})
     return pd.DataFrame(rows) if rows else None
-
-
-def finalized_frame(study: optuna.Study) -> pd.DataFrame | None:
-    """The --finalize record as a table: per configuration mean ± 95 % CI over seeds."""
-    import pandas as pd
-
-    record = study.user_attrs.get(FINALIZED_ATTR)
-    if not record:
-        return None
-    rows = []
-    for c in record["configs"]:
-        accs = c["test_accuracy"]
-        rows.append({"champion": "*" if c["trial"] == record["champion"]["trial"] else "",
-                     "trial": c["trial"], "baseline": c.get("baseline") or "",
-                     "seeds": len(accs), "mean": c["mean"], "ci95_low": c["ci_low"],
-                     "ci95_high": c["ci_high"],
-                     "test_accuracies": ", ".join(f"{a:.4f}" for a in accs)})
-    return pd.DataFrame(rows)
 
 
 def _md(frame: pd.DataFrame) -> str:
@@ -290,7 +264,8 @@ def build(study: optuna.Study, out: Path, top_k: int) -> Report:
     if not done.empty:
         best = done.iloc[0]
         summary += f"; best {metric} {best[metric]:.4f} (trial {best['trial']})"
-    report.sections.append(("Summary", summary))
+    report.sections.append(("Summary", summary + ". Ablations count every finished trial, "
+                            "baseline rows included; the median is over completed ones."))
     report.sections.append((f"Trials (top {top_k} ranked first)", frame))
     if not done.empty:
         for by, label in (("normalization", "normalization"), ("optimizer", "optimizer"),
@@ -299,17 +274,11 @@ def build(study: optuna.Study, out: Path, top_k: int) -> Report:
     baselines = baselines_frame(study)
     if baselines is not None:
         report.sections.append(("Baselines: published vs reproduced test accuracy", baselines))
-    final = finalized_frame(study)
-    if final is not None:
-        record = study.user_attrs[FINALIZED_ATTR]
-        ch = record["champion"]
-        half = (ch["ci_high"] - ch["ci_low"]) / 2
-        report.sections.append(("Finalized champion", (
-            f"trial {ch['trial']}'s configuration: test accuracy {ch['mean']:.4f} ± {half:.4f} "
-            f"(95 % CI {ch['ci_low']:.4f}-{ch['ci_high']:.4f}, t-distribution, "
-            f"{len(record['seeds'])} seeds); registered {ch.get('model_name')} version "
-            f"{ch.get('version')} (best seed {ch['seed']}: {ch['test_accuracy']:.4f})")))
-        report.sections.append(("Finalized configurations (test accuracy over seeds)", final))
+    record = study.user_attrs.get(FINALIZED_ATTR)
+    if record:
+        line, table = finalized_tables(record)
+        report.sections.append(("Finalized champion", line))
+        report.sections.append(("Finalized configurations (test accuracy over seeds)", table))
     from bench.report_plots import draw_plots
 
     images, notes = draw_plots(study, frame, out, top_k)
@@ -323,19 +292,12 @@ def build(study: optuna.Study, out: Path, top_k: int) -> Report:
 
 def log_artifacts(study: optuna.Study, uri: str, out: Path, files: list[Path]) -> str:
     """Log the report files to the study's parent MLflow run; returns a line saying where."""
-    batch = study.user_attrs.get("bench.batch") or {}
-    parent = batch.get("parent_run_id")
-    if not parent:
-        return "not logged to MLflow: the study has no parent run (bench.batch)"
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
-        return f"not logged to MLflow: no tracking database at {redact(uri)}"
-    from mlflow import MlflowClient
-
+    parent, _, experiment, why = parent_run(study, uri)
+    if parent is None:
+        return f"not logged to MLflow: {why}"
     from bench.tracking import Tracker
 
     try:
-        run = MlflowClient(uri).get_run(parent)
-        experiment = MlflowClient(uri).get_experiment(run.info.experiment_id).name
         tracker = Tracker(uri, experiment)
         for path in files:
             tracker.log_artifact(parent, str(path), "report")

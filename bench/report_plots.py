@@ -56,8 +56,8 @@ def _wall_time(study: optuna.Study, metric: str, maximize: bool):
     if not done:
         raise ValueError("no completed trial")
     t0 = min(t.datetime_start for t in trials if t.datetime_start)
-    series = pd.Series([t.value for t in done], name=metric,
-                       index=[(t.datetime_complete - t0).total_seconds() / 60 for t in done]).sort_index()
+    minutes = [(t.datetime_complete - t0).total_seconds() / 60 for t in done]
+    series = pd.Series([t.value for t in done], index=minutes, name=metric).sort_index()
     _, ax = plt.subplots(figsize=(7, 4))
     ax.scatter(series.index, series.values, s=12, color="tab:blue", alpha=0.6, label="trial")
     best = series.cummax() if maximize else series.cummin()
@@ -71,9 +71,11 @@ def _wall_time(study: optuna.Study, metric: str, maximize: bool):
 def _learning_curves(study: optuna.Study, frame: pd.DataFrame, top_k: int):
     import matplotlib.pyplot as plt
     import pandas as pd
+    from matplotlib.ticker import MaxNLocator
 
     ranked = [int(n) for n in frame.loc[frame["rank"] != "", "trial"]][:top_k]
-    histories = {n: study.trials[n].user_attrs.get("bench.history") for n in ranked}
+    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+    histories = {n: by_number[n].user_attrs.get("bench.history") for n in ranked}
     histories = {n: h for n, h in histories.items() if h and h.get("loss")}
     if not histories:
         raise ValueError("the top trials have no bench.history")
@@ -81,13 +83,14 @@ def _learning_curves(study: optuna.Study, frame: pd.DataFrame, top_k: int):
     for i, (n, hist) in enumerate(histories.items()):
         curves = pd.DataFrame({k: v for k, v in hist.items() if k != "learning_rate"})
         curves.index = range(1, len(curves) + 1)
-        for ax, key in zip(axes, ("loss", "accuracy")):
+        for ax, key in zip(axes, ("loss", "accuracy"), strict=True):
             for col, style in ((key, "-"), (f"val_{key}", "--")):
                 if col in curves:
                     curves[col].plot(ax=ax, style=style, color=f"C{i}", marker=".",
                                      label=f"trial {n} {'val' if style == '--' else 'train'}")
-    for ax, key in zip(axes, ("loss", "accuracy")):
+    for ax, key in zip(axes, ("loss", "accuracy"), strict=True):
         ax.set(xlabel="epoch", ylabel=key, title=f"{key}: train (solid) and validation (dashed)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
     return axes
@@ -124,30 +127,35 @@ def draw_plots(study: optuna.Study, frame: pd.DataFrame, out: Path,
     Returns:
         ``(title, path)`` of each plot written, and one note per plot skipped.
     """
-    from bench.report import metric_name
-
     import matplotlib
 
     matplotlib.use("Agg")
+    from optuna.importance import FanovaImportanceEvaluator
     from optuna.trial import TrialState
     from optuna.visualization import matplotlib as ov
+
+    from bench.report import metric_name
 
     metric, maximize = metric_name(study), study.direction.name == "MAXIMIZE"
     view = _search_view(study)
     common = _common_params(view)
     n_search = len(view.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-    few = f"needs >= 2 completed sampled trials with varying parameters (has {n_search})"
-    plots = [
-        ("Optimization history", "history.png", lambda: ov.plot_optimization_history(
-            study, target_name=metric), (8, 4.5), None),
+    few = (f"needs >= 2 completed sampled trials with varying parameters (has {n_search})"
+           if n_search < 2 or not common else None)
+    fanova = FanovaImportanceEvaluator(seed=0)  # seeded: the same study, the same picture
+    plots = [  # (title, file, draw, figure size or None, why it cannot be drawn or None)
+        ("Optimization history", "history.png",
+         lambda: ov.plot_optimization_history(study, target_name=metric), (8, 4.5), None),
         ("Best so far against wall time", "wall_time.png",
          lambda: _wall_time(study, metric, maximize), None, None),
-        ("Parameter importances (fANOVA)", "importances.png", lambda: ov.plot_param_importances(
-            view, params=common, evaluator=_fanova()), (8, 4.5), few if n_search < 2 or not common else None),
-        ("Parallel coordinates", "parallel.png", lambda: ov.plot_parallel_coordinate(
-            view, params=common, target_name=metric), (12, 5), few if n_search < 2 or not common else None),
+        ("Parameter importances (fANOVA)", "importances.png",
+         lambda: ov.plot_param_importances(view, evaluator=fanova, params=common,
+                                            target_name=metric), (8, 4.5), few),
+        ("Parallel coordinates", "parallel.png",
+         lambda: ov.plot_parallel_coordinate(view, params=common, target_name=metric), (12, 5),
+         few),
         ("Slices", "slice.png", lambda: ov.plot_slice(view, params=common, target_name=metric),
-         (3.2 * max(1, len(common)), 3.6), few if n_search < 2 or not common else None),
+         (3.2 * max(1, len(common)), 3.6), few),
         (f"Learning curves of the top {top_k}", "learning_curves.png",
          lambda: _learning_curves(study, frame, top_k), None, None),
         ("Champion confusion matrix (test set)", "confusion_matrix.png",
@@ -170,8 +178,3 @@ def draw_plots(study: optuna.Study, frame: pd.DataFrame, out: Path,
         images.append((title, out / name))
     return images, notes
 
-
-def _fanova():
-    from optuna.importance import FanovaImportanceEvaluator
-
-    return FanovaImportanceEvaluator(seed=0)  # seeded: the same study gives the same picture

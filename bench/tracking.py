@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("bench")
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow's own default: `mlflow ui` finds it
+RETRY_AFTER = 30.0  # seconds a failed tracking store is left alone before the next attempt
 
 
 def resolve_uri(cli_uri: str | None) -> str:
@@ -91,6 +92,7 @@ class Tracker:
         self.client = MlflowClient(uri)
         self.failures = 0
         self._warned = False
+        self._down_until = 0.0
         try:
             exp = self.client.get_experiment_by_name(experiment)
             if exp is None:
@@ -114,7 +116,14 @@ class Tracker:
     # -------------------------------------------------------------- resilience
 
     def safe(self, fn, *args, **kwargs) -> Any:
-        """Call ``fn``; on failure warn once, count it and return None instead of raising."""
+        """Call ``fn``; on failure warn once, count it and return None instead of raising.
+
+        After a failure, calls in the next ``RETRY_AFTER`` seconds are skipped at once (and
+        counted), so a dead server costs one timeout per interval instead of one per call.
+        """
+        if time.monotonic() < self._down_until:
+            self.failures += 1
+            return None
         for attempt in range(3):
             try:
                 return fn(*args, **kwargs)
@@ -123,6 +132,7 @@ class Tracker:
                     time.sleep(0.5 * (attempt + 1))
                     continue
                 self.failures += 1
+                self._down_until = time.monotonic() + RETRY_AFTER
                 if not self._warned:
                     self._warned = True
                     log.warning("tracking store %s failed (%s); results still go to the Optuna "

@@ -18,7 +18,7 @@ version: 1
 study:
   sampler: {name: tpe, seed: 0, n_startup_trials: 3}
   pruner: {name: none}
-train: {max_epochs: 25, patience: 25, min_delta: 0.0, validation_size: 300,
+train: {max_epochs: 15, patience: 15, min_delta: 0.0, validation_size: 300,
         steps_per_execution: 1, jit_compile: false}
 params:
   n_layers: 1
@@ -76,7 +76,7 @@ def running_mid_trial(folder: Path, name: str, min_finished: int = 1, storage: s
     """A RUNNING trial with at least one epoch done, once ``min_finished`` trials finished."""
     trials = trials_of(folder, name, storage)
     finished = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
-    running = [t for t in trials if t.state.name == "RUNNING" and t.intermediate_values]
+    running = [t for t in trials if t.state.name == "RUNNING" and 0 < len(t.intermediate_values) <= 10]
     return running[0] if len(finished) >= min_finished and running else None
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import socket
 import time
 from dataclasses import dataclass
@@ -68,13 +69,21 @@ def make_storage(url: str | None) -> optuna.storages.BaseStorage:
     import sqlalchemy.exc
 
     try:
-        return RDBStorage(
-            url,
-            engine_kwargs={"pool_pre_ping": True},
-            heartbeat_interval=HEARTBEAT_INTERVAL,
-            grace_period=GRACE_PERIOD,
-            heartbeat_stale_trial_callback=retry,
-        )
+        for attempt in range(6):
+            try:
+                return RDBStorage(
+                    url,
+                    engine_kwargs={"pool_pre_ping": True},
+                    heartbeat_interval=HEARTBEAT_INTERVAL,
+                    grace_period=GRACE_PERIOD,
+                    heartbeat_stale_trial_callback=retry,
+                )
+            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+                # workers starting together on an empty database race to create Optuna's
+                # tables; the loser sees a duplicate and simply tries again
+                if attempt == 5:
+                    raise
+                time.sleep(0.3 + random.random())
     except (sqlalchemy.exc.ArgumentError, ValueError) as exc:
         raise BenchError(f"--storage {shown}: malformed storage URL ({_first_line(exc)}); "
                          "expected e.g. postgresql://user@host:5432/db or a journal file path") from None

@@ -36,16 +36,20 @@ LEVEL = 0.95
 
 @dataclass(frozen=True)
 class Options:
-    """What ``--finalize`` needs besides the study; defaults match ``bench.search``."""
+    """What ``--finalize`` needs besides the study.
+
+    A field left None is taken from how the search was started (the batch record's ``meta``, then
+    the parent run's params), else from ``bench.search``'s defaults.
+    """
 
     top_k: int = 3
     seeds: int = 3
-    dataset: str = "fashion-mnist"
+    dataset: str | None = None  # else the search's, else fashion-mnist
     data_dir: str | None = None
-    space_path: str | None = None  # None: search_spaces/mlp.yaml
-    max_epochs: int | None = None
-    split_seed: int | None = None  # the search's --seed (chose the validation split); None: its own
-    model_name: str | None = None  # None: <dataset>-mlp
+    space_path: str | None = None  # else the search's, else search_spaces/mlp.yaml
+    max_epochs: int | None = None  # else the search's (parent run), else the space file's
+    split_seed: int | None = None  # the search's --seed, which chose the validation split
+    model_name: str | None = None  # else the search's, else <dataset>-mlp
     tracking_uri: str = "sqlite:///mlflow.db"
 
 
@@ -140,33 +144,31 @@ def run(study: optuna.Study, opts: Options) -> dict[str, Any]:
         BenchError: too few seeds, nothing to finalize, or a dataset/space the study was not
             searched with.
     """
-    from bench.search import DEFAULT_SPACE
     from bench.space import load_space
 
     if opts.seeds < 2:
         raise BenchError(f"--seeds {opts.seeds}: a confidence interval needs at least 2 seeds")
-    space = load_space(opts.space_path or DEFAULT_SPACE).with_overrides(max_epochs=opts.max_epochs)
+    parent, params, experiment, _ = parent_run(study, opts.tracking_uri)
+    opts = _with_search_defaults(study, opts, params)
+    space = load_space(opts.space_path).with_overrides(max_epochs=opts.max_epochs)
     known = study.user_attrs.get("bench.space_hash")
     if known and known != space.search_hash:
         raise BenchError(f"--space {space.path}: study '{study.study_name}' was searched with "
                          f"another space (hash {known}, this file {space.search_hash}); pass the "
                          "--space the study was created with")
+    if params.get("dataset") and params["dataset"] != opts.dataset and opts.dataset != "idx":
+        raise BenchError(f"--dataset {opts.dataset}: study '{study.study_name}' was searched on "
+                         f"{params['dataset']}; pass --dataset {params['dataset']}")
     picked = candidates(study, opts.top_k)
     if not picked:
         raise BenchError(f"study '{study.study_name}' has no completed trial with a "
                          "configuration (bench.config); nothing to finalize")
-    parent, params, experiment, _ = parent_run(study, opts.tracking_uri)
-    if params.get("dataset") and params["dataset"] != opts.dataset and opts.dataset != "idx":
-        raise BenchError(f"--dataset {opts.dataset}: study '{study.study_name}' was searched on "
-                         f"{params['dataset']}; pass --dataset {params['dataset']}")
     # The parent run recorded the search's --max-epochs and --seed: retrain exactly as it trained.
     searched_epochs = int(params.get("train.max_epochs", space.train.max_epochs))
     if opts.max_epochs is None and searched_epochs != space.train.max_epochs:
         print(f"using the search's max_epochs {searched_epochs} (recorded in its parent run)",
               file=sys.stderr)
         space = space.with_overrides(max_epochs=searched_epochs)
-    if opts.split_seed is None:
-        opts = replace(opts, split_seed=int(params.get("seed", 0)))
     seeds = [SEED0 + i for i in range(opts.seeds)]
     key = {"trials": [t.number for t in picked], "seeds": seeds, "space_hash": space.search_hash,
            "dataset": opts.dataset, "max_epochs": space.train.max_epochs,
@@ -190,6 +192,19 @@ def run(study: optuna.Study, opts: Options) -> dict[str, Any]:
     record["key"] = key
     study.set_user_attr(FINALIZED_ATTR, record)
     return record
+
+
+def _with_search_defaults(study: optuna.Study, opts: Options, params: dict) -> Options:
+    from bench.search import DEFAULT_SPACE
+
+    meta = (study.user_attrs.get("bench.batch") or {}).get("meta") or {}
+    seed = opts.split_seed
+    if seed is None:
+        seed = int(meta.get("seed", params.get("seed", 0)))
+    return replace(opts, dataset=opts.dataset or meta.get("dataset") or "fashion-mnist",
+                   space_path=opts.space_path or meta.get("space") or DEFAULT_SPACE,
+                   data_dir=opts.data_dir or meta.get("data_dir"),
+                   model_name=opts.model_name or meta.get("model_name"), split_seed=seed)
 
 
 def _retrain_all(study, picked, seeds, space, dataset, tracker: Tracker, parent: str | None,

@@ -45,16 +45,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="retrain the top-k configurations with --seeds seeds each, score them on "
                         "the test set, register the best mean as the champion")
     f.add_argument("--seeds", type=_positive, default=3, help="seeds per configuration (default 3)")
-    f.add_argument("--dataset", default="fashion-mnist",
-                   help="the study's dataset (default fashion-mnist)")
-    f.add_argument("--data-dir", help="folder with the dataset's IDX files (as bench.search)")
-    f.add_argument("--space", help="the study's search-space file (default search_spaces/mlp.yaml)")
+    f.add_argument("--dataset", help="the study's dataset (default: the one its search used, as "
+                                     "recorded in the study, else fashion-mnist)")
+    f.add_argument("--data-dir", help="folder with the dataset's IDX files (default: the search's)")
+    f.add_argument("--space", help="the study's search-space file (default: the search's, else "
+                                   "search_spaces/mlp.yaml)")
     f.add_argument("--max-epochs", type=_positive,
                    help="override train.max_epochs (default: what the search used, from its "
                         "parent run, else the space file's)")
     f.add_argument("--seed", type=int, help="the search's --seed, which picked the validation "
                                             "split (default: from its parent run, else 0)")
-    f.add_argument("--model-name", help="registered model name (default <dataset>-mlp)")
+    f.add_argument("--model-name", help="registered model name (default: the search's, else "
+                                        "<dataset>-mlp)")
     return p
 
 

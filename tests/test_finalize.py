@@ -73,8 +73,8 @@ def finalized(tmp_path_factory):
     search = run_module("bench.search", "--dataset", "digits", "--space", str(space),
                         "--trials", "3", "--quiet", cwd=folder)
     assert search.returncode == 0, search.stderr[-3000:]
-    args = ["--finalize", "--top-k", "2", "--seeds", "2", "--dataset", "digits", "--space",
-            str(space), "--out", "rep"]
+    # No --dataset/--space: they default to what the search recorded (digits, the copy).
+    args = ["--finalize", "--top-k", "2", "--seeds", "2", "--out", "rep"]
     proc = run_module("bench.report", *args, cwd=folder)
     study = optuna.load_study(study_name="digits-smoke", storage=JournalStorage(
         JournalFileBackend(str(folder / "optuna-studies.log"))))
@@ -145,8 +145,7 @@ def test_finalize_again_reuses_the_record(finalized):
     (["--seeds", "1"], "--seeds 1: a confidence interval needs at least 2 seeds"),
 ])
 def test_finalize_refuses_mismatched_inputs(finalized, extra, message):
-    args = ["--finalize", "--dataset", "digits", "--space", str(finalized["space"]), *extra]
-    proc = run_module("bench.report", *args, cwd=finalized["folder"], timeout=120)
+    proc = run_module("bench.report", "--finalize", *extra, cwd=finalized["folder"], timeout=120)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], proc.stderr

@@ -123,3 +123,48 @@ def test_champion_moves_only_when_test_accuracy_improves(search):
     v2 = client.get_model_version("digits-mlp", "2")
     assert v2.tags["previous_champion_test_accuracy"] == "0.9999" and v2.tags["promoted"] == "false"
     assert uri
+
+
+def test_diverging_and_raising_trials_fail_alone_and_the_study_goes_on(tmp_path):
+    import yaml
+
+    space = {**SPACE, "params": {"n_layers": 2, "batch_size": 64,
+                                 "units": {"type": "int", "low": 8, "high": 1_000_000, "log": True},
+                                 "normalization": {"type": "categorical", "choices": ["none", "minmax"]},
+                                 "optimizer": {"type": "categorical", "choices": ["sgd", "adam"]},
+                                 "learning_rate": {"type": "float", "low": 1e-4, "high": 1e30, "log": True}}}
+    space["study"] = {"pruner": {"name": "none"}}
+    space_file = tmp_path / "space.yaml"
+    space_file.write_text(yaml.safe_dump(space))
+    cfg = SearchConfig(space_path=str(space_file), dataset="digits", study_name="faulty",
+                       storage=str(tmp_path / "journal.log"),
+                       tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", experiment="digits-exp",
+                       model_name="digits-mlp", threads=1)
+    study = st.open_study("faulty", st.make_storage(cfg.storage), parse_space(space, str(space_file)))
+    tracker = Tracker(cfg.tracking_uri, cfg.experiment)
+    parent = tracker.start_parent("faulty-batch-1", {}, {})
+    slots = [  # raw pixels with a huge SGD step diverge; a 10^6 x 10^6 layer cannot be allocated
+        {"normalization": "none", "optimizer": "sgd", "learning_rate": 1e30, "units": 16},
+        {"normalization": "minmax", "optimizer": "adam", "learning_rate": 1e-2, "units": 1_000_000},
+        {"normalization": "minmax", "optimizer": "adam", "learning_rate": 1e-2, "units": 16},
+    ]
+    for params in slots:
+        study.enqueue_trial(params, user_attrs={st.SLOT_ATTR: 1})
+    study.set_user_attr(st.BATCH_ATTR, st.Batch(1, parent, 3, "running").record())
+
+    worker = Worker(cfg, 1)
+    assert worker.run() == "done"
+    trials = sorted(study.trials, key=lambda t: t.number)
+    diverged, oom, good = trials[:3]
+    assert diverged.state.name == "PRUNED"
+    assert "loss became" in diverged.user_attrs[st.REASON_ATTR] or "non-finite" in diverged.user_attrs[st.REASON_ATTR]
+    assert diverged.user_attrs["bench.epochs"] <= 1
+    assert oom.state.name == "FAIL" and "ResourceExhausted" in oom.user_attrs[st.REASON_ATTR]
+    assert good.state.name == "COMPLETE"
+    replacement = trials[3:]  # the failed configuration's slot was replaced by a fresh one
+    assert len(replacement) == 1 and replacement[0].state.name in ("COMPLETE", "PRUNED", "FAIL")
+    runs = {int(r.data.tags["trial_number"]): r for r in tracker.client.search_runs(
+        [tracker.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")}
+    assert runs[0].info.status == "FAILED" and runs[0].data.tags["optuna_state"] == "PRUNED"
+    assert runs[1].info.status == "FAILED" and "ResourceExhausted" in runs[1].data.tags["state_reason"]
+    assert runs[2].info.status == "FINISHED"

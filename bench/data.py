@@ -18,8 +18,18 @@ import numpy as np
 
 from bench.errors import DataError
 
-FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+FASHION_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 DIGIT_CLASSES = tuple(str(i) for i in range(10))
 IDX_FILES = {
     "x_train": "train-images-idx3-ubyte.gz",
@@ -93,14 +103,20 @@ def read_idx(path: str | Path) -> np.ndarray:
         raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
     except OSError as exc:
         if isinstance(exc, gzip.BadGzipFile):
-            raise DataError(f"{path}: corrupt gzip file ({exc}); delete it and fetch it again") from None
+            raise DataError(
+                f"{path}: corrupt gzip file ({exc}); delete it and fetch it again"
+            ) from None
         raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
     except (EOFError, zlib.error) as exc:
-        raise DataError(f"{path}: corrupt gzip file ({exc}); delete it and fetch it again") from None
+        raise DataError(
+            f"{path}: corrupt gzip file ({exc}); delete it and fetch it again"
+        ) from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES or raw[3] == 0:
         head = raw[:4].hex() or "empty"
-        raise DataError(f"{path}: not an IDX file (magic number 0x{head}, expected "
-                        "0x0000TTNN with a known type TT and NN dimensions)")
+        raise DataError(
+            f"{path}: not an IDX file (magic number 0x{head}, expected "
+            "0x0000TTNN with a known type TT and NN dimensions)"
+        )
     ndim = raw[3]
     header = 4 + 4 * ndim
     if len(raw) < header:
@@ -109,9 +125,15 @@ def read_idx(path: str | Path) -> np.ndarray:
     dtype = np.dtype(_IDX_DTYPES[raw[2]])
     expected = int(np.prod(shape)) * dtype.itemsize
     if len(raw) - header != expected:
-        raise DataError(f"{path}: IDX header declares shape {shape} ({expected} bytes) but the "
-                        f"file holds {len(raw) - header} bytes of data; the file is damaged")
-    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+        raise DataError(
+            f"{path}: IDX header declares shape {shape} ({expected} bytes) but the "
+            f"file holds {len(raw) - header} bytes of data; the file is damaged"
+        )
+    return (
+        np.frombuffer(raw, dtype=dtype, offset=header)
+        .reshape(shape)
+        .astype(dtype.newbyteorder("="))
+    )
 
 
 def write_idx(path: str | Path, array: np.ndarray) -> None:
@@ -150,7 +172,9 @@ def candidate_dirs(name: str, data_dir: str | None) -> list[Path]:
 
 
 def _has_idx(directory: Path) -> bool:
-    return all((directory / f).is_file() or (directory / f[:-3]).is_file() for f in IDX_FILES.values())
+    return all(
+        (directory / f).is_file() or (directory / f[:-3]).is_file() for f in IDX_FILES.values()
+    )
 
 
 def _idx_path(directory: Path, fname: str) -> Path:
@@ -163,9 +187,11 @@ def _load_idx_dir(name: str, directory: Path, pinned: dict[str, str] | None) -> 
         path = _idx_path(directory, fname)
         digest = sha256_file(path)
         if pinned and path.name in pinned and digest != pinned[path.name]:
-            raise DataError(f"{path}: SHA-256 {digest[:12]}… does not match the published "
-                            f"{pinned[path.name][:12]}…; the file is corrupt or not {name}; "
-                            "delete it and fetch it again")
+            raise DataError(
+                f"{path}: SHA-256 {digest[:12]}… does not match the published "
+                f"{pinned[path.name][:12]}…; the file is corrupt or not {name}; "
+                "delete it and fetch it again"
+            )
         h.update(digest.encode())
         arrays[key] = read_idx(path)
     return _assemble(name, arrays, str(directory), h.hexdigest()[:16])
@@ -175,17 +201,25 @@ def _assemble(name: str, arrays: dict[str, np.ndarray], source: str, digest: str
     for part in ("train", "test"):
         x, y = arrays[f"x_{part}"], arrays[f"y_{part}"]
         if x.ndim < 2:
-            raise DataError(f"{source}: {part} images have shape {x.shape}; expected (N, H[, W]) images")
+            raise DataError(
+                f"{source}: {part} images have shape {x.shape}; expected (N, H[, W]) images"
+            )
         if y.ndim != 1:
-            raise DataError(f"{source}: {part} labels have shape {y.shape}; expected one label per image")
+            raise DataError(
+                f"{source}: {part} labels have shape {y.shape}; expected one label per image"
+            )
         if len(x) != len(y):
-            raise DataError(f"{source}: {len(x)} {part} images but {len(y)} {part} labels; "
-                            "the image and label files do not belong together")
+            raise DataError(
+                f"{source}: {len(x)} {part} images but {len(y)} {part} labels; "
+                "the image and label files do not belong together"
+            )
         if x.dtype != np.uint8:
             raise DataError(f"{source}: {part} images are {x.dtype}; the models take uint8 pixels")
     if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:]:
-        raise DataError(f"{source}: train images are {arrays['x_train'].shape[1:]} but test images "
-                        f"are {arrays['x_test'].shape[1:]}; both must have one shape")
+        raise DataError(
+            f"{source}: train images are {arrays['x_train'].shape[1:]} but test images "
+            f"are {arrays['x_test'].shape[1:]}; both must have one shape"
+        )
     labels = np.concatenate([arrays["y_train"], arrays["y_test"]]).astype(np.int64)
     if labels.min() < 0:
         raise DataError(f"{source}: labels must be >= 0, found {labels.min()}")
@@ -193,8 +227,16 @@ def _assemble(name: str, arrays: dict[str, np.ndarray], source: str, digest: str
     classes = {"fashion-mnist": FASHION_CLASSES, "mnist": DIGIT_CLASSES}.get(name)
     if classes is None or len(classes) != n_classes:
         classes = tuple(str(i) for i in range(n_classes))
-    return Dataset(name, arrays["x_train"], arrays["y_train"].astype(np.int64), arrays["x_test"],
-                   arrays["y_test"].astype(np.int64), classes, source, digest)
+    return Dataset(
+        name,
+        arrays["x_train"],
+        arrays["y_train"].astype(np.int64),
+        arrays["x_test"],
+        arrays["y_test"].astype(np.int64),
+        classes,
+        source,
+        digest,
+    )
 
 
 def _load_npz(path: Path) -> Dataset:
@@ -212,11 +254,20 @@ def _digits() -> Dataset:
 
     bunch = load_digits()
     images = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)  # 0..16 -> 0..255 like MNIST
-    x_tr, x_te, y_tr, y_te = train_test_split(images, bunch.target, test_size=0.2,
-                                              stratify=bunch.target, random_state=0)
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        images, bunch.target, test_size=0.2, stratify=bunch.target, random_state=0
+    )
     digest = hashlib.sha256(images.tobytes() + bunch.target.tobytes()).hexdigest()[:16]
-    return Dataset("digits", x_tr, y_tr.astype(np.int64), x_te, y_te.astype(np.int64),
-                   DIGIT_CLASSES, "sklearn.datasets.load_digits", digest)
+    return Dataset(
+        "digits",
+        x_tr,
+        y_tr.astype(np.int64),
+        x_te,
+        y_te.astype(np.int64),
+        DIGIT_CLASSES,
+        "sklearn.datasets.load_digits",
+        digest,
+    )
 
 
 def _download(name: str) -> None:
@@ -248,8 +299,10 @@ def load_dataset(name: str, data_dir: str | None = None, *, allow_download: bool
         return _digits()
     dirs = candidate_dirs(name, data_dir)
     if name == "idx" and not dirs:
-        raise DataError("--dataset idx needs --data-dir DIR (or BENCH_DATA_DIR) holding the four "
-                        f"IDX files {list(IDX_FILES.values())}")
+        raise DataError(
+            "--dataset idx needs --data-dir DIR (or BENCH_DATA_DIR) holding the four "
+            f"IDX files {list(IDX_FILES.values())}"
+        )
     pinned = FASHION_SHA256 if name == "fashion-mnist" else None
 
     def local() -> Dataset | None:
@@ -270,10 +323,14 @@ def load_dataset(name: str, data_dir: str | None = None, *, allow_download: bool
         found = local()
     if found is None:
         looked = ", ".join(str(d) for d in dirs)
-        how = ("install Debian's package dataset-fashion-mnist, or " if name == "fashion-mnist" else "")
-        raise DataError(f"{name}: dataset files not found (looked in {looked}"
-                        f"{'; the Keras download failed' if allow_download and name != 'idx' else ''}); "
-                        f"{how}pass --data-dir DIR holding {', '.join(IDX_FILES.values())}")
+        how = (
+            "install Debian's package dataset-fashion-mnist, or " if name == "fashion-mnist" else ""
+        )
+        raise DataError(
+            f"{name}: dataset files not found (looked in {looked}"
+            f"{'; the Keras download failed' if allow_download and name != 'idx' else ''}); "
+            f"{how}pass --data-dir DIR holding {', '.join(IDX_FILES.values())}"
+        )
     return found
 
 
@@ -285,12 +342,15 @@ def validation_split(ds: Dataset, size: int, seed: int) -> Split:
     """
     n = len(ds.x_train)
     if not 0 < size <= n // 2:
-        raise DataError(f"train.validation_size: {size} does not fit {ds.name}'s {n} training "
-                        f"images; use a value from {ds.n_classes} to {n // 2}")
+        raise DataError(
+            f"train.validation_size: {size} does not fit {ds.name}'s {n} training "
+            f"images; use a value from {ds.n_classes} to {n // 2}"
+        )
     from sklearn.model_selection import train_test_split
 
-    idx_tr, idx_val = train_test_split(np.arange(n), test_size=size, stratify=ds.y_train,
-                                       random_state=seed)
+    idx_tr, idx_val = train_test_split(
+        np.arange(n), test_size=size, stratify=ds.y_train, random_state=seed
+    )
     idx_tr.sort()
     idx_val.sort()
     return Split(ds.x_train[idx_tr], ds.y_train[idx_tr], ds.x_train[idx_val], ds.y_train[idx_val])

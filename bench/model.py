@@ -33,7 +33,9 @@ def configure_threads(intra_op: int | None, inter_op: int | None = None) -> None
             pass  # already initialised in this process; the earlier setting stands
 
 
-def normalization_stats(mode: str, x_train: np.ndarray) -> tuple[np.ndarray | float, np.ndarray | float]:
+def normalization_stats(
+    mode: str, x_train: np.ndarray
+) -> tuple[np.ndarray | float, np.ndarray | float]:
     """Mean and variance for ``standard``/``per_pixel`` from the training split only.
 
     ``standard`` uses one mean/std over all pixels (StandardScaler on ``reshape(-1, 1)``);
@@ -64,8 +66,9 @@ def normalization_layer(mode: str, x_train: np.ndarray):
     raise ValueError(f"unknown normalization {mode!r}")
 
 
-def build_mlp(config: dict[str, Any], input_shape: tuple[int, ...], n_classes: int,
-              x_train: np.ndarray):
+def build_mlp(
+    config: dict[str, Any], input_shape: tuple[int, ...], n_classes: int, x_train: np.ndarray
+):
     """Build the (uncompiled) MLP for one configuration.
 
     Args:

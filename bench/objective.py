@@ -49,9 +49,16 @@ def _finite(x: Any) -> bool:
         return False
 
 
-def train(config: dict[str, Any], spec: TrainSpec, split: Split, n_classes: int, seed: int,
-          on_epoch: EpochHook | None = None, metric: str = "val_accuracy",
-          tensorboard_dir: str | None = None) -> TrialResult:
+def train(
+    config: dict[str, Any],
+    spec: TrainSpec,
+    split: Split,
+    n_classes: int,
+    seed: int,
+    on_epoch: EpochHook | None = None,
+    metric: str = "val_accuracy",
+    tensorboard_dir: str | None = None,
+) -> TrialResult:
     """Build and fit one MLP with early stopping; stop early when ``on_epoch`` says so.
 
     Args:
@@ -79,23 +86,39 @@ def train(config: dict[str, Any], spec: TrainSpec, split: Split, n_classes: int,
     steps_per_epoch = max(1, math.ceil(n / batch))
     model = build_mlp(config, split.x_train.shape[1:], n_classes, split.x_train)
     model.compile(
-        optimizer=make_optimizer(config["optimizer"], float(config["learning_rate"]),
-                                 config["lr_schedule"], steps_per_epoch * spec.max_epochs),
+        optimizer=make_optimizer(
+            config["optimizer"],
+            float(config["learning_rate"]),
+            config["lr_schedule"],
+            steps_per_epoch * spec.max_epochs,
+        ),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
         jit_compile=spec.jit_compile,
         steps_per_execution=min(spec.steps_per_execution, steps_per_epoch),
     )
-    stopper = keras.callbacks.EarlyStopping(monitor=metric, mode=mode, patience=spec.patience,
-                                            min_delta=spec.min_delta, restore_best_weights=True)
+    stopper = keras.callbacks.EarlyStopping(
+        monitor=metric,
+        mode=mode,
+        patience=spec.patience,
+        min_delta=spec.min_delta,
+        restore_best_weights=True,
+    )
     watch = _watch_class()(on_epoch)
     callbacks = [stopper, watch]
     if tensorboard_dir:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=tensorboard_dir))
     start = time.perf_counter()
-    model.fit(split.x_train, split.y_train, batch_size=batch, epochs=spec.max_epochs,
-              validation_data=(split.x_val, split.y_val),
-              validation_batch_size=spec.eval_batch_size, callbacks=callbacks, verbose=0)
+    model.fit(
+        split.x_train,
+        split.y_train,
+        batch_size=batch,
+        epochs=spec.max_epochs,
+        validation_data=(split.x_val, split.y_val),
+        validation_batch_size=spec.eval_batch_size,
+        callbacks=callbacks,
+        verbose=0,
+    )
     seconds = time.perf_counter() - start
     history = watch.history
     epochs = len(history.get(metric, []))
@@ -106,8 +129,19 @@ def train(config: dict[str, Any], spec: TrainSpec, split: Split, n_classes: int,
         value = float(history[metric][best]) if epochs else float("nan")
         status = PRUNED if watch.pruned else COMPLETED
         reason = f"pruned at epoch {epochs - 1}" if watch.pruned else ""
-    return TrialResult(status, value, best, epochs, seconds, int(model.count_params()),
-                       _flops(model), watch.samples(n), history, model, reason)
+    return TrialResult(
+        status,
+        value,
+        best,
+        epochs,
+        seconds,
+        int(model.count_params()),
+        _flops(model),
+        watch.samples(n),
+        history,
+        model,
+        reason,
+    )
 
 
 def _flops(model) -> int:
@@ -138,12 +172,16 @@ def _watch_class():
             loss = (logs or {}).get("loss")
             if loss is not None and not _finite(loss):
                 self.diverged = True
-                self.reason = f"loss became {float(loss)} during epoch {len(self.history.get('loss', []))}"
+                self.reason = (
+                    f"loss became {float(loss)} during epoch {len(self.history.get('loss', []))}"
+                )
                 self.model.stop_training = True
 
         def on_epoch_end(self, epoch, logs=None):
             metrics = {k: float(v) for k, v in (logs or {}).items()}
-            metrics["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+            metrics["learning_rate"] = float(
+                keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
+            )
             for k, v in metrics.items():
                 self.history.setdefault(k, []).append(v)
             if not all(_finite(metrics.get(k)) for k in ("loss", "val_loss") if k in metrics):

@@ -10,14 +10,18 @@ from __future__ import annotations
 import argparse
 import sys
 
+from bench.cli import Parser
 from bench.errors import EXIT_OK, EXIT_USAGE, BenchError, redact
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench.register", description=__doc__.splitlines()[0])
+    p = Parser(prog="python -m bench.register", description=__doc__.splitlines()[0])
     p.add_argument("--study-name", required=True, help="the study whose best model to register")
     p.add_argument("--storage", help="Optuna storage (default optuna-studies.log)")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    p.add_argument(
+        "--tracking-uri",
+        help="MLflow tracking URI (default MLFLOW_TRACKING_URI or sqlite:///mlflow.db)",
+    )
     p.add_argument("--model-name", help="registered model name (default: the one the search used)")
     p.add_argument("--data-dir", help="dataset folder (default: the one the search used)")
     return p
@@ -36,8 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     if not summary.get("registered"):
         print("nothing to register: no completed trial has a logged model", file=sys.stderr)
         return EXIT_USAGE
-    print(f"{summary['model_name']} version {summary['registered']} (test accuracy "
-          f"{summary['test_accuracy']:.4f}); champion: version {summary['champion_version']}")
+    print(
+        f"{summary['model_name']} version {summary['registered']} (test accuracy "
+        f"{summary['test_accuracy']:.4f}); champion: version {summary['champion_version']}"
+    )
     return EXIT_OK
 
 
@@ -55,8 +61,10 @@ def register(args: argparse.Namespace) -> dict:
     try:
         study = optuna.load_study(study_name=args.study_name, storage=storage)
     except KeyError:
-        raise BenchError(f"--study-name {args.study_name}: no such study in "
-                         f"{redact(args.storage or st.DEFAULT_STORAGE)}") from None
+        raise BenchError(
+            f"--study-name {args.study_name}: no such study in "
+            f"{redact(args.storage or st.DEFAULT_STORAGE)}"
+        ) from None
     batch = st.current_batch(study)
     if batch is None or not batch.meta:
         raise BenchError(f"--study-name {args.study_name}: the study was not made by bench.search")
@@ -64,10 +72,16 @@ def register(args: argparse.Namespace) -> dict:
     uri = resolve_uri(args.tracking_uri)
     check_uri(uri)
     space = load_space(meta["space"])
-    cfg = SearchConfig(space_path=meta["space"], dataset=meta["dataset"],
-                       data_dir=args.data_dir or meta.get("data_dir"), study_name=args.study_name,
-                       storage=args.storage or st.DEFAULT_STORAGE, tracking_uri=uri,
-                       experiment=meta["experiment"], model_name=args.model_name or meta["model_name"])
+    cfg = SearchConfig(
+        space_path=meta["space"],
+        dataset=meta["dataset"],
+        data_dir=args.data_dir or meta.get("data_dir"),
+        study_name=args.study_name,
+        storage=args.storage or st.DEFAULT_STORAGE,
+        tracking_uri=uri,
+        experiment=meta["experiment"],
+        model_name=args.model_name or meta["model_name"],
+    )
     dataset = data.load_dataset(cfg.dataset, cfg.data_dir)
     summary = finalize(study, batch, Tracker(uri, cfg.experiment), dataset, cfg, space)
     if summary.get("registered"):

@@ -26,9 +26,9 @@ _FINISHED = ("COMPLETE", "PRUNED")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from bench.search import _Parser, _positive  # the same one-line errors and checks
+    from bench.cli import Parser, positive_int
 
-    p = _Parser(prog="python -m bench.report",
+    p = Parser(prog="python -m bench.report",
                 description="Tables, plots and report.md of a study; --finalize retrains the "
                             "top configurations with several seeds and registers the champion.")
     p.add_argument("--study-name", help="the study (default: the storage's only study)")
@@ -37,20 +37,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default MLFLOW_TRACKING_URI or "
                                           "sqlite:///mlflow.db)")
     p.add_argument("--out", help="output folder (default reports/<study>/)")
-    p.add_argument("--top-k", type=_positive, default=3,
+    p.add_argument("--top-k", type=positive_int, default=3,
                    help="trials listed first, plotted as learning curves and finalized (default 3)")
     p.add_argument("--no-mlflow", action="store_true", help="do not log the report to MLflow")
     f = p.add_argument_group("--finalize (retrains: imports TensorFlow)")
     f.add_argument("--finalize", action="store_true",
                    help="retrain the top-k configurations with --seeds seeds each, score them on "
                         "the test set, register the best mean as the champion")
-    f.add_argument("--seeds", type=_positive, default=3, help="seeds per configuration (default 3)")
+    f.add_argument("--seeds", type=positive_int, default=3, help="seeds per configuration (default 3)")
     f.add_argument("--dataset", help="the study's dataset (default: the one its search used, as "
                                      "recorded in the study, else fashion-mnist)")
     f.add_argument("--data-dir", help="folder with the dataset's IDX files (default: the search's)")
     f.add_argument("--space", help="the study's search-space file (default: the search's, else "
                                    "search_spaces/mlp.yaml)")
-    f.add_argument("--max-epochs", type=_positive,
+    f.add_argument("--max-epochs", type=positive_int,
                    help="override train.max_epochs (default: what the search used, from its "
                         "parent run, else the space file's)")
     f.add_argument("--seed", type=int, help="the search's --seed, which picked the validation "

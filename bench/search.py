@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from bench.cli import Parser, positive_int, positive_seconds
 from bench.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, BenchError, redact
 
 log = logging.getLogger("bench")
@@ -23,63 +24,82 @@ DEFAULT_SPACE = str(SPACES_DIR / "mlp.yaml")
 BASELINES_SPACE = str(SPACES_DIR / "baselines.yaml")
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, exit 2 (argparse prints usage too; keep it short)
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}; see --help\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m bench.search",
-                description="Search Keras MLP configurations with Optuna; track every trial in "
-                            "MLflow; register the best model.")
-    p.add_argument("--trials", type=_positive, default=50,
-                   help="finished (completed or pruned) trials in this batch, across all workers "
-                        "and restarts (default 50)")
-    p.add_argument("--space", default=DEFAULT_SPACE, help="search-space YAML (default search_spaces/mlp.yaml)")
-    p.add_argument("--dataset", default="fashion-mnist",
-                   help="fashion-mnist | mnist | digits | idx (default fashion-mnist)")
-    p.add_argument("--data-dir", help="folder with the four IDX .gz files (else BENCH_DATA_DIR, the "
-                                      "Keras cache, /usr/share/datasets/NAME)")
-    p.add_argument("--study-name", help="Optuna study (default <dataset>-<space file stem>, e.g. "
-                                        "fashion-mnist-mlp)")
-    p.add_argument("--storage", help="Optuna storage: a journal file path (default "
-                                     "optuna-studies.log) or a database URL, e.g. postgresql://...")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default MLFLOW_TRACKING_URI or "
-                                          "sqlite:///mlflow.db)")
+    p = Parser(
+        prog="python -m bench.search",
+        description="Search Keras MLP configurations with Optuna; track every trial in "
+        "MLflow; register the best model.",
+    )
+    p.add_argument(
+        "--trials",
+        type=positive_int,
+        default=50,
+        help="finished (completed or pruned) trials in this batch, across all workers "
+        "and restarts (default 50)",
+    )
+    p.add_argument(
+        "--space", default=DEFAULT_SPACE, help="search-space YAML (default search_spaces/mlp.yaml)"
+    )
+    p.add_argument(
+        "--dataset",
+        default="fashion-mnist",
+        help="fashion-mnist | mnist | digits | idx (default fashion-mnist)",
+    )
+    p.add_argument(
+        "--data-dir",
+        help="folder with the four IDX .gz files (else BENCH_DATA_DIR, the "
+        "Keras cache, /usr/share/datasets/NAME)",
+    )
+    p.add_argument(
+        "--study-name",
+        help="Optuna study (default <dataset>-<space file stem>, e.g. fashion-mnist-mlp)",
+    )
+    p.add_argument(
+        "--storage",
+        help="Optuna storage: a journal file path (default "
+        "optuna-studies.log) or a database URL, e.g. postgresql://...",
+    )
+    p.add_argument(
+        "--tracking-uri",
+        help="MLflow tracking URI (default MLFLOW_TRACKING_URI or sqlite:///mlflow.db)",
+    )
     p.add_argument("--experiment", help="MLflow experiment (default <dataset>-mlp)")
     p.add_argument("--model-name", help="registered model name (default <dataset>-mlp)")
-    p.add_argument("--max-epochs", type=_positive, help="override the space file's train.max_epochs")
-    p.add_argument("--timeout", type=_seconds, help="start no new trial after this many seconds")
-    p.add_argument("--jobs", type=_positive, help="worker processes on this machine (default: one per core)")
-    p.add_argument("--threads", type=_positive, help="TensorFlow threads per worker (default: cores / jobs)")
-    p.add_argument("--seed", type=int, default=0, help="study seed; trial seeds are seed + trial number")
-    p.add_argument("--no-register", action="store_true", help="skip test evaluation and registration")
-    p.add_argument("--allow-space-change", action="store_true",
-                   help="continue a study created with a different search space")
-    p.add_argument("--with-baselines", action="store_true",
-                   help="enqueue the seed tutorials' configurations first (search_spaces/baselines.yaml)")
-    p.add_argument("--tensorboard", metavar="DIR", nargs="?", const="tensorboard",
-                   help="write TensorBoard logs per trial under DIR (default ./tensorboard)")
+    p.add_argument(
+        "--max-epochs", type=positive_int, help="override the space file's train.max_epochs"
+    )
+    p.add_argument(
+        "--timeout", type=positive_seconds, help="start no new trial after this many seconds"
+    )
+    p.add_argument(
+        "--jobs", type=positive_int, help="worker processes on this machine (default: one per core)"
+    )
+    p.add_argument(
+        "--threads", type=positive_int, help="TensorFlow threads per worker (default: cores / jobs)"
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="study seed; trial seeds are seed + trial number"
+    )
+    p.add_argument(
+        "--no-register", action="store_true", help="skip test evaluation and registration"
+    )
+    p.add_argument(
+        "--allow-space-change",
+        action="store_true",
+        help="continue a study created with a different search space",
+    )
+    p.add_argument(
+        "--with-baselines",
+        action="store_true",
+        help="enqueue the seed tutorials' configurations first (search_spaces/baselines.yaml)",
+    )
+    p.add_argument(
+        "--tensorboard",
+        metavar="DIR",
+        nargs="?",
+        const="tensorboard",
+        help="write TensorBoard logs per trial under DIR (default ./tensorboard)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -114,8 +134,10 @@ def _run(args: argparse.Namespace, interrupts) -> int:
     dataset = data.load_dataset(args.dataset, args.data_dir)
     n_train = len(dataset.x_train)
     if not 0 < space.train.validation_size <= n_train // 2:
-        raise BenchError(f"{space.path}: train.validation_size: {space.train.validation_size} does "
-                         f"not fit {dataset.name}'s {n_train} training images; use at most {n_train // 2}")
+        raise BenchError(
+            f"{space.path}: train.validation_size: {space.train.validation_size} does "
+            f"not fit {dataset.name}'s {n_train} training images; use at most {n_train // 2}"
+        )
     uri = resolve_uri(args.tracking_uri)
     check_uri(uri)
     first = [b.payload() for b in space.baselines if b.dataset in (None, dataset.name)]
@@ -129,14 +151,21 @@ def _run(args: argparse.Namespace, interrupts) -> int:
     cores = os.cpu_count() or 1
     jobs = args.jobs or max(1, min(cores, n_trials))
     cfg = SearchConfig(
-        space_path=args.space, dataset=args.dataset, data_dir=args.data_dir,
+        space_path=args.space,
+        dataset=args.dataset,
+        data_dir=args.data_dir,
         study_name=args.study_name or f"{dataset.name}-{Path(args.space).stem}",
-        storage=args.storage or st.DEFAULT_STORAGE, tracking_uri=uri,
-        experiment=args.experiment or default_name, model_name=args.model_name or default_name,
-        max_epochs=args.max_epochs, seed=args.seed, register=not args.no_register,
+        storage=args.storage or st.DEFAULT_STORAGE,
+        tracking_uri=uri,
+        experiment=args.experiment or default_name,
+        model_name=args.model_name or default_name,
+        max_epochs=args.max_epochs,
+        seed=args.seed,
+        register=not args.no_register,
         threads=args.threads or max(1, cores // jobs),
         deadline=time.time() + args.timeout if args.timeout else None,
-        tensorboard_dir=args.tensorboard, allow_space_change=args.allow_space_change,
+        tensorboard_dir=args.tensorboard,
+        allow_space_change=args.allow_space_change,
     )
     storage = st.make_storage(cfg.storage)
     study = st.open_study(cfg.study_name, storage, space, cfg.seed, args.allow_space_change)
@@ -145,29 +174,54 @@ def _run(args: argparse.Namespace, interrupts) -> int:
     tracker = Tracker(uri, cfg.experiment)
 
     def start_parent(batch_id: int) -> str:
-        run_id = tracker.start_parent(f"{cfg.study_name}-batch-{batch_id}", {
-            "n_trials": n_trials, "dataset": dataset.name, "space": Path(args.space).name,
-            "sampler": space.sampler.name, "pruner": space.pruner.name, "seed": cfg.seed,
-            "metric": space.metric, "storage": cfg.storage,
-            **{f"train.{k}": v for k, v in space.train.__dict__.items()},
-            **{f"fixed.{k}": v for k, v in space.fixed_values().items()},
-        }, {"study_name": cfg.study_name, "batch": batch_id, "space_hash": space.search_hash,
-            "dataset_digest": dataset.digest, "role": "study"})
+        run_id = tracker.start_parent(
+            f"{cfg.study_name}-batch-{batch_id}",
+            {
+                "n_trials": n_trials,
+                "dataset": dataset.name,
+                "space": Path(args.space).name,
+                "sampler": space.sampler.name,
+                "pruner": space.pruner.name,
+                "seed": cfg.seed,
+                "metric": space.metric,
+                "storage": cfg.storage,
+                **{f"train.{k}": v for k, v in space.train.__dict__.items()},
+                **{f"fixed.{k}": v for k, v in space.fixed_values().items()},
+            },
+            {
+                "study_name": cfg.study_name,
+                "batch": batch_id,
+                "space_hash": space.search_hash,
+                "dataset_digest": dataset.digest,
+                "role": "study",
+            },
+        )
         tracker.safe(tracker.log_artifact, run_id, args.space, "space")
         tracker.safe(tracker.log_dataset, run_id, dataset)
         return run_id
 
-    meta = {"space": str(Path(args.space).resolve()), "dataset": args.dataset, "data_dir": args.data_dir,
-            "experiment": cfg.experiment, "model_name": cfg.model_name, "seed": cfg.seed}
+    meta = {
+        "space": str(Path(args.space).resolve()),
+        "dataset": args.dataset,
+        "data_dir": args.data_dir,
+        "experiment": cfg.experiment,
+        "model_name": cfg.model_name,
+        "seed": cfg.seed,
+    }
     batch = st.open_batch(study, n_trials, start_parent, first, meta=meta)
     done_before = len(_finished(study, batch.id))
     if not batch.created:
         tracker.safe(tracker.reopen, batch.parent_run_id)
-        print(f"joining batch {batch.id} of study '{cfg.study_name}': {done_before}/{batch.trials} "
-              "trials already finished", file=sys.stderr)
-    print(f"study '{cfg.study_name}' batch {batch.id}: {batch.trials} trials on {jobs} worker(s) x "
-          f"{cfg.threads} thread(s); storage {redact(cfg.storage)}; tracking {redact(uri)}",
-          file=sys.stderr)
+        print(
+            f"joining batch {batch.id} of study '{cfg.study_name}': {done_before}/{batch.trials} "
+            "trials already finished",
+            file=sys.stderr,
+        )
+    print(
+        f"study '{cfg.study_name}' batch {batch.id}: {batch.trials} trials on {jobs} worker(s) x "
+        f"{cfg.threads} thread(s); storage {redact(cfg.storage)}; tracking {redact(uri)}",
+        file=sys.stderr,
+    )
     progress = _Progress(cfg, batch, space.direction, enabled=not args.quiet)
     progress.start()
     started = time.time()
@@ -201,8 +255,10 @@ def _run_processes(cfg, batch_id: int, jobs: int, interrupts) -> int:
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_child, args=(cfg, batch_id, i), name=f"bench-worker-{i}")
-             for i in range(jobs)]
+    procs = [
+        ctx.Process(target=_child, args=(cfg, batch_id, i), name=f"bench-worker-{i}")
+        for i in range(jobs)
+    ]
     for p in procs:
         p.start()
     try:
@@ -237,8 +293,11 @@ def _interrupted(cfg, study, batch, tracker, done_before: int) -> int:
     if not with_others:
         tracker.safe(tracker.end_run, batch.parent_run_id, "KILLED")
     done = len(_finished(study, batch.id))
-    print(f"interrupted: kept {done}/{batch.trials} finished trials of batch {batch.id} "
-          f"({done - done_before} this run); rerun the same command to resume", file=sys.stderr)
+    print(
+        f"interrupted: kept {done}/{batch.trials} finished trials of batch {batch.id} "
+        f"({done - done_before} this run); rerun the same command to resume",
+        file=sys.stderr,
+    )
     return EXIT_INTERRUPTED
 
 
@@ -268,12 +327,18 @@ class _Progress:
         from bench import study as st
 
         try:
-            study = optuna.load_study(study_name=self.cfg.study_name,
-                                      storage=st.make_storage(self.cfg.storage))
+            study = optuna.load_study(
+                study_name=self.cfg.study_name, storage=st.make_storage(self.cfg.storage)
+            )
         except Exception:  # noqa: BLE001 - progress is cosmetic
             return
-        bar = tqdm(total=self.batch.trials, desc="trials", unit="trial", file=sys.stderr,
-                   dynamic_ncols=True)
+        bar = tqdm(
+            total=self.batch.trials,
+            desc="trials",
+            unit="trial",
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
         while True:
             try:
                 done = _finished(study, self.batch.id)
@@ -298,25 +363,46 @@ def _summary(cfg, study, batch, seconds: float) -> int:
     trials = [t for t in study.get_trials(deepcopy=False) if t.state.name in ("COMPLETE", "PRUNED")]
     rows = []
     for t in trials:
-        p = t.params
-        rows.append({"trial": t.number, "state": t.state.name, "value": t.value,
-                     "normalization": p.get("normalization", ""), "layers": p.get("n_layers", ""),
-                     "optimizer": p.get("optimizer", ""), "lr": p.get("learning_rate"),
-                     "epochs": t.user_attrs.get("bench.epochs"),
-                     "seconds": t.user_attrs.get("bench.train_seconds")})
+        c = t.user_attrs.get("bench.config", {})
+        units = c.get("units") or []
+        rows.append(
+            {
+                "trial": t.number,
+                "state": t.state.name,
+                "value": t.value,
+                "normalization": c.get("normalization", ""),
+                "units": "-".join(map(str, units)),
+                "dropout": (c.get("dropout") or [None])[0],
+                "optimizer": c.get("optimizer", ""),
+                "lr": c.get("learning_rate"),
+                "batch": c.get("batch_size"),
+                "epochs": t.user_attrs.get("bench.epochs"),
+                "seconds": t.user_attrs.get("bench.train_seconds"),
+            }
+        )
     frame = pd.DataFrame(rows)
-    if not frame.empty:
-        frame = frame.sort_values("value", ascending=study.direction.name != "MAXIMIZE",
-                                  na_position="last").head(10)
+    if not frame.empty:  # completed trials first: a pruned trial's value is an early epoch's
+        frame["_pruned"] = frame["state"] != "COMPLETE"
+        frame = (
+            frame.sort_values(
+                ["_pruned", "value"],
+                ascending=[True, study.direction.name != "MAXIMIZE"],
+                na_position="last",
+            )
+            .drop(columns="_pruned")
+            .head(10)
+        )
         print(frame.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     record = current_batch(study)
     done = len(_finished(study, batch.id))
     print(f"\nbatch {batch.id}: {done}/{batch.trials} trials finished in {seconds:.0f} s")
     info = (record.summary or {}) if record and record.id == batch.id else {}
     if info.get("registered"):
-        print(f"registered {cfg.model_name} version {info['registered']} (test accuracy "
-              f"{info['test_accuracy']:.4f}); champion: version {info['champion_version']}, "
-              f"models:/{cfg.model_name}@champion")
+        print(
+            f"registered {cfg.model_name} version {info['registered']} (test accuracy "
+            f"{info['test_accuracy']:.4f}); champion: version {info['champion_version']}, "
+            f"models:/{cfg.model_name}@champion"
+        )
     print(f"browse: mlflow ui --backend-store-uri {redact(cfg.tracking_uri)} --host 127.0.0.1")
     return EXIT_OK
 

@@ -156,8 +156,11 @@ class Space:
     @property
     def search_hash(self) -> str:
         """Digest of what defines the search (params, metric); identifies a study's space."""
-        payload = {"metric": self.metric, "params": {k: _jsonable(v) for k, v in self.params.items()},
-                   "baselines": [b.payload() for b in self.baselines]}
+        payload = {
+            "metric": self.metric,
+            "params": {k: _jsonable(v) for k, v in self.params.items()},
+            "baselines": [b.payload() for b in self.baselines],
+        }
         blob = json.dumps(payload, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -196,8 +199,12 @@ class Baseline:
 
     def payload(self) -> dict:
         """What a trial slot carries so any worker can run this configuration."""
-        return {"name": self.name, "config": self.config, "train": self.train,
-                "published_test_accuracy": self.published_test_accuracy}
+        return {
+            "name": self.name,
+            "config": self.config,
+            "train": self.train,
+            "published_test_accuracy": self.published_test_accuracy,
+        }
 
 
 def _parse_baseline(ctx: _Ctx, i: int, data: Any, train_kinds: dict) -> Baseline:
@@ -209,8 +216,10 @@ def _parse_baseline(ctx: _Ctx, i: int, data: Any, train_kinds: dict) -> Baseline
     for key, default in PARAM_DEFAULTS.items():
         p = _parse_param(ctx, key, raw.get(key, default)) if key in raw else FixedParam(default)
         if not isinstance(p, FixedParam):
-            raise ctx.fail(f"{where}.params.{key}", "a baseline fixes every value; give a value, "
-                           "not a distribution")
+            raise ctx.fail(
+                f"{where}.params.{key}",
+                "a baseline fixes every value; give a value, not a distribution",
+            )
         fixed[key] = p
     n = fixed["n_layers"].value
     config: dict[str, Any] = {}
@@ -218,8 +227,10 @@ def _parse_baseline(ctx: _Ctx, i: int, data: Any, train_kinds: dict) -> Baseline
         if key in PER_LAYER_OK:
             values = list(p.value) if p.per_layer else [p.value] * n
             if len(values) != n:
-                raise ctx.fail(f"{where}.params.{key}", f"needs {n} per-layer values (n_layers), "
-                               f"got {len(values)}")
+                raise ctx.fail(
+                    f"{where}.params.{key}",
+                    f"needs {n} per-layer values (n_layers), got {len(values)}",
+                )
             config[key] = values
         else:
             config[key] = p.value
@@ -232,8 +243,9 @@ def _parse_baseline(ctx: _Ctx, i: int, data: Any, train_kinds: dict) -> Baseline
     dataset = data.get("dataset")
     if dataset is not None:
         _typed(ctx, f"{where}.dataset", dataset, str, "a dataset name")
-    return Baseline(name, config, dict(train), published, dataset,
-                    str(data.get("description", "")))
+    return Baseline(name, config, dict(train), published, dataset, str(data.get("description", "")))
+
+
 _STUDY_KEYS = ("direction", "metric", "sampler", "pruner")
 _DIST_KEYS = {
     "int": ("type", "low", "high", "step", "log", "per_layer"),
@@ -288,7 +300,9 @@ def _parse_param(ctx: _Ctx, name: str, spec: Any) -> Param:
     if not isinstance(spec, dict):
         if isinstance(spec, list):
             if name not in PER_LAYER_OK:
-                raise ctx.fail(where, f"a list of per-layer values is allowed only for {list(PER_LAYER_OK)}")
+                raise ctx.fail(
+                    where, f"a list of per-layer values is allowed only for {list(PER_LAYER_OK)}"
+                )
             if not spec:
                 raise ctx.fail(where, "a per-layer list must not be empty")
             for i, v in enumerate(spec):
@@ -299,14 +313,18 @@ def _parse_param(ctx: _Ctx, name: str, spec: Any) -> Param:
             raise ctx.fail(where, f"{why}, got {spec!r}")
         return FixedParam(spec)
     if "type" not in spec:
-        raise ctx.fail(where, "a distribution needs 'type': int, float or categorical (or give a plain value)")
+        raise ctx.fail(
+            where, "a distribution needs 'type': int, float or categorical (or give a plain value)"
+        )
     kind = spec["type"]
     if kind not in _DIST_KEYS:
         near = difflib.get_close_matches(str(kind), list(_DIST_KEYS), n=1, cutoff=0.5)
         hint = f"; did you mean '{near[0]}'?" if near else ""
         raise ctx.fail(f"{where}.type", f"must be int, float or categorical, got {kind!r}{hint}")
     ctx.keys(where, spec, _DIST_KEYS[kind])
-    per_layer = _typed(ctx, f"{where}.per_layer", spec.get("per_layer", False), bool, "true or false")
+    per_layer = _typed(
+        ctx, f"{where}.per_layer", spec.get("per_layer", False), bool, "true or false"
+    )
     if per_layer and name not in PER_LAYER_OK:
         raise ctx.fail(f"{where}.per_layer", f"only {list(PER_LAYER_OK)} can vary per layer")
     if kind == "categorical":
@@ -343,7 +361,9 @@ def _parse_param(ctx: _Ctx, name: str, spec: Any) -> Param:
             raise ctx.fail(f"{where}.{label}", f"{why}, got {v!r}")
     if kind == "int":
         return IntParam(low, high, step or 1, log, per_layer)
-    return FloatParam(float(low), float(high), None if step is None else float(step), log, per_layer)
+    return FloatParam(
+        float(low), float(high), None if step is None else float(step), log, per_layer
+    )
 
 
 def parse_space(data: Any, path: str = "<space>") -> Space:
@@ -373,17 +393,35 @@ def parse_space(data: Any, path: str = "<space>") -> Space:
     direction = study.get("direction", METRICS[metric])
     if direction != METRICS[metric]:
         raise ctx.fail("study.direction", f"{metric} must be {METRICS[metric]}d, got {direction!r}")
-    sampler = _struct(ctx, "study.sampler", study.get("sampler"), SamplerSpec, {
-        "name": (str, "a string"), "seed": ((int, type(None)), "an integer or null"),
-        "multivariate": (bool, "true or false"), "n_startup_trials": (int, "an integer"),
-    })
+    sampler = _struct(
+        ctx,
+        "study.sampler",
+        study.get("sampler"),
+        SamplerSpec,
+        {
+            "name": (str, "a string"),
+            "seed": ((int, type(None)), "an integer or null"),
+            "multivariate": (bool, "true or false"),
+            "n_startup_trials": (int, "an integer"),
+        },
+    )
     if sampler.name not in SAMPLERS:
-        raise ctx.fail("study.sampler.name", f"must be one of {list(SAMPLERS)}, got {sampler.name!r}")
-    pruner = _struct(ctx, "study.pruner", study.get("pruner"), PrunerSpec, {
-        "name": (str, "a string"), "n_startup_trials": (int, "an integer"),
-        "n_warmup_steps": (int, "an integer"), "min_resource": (int, "an integer"),
-        "reduction_factor": (int, "an integer"),
-    })
+        raise ctx.fail(
+            "study.sampler.name", f"must be one of {list(SAMPLERS)}, got {sampler.name!r}"
+        )
+    pruner = _struct(
+        ctx,
+        "study.pruner",
+        study.get("pruner"),
+        PrunerSpec,
+        {
+            "name": (str, "a string"),
+            "n_startup_trials": (int, "an integer"),
+            "n_warmup_steps": (int, "an integer"),
+            "min_resource": (int, "an integer"),
+            "reduction_factor": (int, "an integer"),
+        },
+    )
     if pruner.name not in PRUNERS:
         raise ctx.fail("study.pruner.name", f"must be one of {list(PRUNERS)}, got {pruner.name!r}")
     if pruner.reduction_factor < 2 or pruner.min_resource < 1:
@@ -392,32 +430,50 @@ def parse_space(data: Any, path: str = "<space>") -> Space:
         raise ctx.fail("study", "n_startup_trials and n_warmup_steps must be >= 0")
 
     train_kinds = {
-        "max_epochs": (int, "an integer"), "patience": (int, "an integer"),
-        "min_delta": ((int, float), "a number"), "validation_size": (int, "an integer"),
-        "steps_per_execution": (int, "an integer"), "jit_compile": ((bool, str), "true, false or auto"),
+        "max_epochs": (int, "an integer"),
+        "patience": (int, "an integer"),
+        "min_delta": ((int, float), "a number"),
+        "validation_size": (int, "an integer"),
+        "steps_per_execution": (int, "an integer"),
+        "jit_compile": ((bool, str), "true, false or auto"),
         "eval_batch_size": (int, "an integer"),
     }
     train = _struct(ctx, "train", data.get("train"), TrainSpec, train_kinds)
-    for key in ("max_epochs", "patience", "validation_size", "steps_per_execution", "eval_batch_size"):
+    for key in (
+        "max_epochs",
+        "patience",
+        "validation_size",
+        "steps_per_execution",
+        "eval_batch_size",
+    ):
         if getattr(train, key) < 1:
             raise ctx.fail(f"train.{key}", f"must be >= 1, got {getattr(train, key)}")
     if train.min_delta < 0:
         raise ctx.fail("train.min_delta", f"must be >= 0, got {train.min_delta}")
     if isinstance(train.jit_compile, str) and train.jit_compile != "auto":
-        raise ctx.fail("train.jit_compile", f"must be true, false or auto, got {train.jit_compile!r}")
+        raise ctx.fail(
+            "train.jit_compile", f"must be true, false or auto, got {train.jit_compile!r}"
+        )
 
     raw_params = data.get("params") or {}
     ctx.keys("params", raw_params, tuple(PARAM_DEFAULTS))
     params: dict[str, Param] = {}
     for name, default in PARAM_DEFAULTS.items():
-        params[name] = _parse_param(ctx, name, raw_params[name]) if name in raw_params else FixedParam(default)
+        params[name] = (
+            _parse_param(ctx, name, raw_params[name]) if name in raw_params else FixedParam(default)
+        )
     n_layers = params["n_layers"]
     for name in PER_LAYER_OK:
         p = params[name]
-        if isinstance(p, FixedParam) and p.per_layer:
-            if not (isinstance(n_layers, FixedParam) and n_layers.value == len(p.value)):
-                raise ctx.fail(f"params.{name}", f"a list of {len(p.value)} per-layer values needs "
-                               f"a fixed `n_layers: {len(p.value)}`")
+        per_layer_list = isinstance(p, FixedParam) and p.per_layer
+        if per_layer_list and not (
+            isinstance(n_layers, FixedParam) and n_layers.value == len(p.value)
+        ):
+            raise ctx.fail(
+                f"params.{name}",
+                f"a list of {len(p.value)} per-layer values needs "
+                f"a fixed `n_layers: {len(p.value)}`",
+            )
     raw_baselines = data.get("baselines") or []
     if not isinstance(raw_baselines, list):
         raise ctx.fail("baselines", f"must be a list of configurations, got {raw_baselines!r}")
@@ -425,8 +481,9 @@ def parse_space(data: Any, path: str = "<space>") -> Space:
     names = [b.name for b in baselines]
     if len(set(names)) != len(names):
         raise ctx.fail("baselines", f"names must be unique, got {names}")
-    return Space(path, version, metric, direction, sampler, pruner, train, params, description,
-                 baselines)
+    return Space(
+        path, version, metric, direction, sampler, pruner, train, params, description, baselines
+    )
 
 
 def load_space(path: str | Path) -> Space:
@@ -440,8 +497,10 @@ def load_space(path: str | Path) -> Space:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
-        raise SpaceError(f"{path}: cannot read the search-space file ({reason}); "
-                         "pass an existing YAML file with --space") from None
+        raise SpaceError(
+            f"{path}: cannot read the search-space file ({reason}); "
+            "pass an existing YAML file with --space"
+        ) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -63,9 +63,13 @@ def make_storage(url: str | None) -> optuna.storages.BaseStorage:
         if not folder.is_dir() or not os.access(folder, os.W_OK):
             raise BenchError(f"--storage {shown}: folder {folder} is missing or not writable")
         try:
-            return JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path))))
+            return JournalStorage(
+                JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path)))
+            )
         except OSError as exc:
-            raise BenchError(f"--storage {shown}: cannot open the journal ({exc.strerror})") from None
+            raise BenchError(
+                f"--storage {shown}: cannot open the journal ({exc.strerror})"
+            ) from None
     import sqlalchemy.exc
 
     try:
@@ -85,14 +89,20 @@ def make_storage(url: str | None) -> optuna.storages.BaseStorage:
                     raise
                 time.sleep(0.3 + random.random())
     except (sqlalchemy.exc.ArgumentError, ValueError) as exc:
-        raise BenchError(f"--storage {shown}: malformed storage URL ({_first_line(exc)}); "
-                         "expected e.g. postgresql://user@host:5432/db or a journal file path") from None
+        raise BenchError(
+            f"--storage {shown}: malformed storage URL ({_first_line(exc)}); "
+            "expected e.g. postgresql://user@host:5432/db or a journal file path"
+        ) from None
     except ImportError as exc:
-        raise BenchError(f"--storage {shown}: database driver missing ({_first_line(exc)}); "
-                         "install it, e.g. pip install 'psycopg[binary]' for PostgreSQL") from None
+        raise BenchError(
+            f"--storage {shown}: database driver missing ({_first_line(exc)}); "
+            "install it, e.g. pip install 'psycopg[binary]' for PostgreSQL"
+        ) from None
     except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.DBAPIError) as exc:
-        raise BenchError(f"--storage {shown}: cannot connect to the database "
-                         f"({redact(_first_line(exc.orig or exc))})") from None
+        raise BenchError(
+            f"--storage {shown}: cannot connect to the database "
+            f"({redact(_first_line(exc.orig or exc))})"
+        ) from None
     except optuna.exceptions.StorageInternalError as exc:
         raise BenchError(f"--storage {shown}: storage error ({redact(_first_line(exc))})") from None
 
@@ -109,8 +119,13 @@ def make_sampler(space: Space, seed: int | None):
     seed = s.seed if seed is None else seed
     if s.name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed, multivariate=s.multivariate, group=s.multivariate,
-                                      n_startup_trials=s.n_startup_trials, constant_liar=True)
+    return optuna.samplers.TPESampler(
+        seed=seed,
+        multivariate=s.multivariate,
+        group=s.multivariate,
+        n_startup_trials=s.n_startup_trials,
+        constant_liar=True,
+    )
 
 
 def make_pruner(space: Space):
@@ -118,20 +133,25 @@ def make_pruner(space: Space):
 
     p = space.pruner
     if p.name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials,
-                                           n_warmup_steps=p.n_warmup_steps)
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps
+        )
     if p.name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=p.min_resource,
-                                              max_resource=space.train.max_epochs,
-                                              reduction_factor=p.reduction_factor)
+        return optuna.pruners.HyperbandPruner(
+            min_resource=p.min_resource,
+            max_resource=space.train.max_epochs,
+            reduction_factor=p.reduction_factor,
+        )
     if p.name == "successive_halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=p.min_resource,
-                                                      reduction_factor=p.reduction_factor)
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=p.min_resource, reduction_factor=p.reduction_factor
+        )
     return optuna.pruners.NopPruner()
 
 
-def open_study(name: str, storage, space: Space, seed: int | None = None,
-               allow_space_change: bool = False) -> optuna.Study:
+def open_study(
+    name: str, storage, space: Space, seed: int | None = None, allow_space_change: bool = False
+) -> optuna.Study:
     """Create or load the study and check it was made for this search space.
 
     Raises:
@@ -141,20 +161,29 @@ def open_study(name: str, storage, space: Space, seed: int | None = None,
 
     if CLAIM_SEP in name:
         raise BenchError(f"--study-name {name!r}: must not contain {CLAIM_SEP!r}")
-    study = optuna.create_study(study_name=name, storage=storage, direction=space.direction,
-                                sampler=make_sampler(space, seed), pruner=make_pruner(space),
-                                load_if_exists=True)
+    study = optuna.create_study(
+        study_name=name,
+        storage=storage,
+        direction=space.direction,
+        sampler=make_sampler(space, seed),
+        pruner=make_pruner(space),
+        load_if_exists=True,
+    )
     if study.direction.name.lower() != space.direction:
-        raise BenchError(f"--study-name {name}: the study {study.direction.name.lower()}s, but "
-                         f"{space.path} {space.direction}s {space.metric}; use another study name")
+        raise BenchError(
+            f"--study-name {name}: the study {study.direction.name.lower()}s, but "
+            f"{space.path} {space.direction}s {space.metric}; use another study name"
+        )
     known = study.user_attrs.get(SPACE_ATTR)
     if known is None:
         study.set_user_attr(SPACE_ATTR, space.search_hash)
     elif known != space.search_hash:
         if not allow_space_change:
-            raise BenchError(f"--space {space.path}: study '{name}' was created with a different "
-                             f"search space (hash {known}, this file {space.search_hash}); use "
-                             "another --study-name, or --allow-space-change to mix them knowingly")
+            raise BenchError(
+                f"--space {space.path}: study '{name}' was created with a different "
+                f"search space (hash {known}, this file {space.search_hash}); use "
+                "another --study-name, or --allow-space-change to mix them knowingly"
+            )
         study.set_user_attr(SPACE_ATTR, space.search_hash)
     return study
 
@@ -164,8 +193,9 @@ def claim(study: optuna.Study, key: str) -> bool:
     import optuna
 
     try:
-        study._storage.create_new_study([optuna.study.StudyDirection.MINIMIZE],
-                                        f"{study.study_name}{CLAIM_SEP}{key}")
+        study._storage.create_new_study(
+            [optuna.study.StudyDirection.MINIMIZE], f"{study.study_name}{CLAIM_SEP}{key}"
+        )
         return True
     except optuna.exceptions.DuplicatedStudyError:
         return False
@@ -185,8 +215,14 @@ class Batch:
     created: bool = False  # this process opened it (rather than joined it)
 
     def record(self, **changes: Any) -> dict:
-        data = {"id": self.id, "parent_run_id": self.parent_run_id, "trials": self.trials,
-                "state": self.state, "summary": self.summary, "meta": self.meta}
+        data = {
+            "id": self.id,
+            "parent_run_id": self.parent_run_id,
+            "trials": self.trials,
+            "state": self.state,
+            "summary": self.summary,
+            "meta": self.meta,
+        }
         data.update(changes)
         return data
 
@@ -196,8 +232,14 @@ def current_batch(study: optuna.Study) -> Batch | None:
     return Batch(**data) if data else None
 
 
-def open_batch(study: optuna.Study, n_trials: int, start_parent, first: list[dict] | None = None,
-               wait_seconds: float = 120.0, meta: dict | None = None) -> Batch:
+def open_batch(
+    study: optuna.Study,
+    n_trials: int,
+    start_parent,
+    first: list[dict] | None = None,
+    wait_seconds: float = 120.0,
+    meta: dict | None = None,
+) -> Batch:
     """Join the study's running batch, or open a new one with ``n_trials`` slots.
 
     Args:
@@ -219,7 +261,9 @@ def open_batch(study: optuna.Study, n_trials: int, start_parent, first: list[dic
             study.enqueue_trial({}, user_attrs={SLOT_ATTR: new_id, BASELINE_ATTR: payload})
         for _ in range(max(0, n_trials - len(first))):
             study.enqueue_trial({}, user_attrs={SLOT_ATTR: new_id})
-        opened = Batch(new_id, parent, max(n_trials, len(first)), "running", meta=meta, created=True)
+        opened = Batch(
+            new_id, parent, max(n_trials, len(first)), "running", meta=meta, created=True
+        )
         study.set_user_attr(BATCH_ATTR, opened.record())
         return opened
     deadline = time.monotonic() + wait_seconds
@@ -228,22 +272,30 @@ def open_batch(study: optuna.Study, n_trials: int, start_parent, first: list[dic
         batch = current_batch(study)  # user_attrs are read through the storage each time
         if batch and batch.id >= new_id:
             return batch
-    raise BenchError(f"study {study.study_name}: another worker claimed batch {new_id} but did not "
-                     "publish it; rerun to join or open the next batch")
+    raise BenchError(
+        f"study {study.study_name}: another worker claimed batch {new_id} but did not "
+        "publish it; rerun to join or open the next batch"
+    )
 
 
 def close_batch(study: optuna.Study, batch: Batch, summary: dict, done: bool) -> None:
     """Record the finalization outcome; ``done`` closes the batch (no slot left to resume)."""
-    study.set_user_attr(BATCH_ATTR, batch.record(state="done" if done else "running", summary=summary))
+    study.set_user_attr(
+        BATCH_ATTR, batch.record(state="done" if done else "running", summary=summary)
+    )
 
 
 def batch_trials(study: optuna.Study, batch_id: int, states=None) -> list[optuna.trial.FrozenTrial]:
-    return [t for t in study.get_trials(deepcopy=False, states=states)
-            if t.user_attrs.get(SLOT_ATTR) == batch_id]
+    return [
+        t
+        for t in study.get_trials(deepcopy=False, states=states)
+        if t.user_attrs.get(SLOT_ATTR) == batch_id
+    ]
 
 
-def pop_slot(study: optuna.Study, batch_id: int, seed: int | None = None,
-             space: Space | None = None) -> optuna.trial.Trial | None:
+def pop_slot(
+    study: optuna.Study, batch_id: int, seed: int | None = None, space: Space | None = None
+) -> optuna.trial.Trial | None:
     """Take one WAITING slot of the batch (atomic across workers), or None when none is left.
 
     With ``seed`` and ``space``, the sampler is re-seeded with ``seed + trial number`` first:
@@ -286,9 +338,15 @@ def retry(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         log.warning("trial %d failed %d times; not retrying it again", trial.number, len(history))
         return
     keep = {k: v for k, v in trial.user_attrs.items() if k in (SLOT_ATTR, BASELINE_ATTR)}
-    study.add_trial(optuna.trial.create_trial(
-        state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
-        user_attrs=keep, system_attrs={"failed_trial": history[0], "retry_history": history}))
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=TrialState.WAITING,
+            params=trial.params,
+            distributions=trial.distributions,
+            user_attrs=keep,
+            system_attrs={"failed_trial": history[0], "retry_history": history},
+        )
+    )
 
 
 # ---------------------------------------------------------------- stale trials
@@ -310,7 +368,11 @@ def owner_record(number: int) -> dict:
 
 def _owner_dead(trial: optuna.trial.FrozenTrial) -> bool:
     owner = trial.user_attrs.get(OWNER_ATTR)
-    if not owner or owner.get("number") != trial.number or owner.get("host") != socket.gethostname():
+    if (
+        not owner
+        or owner.get("number") != trial.number
+        or owner.get("host") != socket.gethostname()
+    ):
         return False
     return _proc_start(owner["pid"]) != owner.get("start")
 
@@ -332,15 +394,19 @@ def reap_stale(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
         return []
     reaped: list[int] = []
     optuna.storages.fail_stale_trials(study)  # heartbeat storages; calls retry() for each
-    reaped += [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-               if t.number in running]
+    reaped += [
+        t.number
+        for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+        if t.number in running
+    ]
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if not _owner_dead(t):
             continue
         owner = t.user_attrs[OWNER_ATTR]
         try:  # the reason first: a finished trial's attributes can no longer change
-            study._storage.set_trial_user_attr(t._trial_id, REASON_ATTR,
-                                               f"worker process {owner['pid']} died")
+            study._storage.set_trial_user_attr(
+                t._trial_id, REASON_ATTR, f"worker process {owner['pid']} died"
+            )
             if not study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
                 continue
         except optuna.exceptions.UpdateFinishedTrialError:

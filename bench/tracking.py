@@ -36,7 +36,7 @@ def resolve_uri(cli_uri: str | None) -> str:
 def artifact_root(uri: str) -> str | None:
     """Artifacts of a local sqlite store live in ``mlruns/`` beside the database file."""
     if uri.startswith("sqlite:///"):
-        return str((Path(uri[len("sqlite:///"):]).resolve().parent / "mlruns"))
+        return str(Path(uri[len("sqlite:///") :]).resolve().parent / "mlruns")
     return None
 
 
@@ -49,24 +49,38 @@ def check_uri(uri: str) -> None:
     parsed = urlparse(uri)
     shown = redact(uri)
     if parsed.scheme in ("", "file"):
-        raise BenchError(f"--tracking-uri {shown}: MLflow's file store is not supported (MLflow 3.13+ "
-                         "refuses it); use sqlite:///mlflow.db or an http(s):// tracking server")
+        raise BenchError(
+            f"--tracking-uri {shown}: MLflow's file store is not supported (MLflow 3.13+ "
+            "refuses it); use sqlite:///mlflow.db or an http(s):// tracking server"
+        )
     if parsed.scheme == "sqlite":
-        folder = Path(uri[len("sqlite:///"):]).resolve().parent
+        folder = Path(uri[len("sqlite:///") :]).resolve().parent
         if not folder.is_dir():
-            raise BenchError(f"--tracking-uri {shown}: folder {folder} does not exist; create it "
-                             "or point the tracking database somewhere that does")
+            raise BenchError(
+                f"--tracking-uri {shown}: folder {folder} does not exist; create it "
+                "or point the tracking database somewhere that does"
+            )
         try:  # a real write probe: permission bits say little to root or on read-only mounts
             with tempfile.NamedTemporaryFile(dir=folder, prefix=".bench-probe-"):
                 pass
         except OSError as exc:
-            raise BenchError(f"--tracking-uri {shown}: cannot write in {folder} ({exc.strerror}); "
-                             "choose a writable location for the tracking database and mlruns/") from None
+            raise BenchError(
+                f"--tracking-uri {shown}: cannot write in {folder} ({exc.strerror}); "
+                "choose a writable location for the tracking database and mlruns/"
+            ) from None
         return
-    if parsed.scheme not in ("http", "https", "postgresql", "mysql", "mssql", "databricks") and \
-            not parsed.scheme.startswith(("postgresql+", "mysql+")):
-        raise BenchError(f"--tracking-uri {shown}: unknown scheme '{parsed.scheme}'; use "
-                         "sqlite:///PATH, http(s)://HOST:PORT or a database URL")
+    if parsed.scheme not in (
+        "http",
+        "https",
+        "postgresql",
+        "mysql",
+        "mssql",
+        "databricks",
+    ) and not parsed.scheme.startswith(("postgresql+", "mysql+")):
+        raise BenchError(
+            f"--tracking-uri {shown}: unknown scheme '{parsed.scheme}'; use "
+            "sqlite:///PATH, http(s)://HOST:PORT or a database URL"
+        )
 
 
 def _limit_http_retries() -> None:
@@ -99,7 +113,8 @@ class Tracker:
                 try:
                     root = artifact_root(uri)
                     self.experiment_id = self.client.create_experiment(
-                        experiment, artifact_location=Path(root).as_uri() if root else None)
+                        experiment, artifact_location=Path(root).as_uri() if root else None
+                    )
                 except Exception:  # noqa: BLE001 - another worker created it first
                     exp = self.client.get_experiment_by_name(experiment)
                     if exp is None:
@@ -110,8 +125,10 @@ class Tracker:
         except BenchError:
             raise
         except Exception as exc:  # noqa: BLE001
-            raise BenchError(f"--tracking-uri {redact(uri)}: cannot open the tracking store "
-                             f"({redact(_short(exc))})") from None
+            raise BenchError(
+                f"--tracking-uri {redact(uri)}: cannot open the tracking store "
+                f"({redact(_short(exc))})"
+            ) from None
 
     # -------------------------------------------------------------- resilience
 
@@ -135,9 +152,12 @@ class Tracker:
                 self._down_until = time.monotonic() + RETRY_AFTER
                 if not self._warned:
                     self._warned = True
-                    log.warning("tracking store %s failed (%s); results still go to the Optuna "
-                                "storage, tracking resumes when the store answers",
-                                redact(self.uri), redact(_short(exc)))
+                    log.warning(
+                        "tracking store %s failed (%s); results still go to the Optuna "
+                        "storage, tracking resumes when the store answers",
+                        redact(self.uri),
+                        redact(_short(exc)),
+                    )
                 return None
         return None
 
@@ -151,10 +171,13 @@ class Tracker:
     def reopen(self, run_id: str) -> None:
         self.client.update_run(run_id, status="RUNNING")
 
-    def start_trial(self, parent_id: str, number: int, params: dict[str, Any],
-                    tags: dict[str, str]) -> str:
+    def start_trial(
+        self, parent_id: str, number: int, params: dict[str, Any], tags: dict[str, str]
+    ) -> str:
         tags = {"mlflow.parentRunId": parent_id, **tags}
-        run = self.client.create_run(self.experiment_id, run_name=f"trial-{number}", tags=_clean(tags))
+        run = self.client.create_run(
+            self.experiment_id, run_name=f"trial-{number}", tags=_clean(tags)
+        )
         self.log_params(run.info.run_id, params)
         return run.info.run_id
 
@@ -163,10 +186,11 @@ class Tracker:
 
         items = [Param(k, redact(v)[:6000]) for k, v in params.items()]
         for i in range(0, len(items), 100):
-            self.client.log_batch(run_id, params=items[i:i + 100])
+            self.client.log_batch(run_id, params=items[i : i + 100])
 
-    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0,
-                    model_id: str | None = None) -> None:
+    def log_metrics(
+        self, run_id: str, metrics: dict[str, float], step: int = 0, model_id: str | None = None
+    ) -> None:
         """One batched call for all of an epoch's metrics."""
         from mlflow.entities import Metric
 
@@ -198,11 +222,13 @@ class Tracker:
         from mlflow.entities import DatasetInput, InputTag
 
         sample = ds.x_train[:1000]
-        dataset = mlflow.data.from_numpy(sample, targets=ds.y_train[:1000], source=ds.source,
-                                         name=ds.name, digest=ds.digest)
+        dataset = mlflow.data.from_numpy(
+            sample, targets=ds.y_train[:1000], source=ds.source, name=ds.name, digest=ds.digest
+        )
         entity = dataset._to_mlflow_entity()
-        self.client.log_inputs(run_id, [DatasetInput(entity, [InputTag("mlflow.data.context",
-                                                                       "training")])])
+        self.client.log_inputs(
+            run_id, [DatasetInput(entity, [InputTag("mlflow.data.context", "training")])]
+        )
 
     # -------------------------------------------------------------- models
 
@@ -222,11 +248,16 @@ class Tracker:
             inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, *image_shape), "pixels")]),
             outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, n_classes), "probabilities")]),
         )
-        requirements = [f"mlflow=={self.mlflow.__version__}", f"keras=={keras.__version__}",
-                        f"tensorflow=={tf.__version__}", f"numpy=={np.__version__}"]
+        requirements = [
+            f"mlflow=={self.mlflow.__version__}",
+            f"keras=={keras.__version__}",
+            f"tensorflow=={tf.__version__}",
+            f"numpy=={np.__version__}",
+        ]
         with self.mlflow.start_run(run_id=run_id, nested=True):
-            return self.mlflow.keras.log_model(model, name="model", signature=signature,
-                                               pip_requirements=requirements)
+            return self.mlflow.keras.log_model(
+                model, name="model", signature=signature, pip_requirements=requirements
+            )
 
     def load_model(self, model_uri: str):
         """Load a logged Keras model (Keras' safe mode: no arbitrary code)."""

@@ -88,8 +88,13 @@ class Worker:
         self.space = load_space(cfg.space_path).with_overrides(max_epochs=cfg.max_epochs)
         self.dataset = data.load_dataset(cfg.dataset, cfg.data_dir)
         self.split = data.validation_split(self.dataset, self.space.train.validation_size, cfg.seed)
-        self.study = st.open_study(cfg.study_name, st.make_storage(cfg.storage), self.space,
-                                   cfg.seed, allow_space_change=True)
+        self.study = st.open_study(
+            cfg.study_name,
+            st.make_storage(cfg.storage),
+            self.space,
+            cfg.seed,
+            allow_space_change=True,
+        )
         self.tracker = Tracker(cfg.tracking_uri, cfg.experiment)
         self.batch = next(b for b in [st.current_batch(self.study)] if b and b.id == batch_id)
         self.finished = 0
@@ -121,8 +126,9 @@ class Worker:
             run_id = t.user_attrs.get("bench.mlflow_run_id")
             if run_id:
                 reason = t.user_attrs.get(st.REASON_ATTR, "worker stopped sending heartbeats")
-                self.tracker.safe(self.tracker.set_tags, run_id, {
-                    "optuna_state": "FAIL", "state_reason": reason})
+                self.tracker.safe(
+                    self.tracker.set_tags, run_id, {"optuna_state": "FAIL", "state_reason": reason}
+                )
                 self.tracker.safe(self.tracker.end_run, run_id, "FAILED")
 
     # ------------------------------------------------------------ one trial
@@ -142,13 +148,23 @@ class Worker:
             config, spec = suggest(trial, space), space.train
         trial.set_user_attr("bench.seed", seed)
         trial.set_user_attr("bench.config", config)
-        params = {**flat_config(config), **_train_params(spec), "seed": seed,
-                  "dataset": self.dataset.name}
-        tags = {"trial_number": trial.number, "study_name": cfg.study_name,
-                "space_hash": space.search_hash, "dataset_digest": self.dataset.digest,
-                "optuna_state": "RUNNING", "baseline": baseline["name"] if baseline else None}
-        run_id = self.tracker.safe(self.tracker.start_trial, self.batch.parent_run_id,
-                                   trial.number, params, tags)
+        params = {
+            **flat_config(config),
+            **_train_params(spec),
+            "seed": seed,
+            "dataset": self.dataset.name,
+        }
+        tags = {
+            "trial_number": trial.number,
+            "study_name": cfg.study_name,
+            "space_hash": space.search_hash,
+            "dataset_digest": self.dataset.digest,
+            "optuna_state": "RUNNING",
+            "baseline": baseline["name"] if baseline else None,
+        }
+        run_id = self.tracker.safe(
+            self.tracker.start_trial, self.batch.parent_run_id, trial.number, params, tags
+        )
         if run_id:
             trial.set_user_attr("bench.mlflow_run_id", run_id)
         tracking_ok = [run_id is not None]  # after one failed call, stop trying for this trial
@@ -165,13 +181,26 @@ class Worker:
 
         beat = _Heartbeat(self.study, trial._trial_id)
         try:
-            result = train(config, spec, self.split, self.dataset.n_classes, seed, on_epoch,
-                           metric=space.metric, tensorboard_dir=self._tb_dir(trial.number))
+            result = train(
+                config,
+                spec,
+                self.split,
+                self.dataset.n_classes,
+                seed,
+                on_epoch,
+                metric=space.metric,
+                tensorboard_dir=self._tb_dir(trial.number),
+            )
         except KeyboardInterrupt:
             beat.stop()
             with self.interrupts.critical():
-                self._end(trial, run_id, TrialState.FAIL, "KILLED",
-                          "interrupted by the user (SIGINT/SIGTERM)")
+                self._end(
+                    trial,
+                    run_id,
+                    TrialState.FAIL,
+                    "KILLED",
+                    "interrupted by the user (SIGINT/SIGTERM)",
+                )
                 st.retry(self.study, self.study._storage.get_trial(trial._trial_id))
             raise
         except Exception as exc:  # noqa: BLE001 - a failing configuration fails alone
@@ -194,15 +223,21 @@ class Worker:
 
         from bench.objective import COMPLETED, PRUNED
 
-        attrs = {"bench.epochs": result.epochs_run, "bench.best_epoch": result.best_epoch,
-                 "bench.train_seconds": round(result.train_seconds, 3),
-                 "bench.param_count": result.param_count,
-                 "bench.train_flops": result.training_flops,
-                 "bench.history": {k: [round(v, 6) for v in vals] for k, vals in result.history.items()}}
+        attrs = {
+            "bench.epochs": result.epochs_run,
+            "bench.best_epoch": result.best_epoch,
+            "bench.train_seconds": round(result.train_seconds, 3),
+            "bench.param_count": result.param_count,
+            "bench.train_flops": result.training_flops,
+            "bench.history": {k: [round(v, 6) for v in vals] for k, vals in result.history.items()},
+        }
         for k, v in attrs.items():
             trial.set_user_attr(k, v)
-        final = {"epochs_run": result.epochs_run, "train_seconds": result.train_seconds,
-                 "param_count": result.param_count}
+        final = {
+            "epochs_run": result.epochs_run,
+            "train_seconds": result.train_seconds,
+            "param_count": result.param_count,
+        }
         baseline = trial.user_attrs.get(st.BASELINE_ATTR)
         if baseline and result.status == COMPLETED:
             # A reference row is compared with its published test accuracy, so it reads the test
@@ -215,26 +250,48 @@ class Worker:
         if result.status == COMPLETED:
             final[f"best_{self.space.metric}"] = result.value
             if run_id and self._is_best(result.value):
-                info = self.tracker.safe(self.tracker.log_model, run_id, result.model,
-                                         self.dataset.image_shape, self.dataset.n_classes)
+                info = self.tracker.safe(
+                    self.tracker.log_model,
+                    run_id,
+                    result.model,
+                    self.dataset.image_shape,
+                    self.dataset.n_classes,
+                )
                 if info is not None:
                     trial.set_user_attr("bench.model_uri", info.model_uri)
             self._end(trial, run_id, TrialState.COMPLETE, "FINISHED", "", final, value=result.value)
         else:
             reason = result.reason or ("pruned" if result.status == PRUNED else "diverged")
-            self._end(trial, run_id, TrialState.PRUNED,
-                      "KILLED" if result.status == PRUNED else "FAILED", reason, final)
+            self._end(
+                trial,
+                run_id,
+                TrialState.PRUNED,
+                "KILLED" if result.status == PRUNED else "FAILED",
+                reason,
+                final,
+            )
         self.finished += 1
 
-    def _end(self, trial, run_id, state, run_status: str, reason: str,
-             metrics: dict[str, float] | None = None, value: float | None = None) -> None:
+    def _end(
+        self,
+        trial,
+        run_id,
+        state,
+        run_status: str,
+        reason: str,
+        metrics: dict[str, float] | None = None,
+        value: float | None = None,
+    ) -> None:
         if reason:
             trial.set_user_attr(st.REASON_ATTR, reason)
         if run_id:
             if metrics:
                 self.tracker.safe(self.tracker.log_metrics, run_id, metrics, 0)
-            self.tracker.safe(self.tracker.set_tags, run_id,
-                              {"optuna_state": state.name, "state_reason": reason or None})
+            self.tracker.safe(
+                self.tracker.set_tags,
+                run_id,
+                {"optuna_state": state.name, "state_reason": reason or None},
+            )
             self.tracker.safe(self.tracker.end_run, run_id, run_status)
         if state.name == "COMPLETE":
             self.study.tell(trial, value)
@@ -264,19 +321,25 @@ class Worker:
         if st.batch_trials(self.study, self.batch.id, states=(TrialState.RUNNING,)):
             return None  # a peer is still training; it will finalize
         waiting = st.batch_trials(self.study, self.batch.id, states=(TrialState.WAITING,))
-        n_done = len(self.study.get_trials(deepcopy=False,
-                                           states=(TrialState.COMPLETE, TrialState.PRUNED)))
+        n_done = len(
+            self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+        )
         if not st.claim(self.study, f"final-{self.batch.id}-{n_done}"):
             return None
         with self.interrupts.critical():
             try:
-                summary = finalize(self.study, self.batch, self.tracker, self.dataset, self.cfg,
-                                   self.space)
+                summary = finalize(
+                    self.study, self.batch, self.tracker, self.dataset, self.cfg, self.space
+                )
             except Exception as exc:  # noqa: BLE001 - the trials are safe; say how to finish
-                log.error("registering the champion failed (%s: %s); the trials are kept in the "
-                          "study; when the tracking store answers again run: python -m "
-                          "bench.register --study-name %s", type(exc).__name__,
-                          redact(str(exc).splitlines()[0] if str(exc) else ""), self.cfg.study_name)
+                log.error(
+                    "registering the champion failed (%s: %s); the trials are kept in the "
+                    "study; when the tracking store answers again run: python -m "
+                    "bench.register --study-name %s",
+                    type(exc).__name__,
+                    redact(str(exc).splitlines()[0] if str(exc) else ""),
+                    self.cfg.study_name,
+                )
                 summary = {"registered": None, "error": redact(type(exc).__name__)}
             st.close_batch(self.study, self.batch, summary, done=not waiting)
             self.tracker.safe(self.tracker.end_run, self.batch.parent_run_id, "FINISHED")
@@ -284,9 +347,14 @@ class Worker:
 
 
 def _train_params(t) -> dict[str, Any]:
-    return {"max_epochs": t.max_epochs, "patience": t.patience, "min_delta": t.min_delta,
-            "validation_size": t.validation_size, "steps_per_execution": t.steps_per_execution,
-            "jit_compile": t.jit_compile}
+    return {
+        "max_epochs": t.max_epochs,
+        "patience": t.patience,
+        "min_delta": t.min_delta,
+        "validation_size": t.validation_size,
+        "steps_per_execution": t.steps_per_execution,
+        "jit_compile": t.jit_compile,
+    }
 
 
 class _Heartbeat:

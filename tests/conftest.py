@@ -33,17 +33,26 @@ def workdir(tmp_path, monkeypatch):
 
 
 def cli_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "BENCH_DATA_DIR")}
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "BENCH_DATA_DIR")
+    }
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env.update(extra)
     return env
 
 
-def run_module(module: str, *args: str, cwd: Path, timeout: float = 600,
-               **env: str) -> subprocess.CompletedProcess:
+def run_module(
+    module: str, *args: str, cwd: Path, timeout: float = 600, **env: str
+) -> subprocess.CompletedProcess:
     """Run ``python -m module args`` the way a user would, capturing its output."""
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=cli_env(**env),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env=cli_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def write_space(path: Path, text: str) -> Path:
@@ -55,7 +64,9 @@ FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
 def fashion_available() -> bool:
-    return (FASHION_DIR / "train-images-idx3-ubyte.gz").is_file() or bool(os.environ.get("BENCH_DATA_DIR"))
+    return (FASHION_DIR / "train-images-idx3-ubyte.gz").is_file() or bool(
+        os.environ.get("BENCH_DATA_DIR")
+    )
 
 
 @pytest.fixture(scope="session")
@@ -68,7 +79,8 @@ def fashion_search(tmp_path_factory):
     if not fashion_available() and not os.environ.get("CI"):
         pytest.skip("Fashion-MNIST files missing: apt-get install dataset-fashion-mnist")
     folder = tmp_path_factory.mktemp("fashion-search")
-    proc = run_module("bench.search", "--trials", "2", "--max-epochs", "2", "--quiet",
-                      cwd=folder, timeout=900)
+    proc = run_module(
+        "bench.search", "--trials", "2", "--max-epochs", "2", "--quiet", cwd=folder, timeout=900
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return folder

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.conftest import REPO, cli_env
+from tests.conftest import cli_env
 
 # Trials of a few seconds each on digits: long enough to be caught mid-training.
 SLOW_SPACE = """
@@ -38,8 +38,14 @@ def start_search(folder: Path, *args: str, **env: str) -> subprocess.Popen:
     """Start ``python -m bench.search`` in its own process group, output to files."""
     out = open(folder / "search.out", "a")  # noqa: SIM115 - closed with the process
     err = open(folder / "search.err", "a")  # noqa: SIM115
-    return subprocess.Popen([sys.executable, "-m", "bench.search", "--quiet", *args], cwd=folder,
-                            env=cli_env(**env), stdout=out, stderr=err, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "bench.search", "--quiet", *args],
+        cwd=folder,
+        env=cli_env(**env),
+        stdout=out,
+        stderr=err,
+        start_new_session=True,
+    )
 
 
 def stderr_of(folder: Path) -> str:
@@ -51,11 +57,15 @@ def load_study(folder: Path, name: str, storage: str | None = None):
 
     from bench.study import make_storage
 
-    return optuna.load_study(study_name=name, storage=make_storage(storage or str(folder / "optuna-studies.log")))
+    return optuna.load_study(
+        study_name=name, storage=make_storage(storage or str(folder / "optuna-studies.log"))
+    )
 
 
 def trials_of(folder: Path, name: str, storage: str | None = None):
-    return sorted(load_study(folder, name, storage).get_trials(deepcopy=False), key=lambda t: t.number)
+    return sorted(
+        load_study(folder, name, storage).get_trials(deepcopy=False), key=lambda t: t.number
+    )
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
@@ -76,7 +86,9 @@ def running_mid_trial(folder: Path, name: str, min_finished: int = 1, storage: s
     """A RUNNING trial with at least one epoch done, once ``min_finished`` trials finished."""
     trials = trials_of(folder, name, storage)
     finished = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
-    running = [t for t in trials if t.state.name == "RUNNING" and 0 < len(t.intermediate_values) <= 10]
+    running = [
+        t for t in trials if t.state.name == "RUNNING" and 0 < len(t.intermediate_values) <= 10
+    ]
     return running[0] if len(finished) >= min_finished and running else None
 
 
@@ -95,15 +107,34 @@ def free_port() -> int:
 def start_mlflow_server(folder: Path, backend: str, port: int) -> subprocess.Popen:
     log = open(folder / f"mlflow-server-{port}.log", "a")  # noqa: SIM115
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend,
-         "--artifacts-destination", str(folder / "mlartifacts"), "--host", "127.0.0.1",
-         "--port", str(port), "--workers", "1"],
-        cwd=folder, env=cli_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            backend,
+            "--artifacts-destination",
+            str(folder / "mlartifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        cwd=folder,
+        env=cli_env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     import urllib.request
 
     def up():
         if proc.poll() is not None:
-            raise AssertionError(f"mlflow server exited: {(folder / f'mlflow-server-{port}.log').read_text()[-2000:]}")
+            log_text = (folder / f"mlflow-server-{port}.log").read_text()
+            raise AssertionError(f"mlflow server exited: {log_text[-2000:]}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
                 return r.status == 200
@@ -117,5 +148,3 @@ def start_mlflow_server(folder: Path, backend: str, port: int) -> subprocess.Pop
         kill_group(proc)
         raise AssertionError("mlflow server did not come up within 120 s")
     return proc
-
-

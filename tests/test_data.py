@@ -44,13 +44,16 @@ def test_idx_header_is_big_endian_like_the_published_files(tmp_path):
     assert path.read_bytes() == b"\x00\x00\x08\x01\x00\x00\x00\x03\x01\x02\x03"
 
 
-@pytest.mark.parametrize(("blob", "message"), [
-    (b"\x00\x00\x08\x01\x00\x00\x00\x05\x01\x02", "declares shape (5,)"),
-    (b"\x12\x34\x08\x01\x00\x00\x00\x01\x01", "not an IDX file (magic number 0x12340801"),
-    (b"\x00\x00\x07\x01\x00\x00\x00\x01\x01", "not an IDX file"),
-    (b"", "magic number 0xempty"),
-    (b"\x00\x00\x08\x03\x00\x00", "truncated IDX header"),
-])
+@pytest.mark.parametrize(
+    ("blob", "message"),
+    [
+        (b"\x00\x00\x08\x01\x00\x00\x00\x05\x01\x02", "declares shape (5,)"),
+        (b"\x12\x34\x08\x01\x00\x00\x00\x01\x01", "not an IDX file (magic number 0x12340801"),
+        (b"\x00\x00\x07\x01\x00\x00\x00\x01\x01", "not an IDX file"),
+        (b"", "magic number 0xempty"),
+        (b"\x00\x00\x08\x03\x00\x00", "truncated IDX header"),
+    ],
+)
 def test_broken_idx_files_are_one_clear_error(tmp_path, blob, message):
     path = tmp_path / "broken.idx"
     path.write_bytes(blob)
@@ -140,7 +143,9 @@ def test_digits_is_uint8_images():
     assert ds.x_train.max() == 255
 
 
-@pytest.mark.skipif(not (data.SYSTEM_DIR / "fashion-mnist").is_dir(), reason="dataset-fashion-mnist not installed")
+@pytest.mark.skipif(
+    not (data.SYSTEM_DIR / "fashion-mnist").is_dir(), reason="dataset-fashion-mnist not installed"
+)
 def test_real_fashion_mnist_from_the_debian_package(monkeypatch, tmp_path):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     monkeypatch.delenv("BENCH_DATA_DIR", raising=False)

@@ -31,8 +31,20 @@ def test_search_tracks_registers_and_the_champion_predicts_raw_pixels(fashion_se
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert sorted(int(r.data.tags["trial_number"]) for r in children) == [0, 1]
     for run in children:
-        for key in ("normalization", "n_layers", "units_0", "dropout_0", "l2", "optimizer",
-                    "learning_rate", "batch_size", "lr_schedule", "max_epochs", "patience", "seed"):
+        for key in (
+            "normalization",
+            "n_layers",
+            "units_0",
+            "dropout_0",
+            "l2",
+            "optimizer",
+            "learning_rate",
+            "batch_size",
+            "lr_schedule",
+            "max_epochs",
+            "patience",
+            "seed",
+        ):
             assert key in run.data.params, key
         assert run.data.params["max_epochs"] == "2"
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")]
@@ -56,13 +68,25 @@ def test_search_tracks_registers_and_the_champion_predicts_raw_pixels(fashion_se
     assert ds.x_test.dtype == np.uint8
     probs = np.asarray(model.predict(ds.x_test))
     assert probs.shape == (10000, 10) and np.allclose(probs.sum(axis=1), 1, atol=1e-4)
-    assert float((probs.argmax(axis=1) == ds.y_test).mean()) == pytest.approx(test_accuracy, abs=1e-4)
-    assert test_accuracy > 0.75  # two epochs of any sampled MLP learn Fashion-MNIST well past chance
+    assert float((probs.argmax(axis=1) == ds.y_test).mean()) == pytest.approx(
+        test_accuracy, abs=1e-4
+    )
+    assert (
+        test_accuracy > 0.75
+    )  # two epochs of any sampled MLP learn Fashion-MNIST well past chance
 
 
 def test_rerunning_the_same_command_continues_the_same_study(fashion_search):
-    proc = run_module("bench.search", "--trials", "2", "--max-epochs", "2", "--quiet",
-                      cwd=fashion_search, timeout=900)
+    proc = run_module(
+        "bench.search",
+        "--trials",
+        "2",
+        "--max-epochs",
+        "2",
+        "--quiet",
+        cwd=fashion_search,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "batch 2" in proc.stderr
     trials = trials_of(fashion_search, "fashion-mnist-mlp")

@@ -76,7 +76,9 @@ def test_interrupt_keeps_finished_trials_and_rerun_resumes(tmp_path, jobs, sig):
         if t.state.name == "FAIL":
             assert "interrupted" in t.user_attrs[st.REASON_ATTR]
             retry = [r for r in trials if r.system_attrs.get("failed_trial") == number]
-            assert len(retry) == 1 and retry[0].params == t.params and retry[0].state.name == "WAITING"
+            assert (
+                len(retry) == 1 and retry[0].params == t.params and retry[0].state.name == "WAITING"
+            )
             assert runs[number].info.status == "KILLED"
             interrupted += retry
     assert interrupted, "no trial was caught mid-training"
@@ -125,8 +127,9 @@ def test_kill_9_of_one_worker_is_retried_by_its_peer(tmp_path):
     args = ["--dataset", "digits", "--space", slow_space(tmp_path), "--trials", "4", "--jobs", "2"]
     proc = start_search(tmp_path, *args)
     try:
-        victim = wait_for(lambda: running_mid_trial(tmp_path, STUDY, min_finished=0), 240,
-                          "a trial mid-training")
+        victim = wait_for(
+            lambda: running_mid_trial(tmp_path, STUDY, min_finished=0), 240, "a trial mid-training"
+        )
         import os
 
         os.kill(victim.user_attrs[st.OWNER_ATTR]["pid"], signal.SIGKILL)
@@ -149,11 +152,23 @@ def test_tracking_server_down_mid_study_keeps_results_and_register_finishes_late
     backend = f"sqlite:///{tmp_path}/server.db"
     server = start_mlflow_server(tmp_path, backend, port)
     uri = f"http://127.0.0.1:{port}"
-    args = ["--dataset", "digits", "--space", slow_space(tmp_path), "--trials", "3", "--jobs", "1",
-            "--tracking-uri", uri]
+    args = [
+        "--dataset",
+        "digits",
+        "--space",
+        slow_space(tmp_path),
+        "--trials",
+        "3",
+        "--jobs",
+        "1",
+        "--tracking-uri",
+        uri,
+    ]
     proc = start_search(tmp_path, *args, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0")
     try:
-        wait_for(lambda: running_mid_trial(tmp_path, STUDY, min_finished=1), 240, "one finished trial")
+        wait_for(
+            lambda: running_mid_trial(tmp_path, STUDY, min_finished=1), 240, "one finished trial"
+        )
         kill_group(server)
         assert proc.wait(timeout=600) == 0, stderr_of(tmp_path)[-3000:]
     finally:
@@ -167,10 +182,14 @@ def test_tracking_server_down_mid_study_keeps_results_and_register_finishes_late
 
     server = start_mlflow_server(tmp_path, backend, port)
     try:
-        done = run_module("bench.register", "--study-name", STUDY, "--tracking-uri", uri, cwd=tmp_path)
+        done = run_module(
+            "bench.register", "--study-name", STUDY, "--tracking-uri", uri, cwd=tmp_path
+        )
         assert done.returncode == 0, done.stderr
         assert "digits-mlp version 1" in done.stdout
-        again = run_module("bench.register", "--study-name", STUDY, "--tracking-uri", uri, cwd=tmp_path)
+        again = run_module(
+            "bench.register", "--study-name", STUDY, "--tracking-uri", uri, cwd=tmp_path
+        )
         assert again.returncode == 0 and "digits-mlp version 1" in again.stdout  # idempotent
     finally:
         kill_group(server)
@@ -185,8 +204,16 @@ def test_same_study_with_another_space_is_refused_unless_allowed(tmp_path):
     st.open_study("digits-smoke", storage, load_space(SPACES / "smoke.yaml"))
     changed = tmp_path / "smoke.yaml"
     changed.write_text((SPACES / "smoke.yaml").read_text().replace("high: 64", "high: 128"))
-    proc = run_module("bench.search", "--dataset", "digits", "--space", str(changed), "--trials", "1",
-                      cwd=tmp_path)
+    proc = run_module(
+        "bench.search",
+        "--dataset",
+        "digits",
+        "--space",
+        str(changed),
+        "--trials",
+        "1",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 2
     assert "was created with a different search space" in proc.stderr
     assert "--allow-space-change" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

@@ -9,9 +9,9 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
+from bench.data import Split  # noqa: E402
 from bench.model import build_mlp, dense_flops, normalization_layer  # noqa: E402
 from bench.objective import COMPLETED, DIVERGED, PRUNED, train  # noqa: E402
-from bench.data import Split  # noqa: E402
 from bench.space import TrainSpec  # noqa: E402
 
 
@@ -48,7 +48,9 @@ def test_per_pixel_matches_standard_scaler_per_feature_and_guards_zero_variance(
     assert np.allclose(got[:, 0], 0.0)
 
 
-@pytest.mark.parametrize(("mode", "lo", "hi"), [("none", 0, 255), ("minmax", 0, 1), ("symmetric", -1, 1)])
+@pytest.mark.parametrize(
+    ("mode", "lo", "hi"), [("none", 0, 255), ("minmax", 0, 1), ("symmetric", -1, 1)]
+)
 def test_scaling_modes(mode, lo, hi):
     x = np.array([[[0, 255]]], dtype=np.uint8)
     np.testing.assert_allclose(_apply(mode, x, x), [[lo, hi]], atol=1e-6)
@@ -61,9 +63,18 @@ def test_statistics_come_from_the_training_split_only(pixels):
 
 
 def _config(**overrides):
-    config = {"normalization": "minmax", "n_layers": 2, "units": [16, 8], "activation": ["relu", "relu"],
-              "dropout": [0.1, 0.0], "l2": 1e-4, "optimizer": "adam", "learning_rate": 1e-2,
-              "batch_size": 16, "lr_schedule": "constant"}
+    config = {
+        "normalization": "minmax",
+        "n_layers": 2,
+        "units": [16, 8],
+        "activation": ["relu", "relu"],
+        "dropout": [0.1, 0.0],
+        "l2": 1e-4,
+        "optimizer": "adam",
+        "learning_rate": 1e-2,
+        "batch_size": 16,
+        "lr_schedule": "constant",
+    }
     config.update(overrides)
     return config
 
@@ -83,17 +94,28 @@ def test_build_mlp_takes_uint8_and_outputs_probabilities(pixels):
 def _split():
     rng = np.random.default_rng(1)
     y = rng.integers(0, 2, 256)
-    x = np.where(y[:, None, None] == 1, 200, 30).astype(np.uint8) + rng.integers(0, 40, (256, 4, 4)).astype(np.uint8)
+    x = np.where(y[:, None, None] == 1, 200, 30).astype(np.uint8) + rng.integers(
+        0, 40, (256, 4, 4)
+    ).astype(np.uint8)
     return Split(x[:192], y[:192], x[192:], y[192:])
 
 
-SPEC = TrainSpec(max_epochs=4, patience=2, min_delta=0.0, validation_size=64, steps_per_execution=4,
-                 jit_compile=False, eval_batch_size=64)
+SPEC = TrainSpec(
+    max_epochs=4,
+    patience=2,
+    min_delta=0.0,
+    validation_size=64,
+    steps_per_execution=4,
+    jit_compile=False,
+    eval_batch_size=64,
+)
 
 
 def test_training_reports_every_epoch_and_learns():
     seen = []
-    result = train(_config(), SPEC, _split(), 2, seed=3, on_epoch=lambda e, m: seen.append((e, m)) or False)
+    result = train(
+        _config(), SPEC, _split(), 2, seed=3, on_epoch=lambda e, m: seen.append((e, m)) or False
+    )
     assert result.status == COMPLETED
     assert [e for e, _ in seen] == list(range(result.epochs_run))
     assert set(seen[0][1]) >= {"loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"}
@@ -107,10 +129,14 @@ def test_hook_returning_true_prunes_after_that_epoch():
 
 
 def test_divergence_stops_within_the_epoch():
-    config = _config(normalization="none", optimizer="sgd", learning_rate=1e6, l2=0.0, dropout=[0.0, 0.0])
+    config = _config(
+        normalization="none", optimizer="sgd", learning_rate=1e6, l2=0.0, dropout=[0.0, 0.0]
+    )
     result = train(config, SPEC, _split(), 2, seed=0)
     assert result.status == DIVERGED and math.isnan(result.value)
-    assert result.epochs_run <= 1 and ("loss became" in result.reason or "non-finite" in result.reason)
+    assert result.epochs_run <= 1 and (
+        "loss became" in result.reason or "non-finite" in result.reason
+    )
 
 
 def test_same_seed_same_result():

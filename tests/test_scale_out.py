@@ -63,8 +63,20 @@ def cluster(tmp_path, pg):
 
 
 def _workers(cluster, n: int, trials: int, space: str, **env):
-    args = ["--dataset", "digits", "--space", space, "--trials", str(trials), "--jobs", "1",
-            "--storage", cluster["storage"], "--tracking-uri", cluster["tracking"]]
+    args = [
+        "--dataset",
+        "digits",
+        "--space",
+        space,
+        "--trials",
+        str(trials),
+        "--jobs",
+        "1",
+        "--storage",
+        cluster["storage"],
+        "--tracking-uri",
+        cluster["tracking"],
+    ]
     folders = []
     for i in range(n):  # separate folders: nothing shared but the database and the server
         folder = cluster["folder"] / f"machine-{i}"
@@ -90,10 +102,14 @@ def _check_totals(cluster, trials: int, extra_failed: int = 0):
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     assert len(children) == trials + extra_failed
     finished_runs = [r for r in children if r.info.status in ("FINISHED", "KILLED")]
-    assert sorted(int(r.data.tags["trial_number"]) for r in finished_runs) == sorted(t.number for t in finished)
+    assert sorted(int(r.data.tags["trial_number"]) for r in finished_runs) == sorted(
+        t.number for t in finished
+    )
     versions = client.search_model_versions("name = 'digits-mlp'")
     assert len(versions) == 1  # registered once, by the last worker to finish
-    assert str(client.get_model_version_by_alias("digits-mlp", "champion").version) == str(versions[0].version)
+    assert str(client.get_model_version_by_alias("digits-mlp", "champion").version) == str(
+        versions[0].version
+    )
     return study_trials, children
 
 
@@ -115,8 +131,11 @@ def test_three_workers_share_one_study_one_parent_run_and_register_once(cluster)
 def test_a_killed_worker_is_retried_by_the_others_and_totals_hold(cluster):
     procs, folders = _workers(cluster, 3, 6, slow_space(cluster["folder"]))
     try:
-        victim = wait_for(lambda: running_mid_trial(cluster["folder"], STUDY, 0, cluster["storage"]),
-                          300, "a trial mid-training")
+        victim = wait_for(
+            lambda: running_mid_trial(cluster["folder"], STUDY, 0, cluster["storage"]),
+            300,
+            "a trial mid-training",
+        )
         pid = victim.user_attrs[st.OWNER_ATTR]["pid"]
         os.kill(pid, signal.SIGKILL)
         codes = {p.pid: p.wait(timeout=900) for p in procs}
@@ -130,11 +149,13 @@ def test_a_killed_worker_is_retried_by_the_others_and_totals_hold(cluster):
     assert dead.state.name == "FAIL" and "died" in dead.user_attrs[st.REASON_ATTR]
     retry = [t for t in trials if t.system_attrs.get("failed_trial") == victim.number]
     assert len(retry) == 1 and retry[0].params == dead.params
-    assert {int(r.data.tags["trial_number"]): r.info.status for r in children}[victim.number] == "FAILED"
+    assert {int(r.data.tags["trial_number"]): r.info.status for r in children}[
+        victim.number
+    ] == "FAILED"
 
 
 def test_a_silent_machine_is_failed_by_heartbeat_and_retried(cluster):
-    """A worker on another host (its own UTS namespace) stops; the heartbeat grace period catches it."""
+    """A worker on another host (own UTS namespace) goes silent; the heartbeat catches it."""
     import shutil
 
     if not shutil.which("unshare") or os.geteuid() != 0:
@@ -149,19 +170,50 @@ def test_a_silent_machine_is_failed_by_heartbeat_and_retried(cluster):
 
     from tests.conftest import cli_env
 
-    args = ["--dataset", "digits", "--space", space, "--trials", "4", "--jobs", "1", "--quiet",
-            "--storage", cluster["storage"], "--tracking-uri", cluster["tracking"]]
+    args = [
+        "--dataset",
+        "digits",
+        "--space",
+        space,
+        "--trials",
+        "4",
+        "--jobs",
+        "1",
+        "--quiet",
+        "--storage",
+        cluster["storage"],
+        "--tracking-uri",
+        cluster["tracking"],
+    ]
     remote = subprocess.Popen(
-        ["unshare", "--uts", "sh", "-c", 'hostname bench-other-host && exec "$@"', "sh",
-         sys.executable, "-m", "bench.search", *args],
-        cwd=other, env=cli_env(**env), stdout=subprocess.DEVNULL,
-        stderr=open(other / "search.err", "w"), start_new_session=True)  # noqa: SIM115
+        [
+            "unshare",
+            "--uts",
+            "sh",
+            "-c",
+            'hostname bench-other-host && exec "$@"',
+            "sh",
+            sys.executable,
+            "-m",
+            "bench.search",
+            *args,
+        ],
+        cwd=other,
+        env=cli_env(**env),
+        stdout=subprocess.DEVNULL,
+        stderr=open(other / "search.err", "w"),  # noqa: SIM115 - closed with the process
+        start_new_session=True,
+    )
     try:
+
         def remote_trial():
             for t in trials_of(cluster["folder"], STUDY, cluster["storage"]):
                 owner = t.user_attrs.get(st.OWNER_ATTR, {})
-                if t.state.name == "RUNNING" and owner.get("host") == "bench-other-host" \
-                        and t.intermediate_values:
+                if (
+                    t.state.name == "RUNNING"
+                    and owner.get("host") == "bench-other-host"
+                    and t.intermediate_values
+                ):
                     return t
             return None
 
@@ -181,8 +233,20 @@ def test_a_silent_machine_is_failed_by_heartbeat_and_retried(cluster):
 
 def test_password_in_the_storage_url_never_reaches_logs_or_mlflow(tmp_path, pg):
     url = pg().replace("postgresql://postgres@", "postgresql://postgres:Sup3rS3cret@")
-    proc = run_module("bench.search", "--dataset", "digits", "--space", str(slow_space(tmp_path)),
-                      "--trials", "1", "--max-epochs", "1", "--storage", url, cwd=tmp_path)
+    proc = run_module(
+        "bench.search",
+        "--dataset",
+        "digits",
+        "--space",
+        str(slow_space(tmp_path)),
+        "--trials",
+        "1",
+        "--max-epochs",
+        "1",
+        "--storage",
+        url,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Sup3rS3cret" not in proc.stdout + proc.stderr
     assert "postgres:***@" in proc.stderr

@@ -30,11 +30,18 @@ def test_every_shipped_space_validates(path):
 def test_default_space_searches_the_seed_questions():
     space = load_space(SPACES / "mlp.yaml")
     assert isinstance(space.params["normalization"], CategoricalParam)
-    assert set(space.params["normalization"].choices) == {"none", "minmax", "symmetric", "standard",
-                                                          "per_pixel"}
+    assert set(space.params["normalization"].choices) == {
+        "none",
+        "minmax",
+        "symmetric",
+        "standard",
+        "per_pixel",
+    }
     assert isinstance(space.params["units"], IntParam) and space.params["units"].per_layer
     assert space.params["units"].log
-    assert isinstance(space.params["learning_rate"], FloatParam) and space.params["learning_rate"].log
+    assert (
+        isinstance(space.params["learning_rate"], FloatParam) and space.params["learning_rate"].log
+    )
     assert space.train.patience == 5 and space.train.min_delta == pytest.approx(1e-3)
     assert space.sampler.name == "tpe" and space.sampler.seed == 0 and space.sampler.multivariate
 
@@ -45,32 +52,70 @@ def _space(params: dict | None = None, **top) -> dict:
     return doc
 
 
-@pytest.mark.parametrize(("doc", "message"), [
-    (_space({"n_layers": {"type": "int", "low": 3, "high": 1}}),
-     "params.n_layers: `low <= high` must hold, but got (low=3, high=1)"),
-    (_space({"learning_rate": {"type": "float", "low": 0.0, "high": 0.1, "log": True}}),
-     "`low > 0` must hold for a log distribution"),
-    (_space({"learning_rate": {"type": "float", "low": 0.01, "high": 0.1, "log": True, "step": 0.01}}),
-     "`step` cannot be combined with `log: true`"),
-    (_space({"optimizer": {"type": "categorical", "choices": []}}), "params.optimizer.choices: must be a non-empty list"),
-    (_space({"optimizer": {"type": "categorical", "choices": ["adam", "lion"]}}),
-     "params.optimizer.choices[1]: must be one of"),
-    (_space({"normalization": "zscore"}), "params.normalization: must be one of"),
-    (_space({"learning_rat": 0.1}), "unknown key 'learning_rat'; did you mean 'learning_rate'?"),
-    (_space({"units": {"type": "int", "low": "a", "high": 3}}), "params.units.low: must be an integer, got str"),
-    (_space({"units": {"typ": "int"}}), "a distribution needs 'type'"),
-    (_space({"dropout": {"type": "float", "low": 0.0, "high": 1.0}}), "0 <= dropout < 1"),
-    (_space({"n_layers": {"type": "int", "low": 1, "high": 3}, "units": [300, 100]}),
-     "needs a fixed `n_layers: 2`"),
-    (_space(study={"sampler": {"name": "cmaes"}}), "study.sampler.name: must be one of"),
-    (_space(study={"pruner": {"name": "median", "n_warmup": 2}}), "did you mean 'n_warmup_steps'?"),
-    (_space(study={"metric": "val_accuracy", "direction": "minimize"}), "val_accuracy must be maximized"),
-    (_space(train={"max_epochs": 0}), "train.max_epochs: must be >= 1"),
-    (_space(train={"patience": "five"}), "train.patience: must be an integer"),
-    ({"version": 2}, "only version 1 is supported"),
-    ({"parms": {}}, "did you mean 'params'?"),
-    ([1, 2], "must be a mapping"),
-])
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        (
+            _space({"n_layers": {"type": "int", "low": 3, "high": 1}}),
+            "params.n_layers: `low <= high` must hold, but got (low=3, high=1)",
+        ),
+        (
+            _space({"learning_rate": {"type": "float", "low": 0.0, "high": 0.1, "log": True}}),
+            "`low > 0` must hold for a log distribution",
+        ),
+        (
+            _space(
+                {
+                    "learning_rate": {
+                        "type": "float",
+                        "low": 0.01,
+                        "high": 0.1,
+                        "log": True,
+                        "step": 0.01,
+                    }
+                }
+            ),
+            "`step` cannot be combined with `log: true`",
+        ),
+        (
+            _space({"optimizer": {"type": "categorical", "choices": []}}),
+            "params.optimizer.choices: must be a non-empty list",
+        ),
+        (
+            _space({"optimizer": {"type": "categorical", "choices": ["adam", "lion"]}}),
+            "params.optimizer.choices[1]: must be one of",
+        ),
+        (_space({"normalization": "zscore"}), "params.normalization: must be one of"),
+        (
+            _space({"learning_rat": 0.1}),
+            "unknown key 'learning_rat'; did you mean 'learning_rate'?",
+        ),
+        (
+            _space({"units": {"type": "int", "low": "a", "high": 3}}),
+            "params.units.low: must be an integer, got str",
+        ),
+        (_space({"units": {"typ": "int"}}), "a distribution needs 'type'"),
+        (_space({"dropout": {"type": "float", "low": 0.0, "high": 1.0}}), "0 <= dropout < 1"),
+        (
+            _space({"n_layers": {"type": "int", "low": 1, "high": 3}, "units": [300, 100]}),
+            "needs a fixed `n_layers: 2`",
+        ),
+        (_space(study={"sampler": {"name": "cmaes"}}), "study.sampler.name: must be one of"),
+        (
+            _space(study={"pruner": {"name": "median", "n_warmup": 2}}),
+            "did you mean 'n_warmup_steps'?",
+        ),
+        (
+            _space(study={"metric": "val_accuracy", "direction": "minimize"}),
+            "val_accuracy must be maximized",
+        ),
+        (_space(train={"max_epochs": 0}), "train.max_epochs: must be >= 1"),
+        (_space(train={"patience": "five"}), "train.patience: must be an integer"),
+        ({"version": 2}, "only version 1 is supported"),
+        ({"parms": {}}, "did you mean 'params'?"),
+        ([1, 2], "must be a mapping"),
+    ],
+)
 def test_invalid_spaces_name_the_file_key_and_problem(doc, message):
     with pytest.raises(SpaceError) as err:
         parse_space(doc, "spaces/x.yaml")
@@ -105,7 +150,9 @@ def test_defaults_fill_missing_params_and_fixed_lists_are_per_layer():
 
 def test_search_hash_ignores_train_settings_but_not_params():
     a = parse_space(_space({"n_layers": {"type": "int", "low": 1, "high": 3}}))
-    b = parse_space(_space({"n_layers": {"type": "int", "low": 1, "high": 3}}, train={"max_epochs": 3}))
+    b = parse_space(
+        _space({"n_layers": {"type": "int", "low": 1, "high": 3}}, train={"max_epochs": 3})
+    )
     c = parse_space(_space({"n_layers": {"type": "int", "low": 1, "high": 4}}))
     assert a.search_hash == b.search_hash != c.search_hash
 
@@ -129,16 +176,49 @@ def test_suggest_gives_per_layer_lists_with_optuna():
 
 # ---- property-based: any document parses to a valid space or raises SpaceError, nothing else
 
-_scalars = hs.one_of(hs.none(), hs.booleans(), hs.integers(-5, 2000), hs.floats(allow_nan=True),
-                     hs.text(max_size=8), hs.sampled_from(["adam", "minmax", "tpe", "int", "float",
-                                                           "categorical", "relu", "median"]))
-_keys = hs.sampled_from(["type", "low", "high", "log", "step", "choices", "per_layer", "name",
-                         "seed", "max_epochs", "patience", "units", "n_layers", "dropout",
-                         "optimizer", "learning_rate", "normalization", "params", "study", "train",
-                         "sampler", "pruner", "version", "metric", "baselines", "bogus"])
-_docs = hs.recursive(_scalars, lambda inner: hs.one_of(hs.lists(inner, max_size=4),
-                                                       hs.dictionaries(_keys, inner, max_size=5)),
-                     max_leaves=25)
+_scalars = hs.one_of(
+    hs.none(),
+    hs.booleans(),
+    hs.integers(-5, 2000),
+    hs.floats(allow_nan=True),
+    hs.text(max_size=8),
+    hs.sampled_from(["adam", "minmax", "tpe", "int", "float", "categorical", "relu", "median"]),
+)
+_keys = hs.sampled_from(
+    [
+        "type",
+        "low",
+        "high",
+        "log",
+        "step",
+        "choices",
+        "per_layer",
+        "name",
+        "seed",
+        "max_epochs",
+        "patience",
+        "units",
+        "n_layers",
+        "dropout",
+        "optimizer",
+        "learning_rate",
+        "normalization",
+        "params",
+        "study",
+        "train",
+        "sampler",
+        "pruner",
+        "version",
+        "metric",
+        "baselines",
+        "bogus",
+    ]
+)
+_docs = hs.recursive(
+    _scalars,
+    lambda inner: hs.one_of(hs.lists(inner, max_size=4), hs.dictionaries(_keys, inner, max_size=5)),
+    max_leaves=25,
+)
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])

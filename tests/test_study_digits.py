@@ -20,12 +20,23 @@ from bench.worker import SearchConfig, Worker  # noqa: E402
 
 SPACE = {
     "version": 1,
-    "study": {"sampler": {"name": "tpe", "seed": 0, "n_startup_trials": 2},
-              "pruner": {"name": "median", "n_startup_trials": 1, "n_warmup_steps": 0}},
-    "train": {"max_epochs": 4, "patience": 3, "validation_size": 300, "steps_per_execution": 4,
-              "jit_compile": False},
-    "params": {"n_layers": 1, "units": 32, "batch_size": 64,
-               "learning_rate": {"type": "float", "low": 1e-6, "high": 0.05, "log": True}},
+    "study": {
+        "sampler": {"name": "tpe", "seed": 0, "n_startup_trials": 2},
+        "pruner": {"name": "median", "n_startup_trials": 1, "n_warmup_steps": 0},
+    },
+    "train": {
+        "max_epochs": 4,
+        "patience": 3,
+        "validation_size": 300,
+        "steps_per_execution": 4,
+        "jit_compile": False,
+    },
+    "params": {
+        "n_layers": 1,
+        "units": 32,
+        "batch_size": 64,
+        "learning_rate": {"type": "float", "low": 1e-6, "high": 0.05, "log": True},
+    },
 }
 GOOD, BAD = {"learning_rate": 0.02}, {"learning_rate": 1e-6}
 
@@ -36,14 +47,23 @@ def search(tmp_path):
 
     space_file = tmp_path / "space.yaml"
     space_file.write_text(yaml.safe_dump(SPACE))
-    cfg = SearchConfig(space_path=str(space_file), dataset="digits", study_name="digits-test",
-                       storage=str(tmp_path / "journal.log"),
-                       tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", experiment="digits-exp",
-                       model_name="digits-mlp", seed=0, threads=1)
+    cfg = SearchConfig(
+        space_path=str(space_file),
+        dataset="digits",
+        study_name="digits-test",
+        storage=str(tmp_path / "journal.log"),
+        tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
+        experiment="digits-exp",
+        model_name="digits-mlp",
+        seed=0,
+        threads=1,
+    )
     space = parse_space(SPACE, str(space_file))
     study = st.open_study(cfg.study_name, st.make_storage(cfg.storage), space, 0)
     tracker = Tracker(cfg.tracking_uri, cfg.experiment)
-    parent = tracker.start_parent("digits-test-batch-1", {"n_trials": 2}, {"study_name": cfg.study_name})
+    parent = tracker.start_parent(
+        "digits-test-batch-1", {"n_trials": 2}, {"study_name": cfg.study_name}
+    )
     for params in (GOOD, BAD):  # what open_batch does, with chosen parameters
         study.enqueue_trial(params, user_attrs={st.SLOT_ATTR: 1})
     study.set_user_attr(st.BATCH_ATTR, st.Batch(1, parent, 2, "running").record())
@@ -71,7 +91,15 @@ def test_two_trial_study_is_tracked_pruned_and_registered(search, tmp_path):
     assert bad.info.status == "KILLED" and bad.data.tags["optuna_state"] == "PRUNED"
     assert bad.data.tags["state_reason"].startswith("pruned at epoch")
     assert float(good.data.params["learning_rate"]) == pytest.approx(0.02)
-    for key in ("normalization", "units_0", "optimizer", "batch_size", "max_epochs", "patience", "seed"):
+    for key in (
+        "normalization",
+        "units_0",
+        "optimizer",
+        "batch_size",
+        "max_epochs",
+        "patience",
+        "seed",
+    ):
         assert key in good.data.params
     assert good.data.params["seed"] == "0" and bad.data.params["seed"] == "1"
     assert good.data.tags["dataset_digest"] == worker.dataset.digest
@@ -79,13 +107,18 @@ def test_two_trial_study_is_tracked_pruned_and_registered(search, tmp_path):
     assert [m.step for m in history] == list(range(trials[0].user_attrs["bench.epochs"]))
     for key in ("loss", "accuracy", "val_loss", "learning_rate"):
         assert len(client.get_metric_history(good.info.run_id, key)) == len(history)
-    assert {"best_val_accuracy", "epochs_run", "train_seconds", "param_count"} <= set(good.data.metrics)
+    assert {"best_val_accuracy", "epochs_run", "train_seconds", "param_count"} <= set(
+        good.data.metrics
+    )
 
     # registry: version with the test numbers, alias champion, parent run finished with test metrics
     version = client.get_model_version_by_alias("digits-mlp", ALIAS)
     assert str(version.version) == summary["registered"] == "1"
     assert float(version.tags["test_accuracy"]) == pytest.approx(summary["test_accuracy"])
-    assert version.tags["trial_number"] == "0" and version.tags["previous_champion_test_accuracy"] == "none"
+    assert (
+        version.tags["trial_number"] == "0"
+        and version.tags["previous_champion_test_accuracy"] == "none"
+    )
     parent_run = client.get_run(parent)
     assert parent_run.info.status == "FINISHED"
     assert parent_run.data.metrics["test_accuracy"] == pytest.approx(summary["test_accuracy"])
@@ -116,10 +149,14 @@ def test_champion_moves_only_when_test_accuracy_improves(search):
     client.set_model_version_tag("digits-mlp", champion.version, "test_accuracy", "0.9999")
     uri = sorted(study.trials, key=lambda t: t.number)[0].user_attrs["bench.model_uri"]
     study.set_user_attr("bench.unused", 1)
-    client.delete_model_version_tag("digits-mlp", champion.version, "trial_number")  # forces re-registration
+    client.delete_model_version_tag(
+        "digits-mlp", champion.version, "trial_number"
+    )  # forces re-registration
     second = finalize(study, st.current_batch(study), tracker, worker.dataset, cfg, worker.space)
     assert second["registered"] == "2" and second["promoted"] is False
-    assert str(client.get_model_version_by_alias("digits-mlp", ALIAS).version) == first["registered"]
+    assert (
+        str(client.get_model_version_by_alias("digits-mlp", ALIAS).version) == first["registered"]
+    )
     v2 = client.get_model_version("digits-mlp", "2")
     assert v2.tags["previous_champion_test_accuracy"] == "0.9999" and v2.tags["promoted"] == "false"
     assert uri
@@ -128,19 +165,33 @@ def test_champion_moves_only_when_test_accuracy_improves(search):
 def test_diverging_and_raising_trials_fail_alone_and_the_study_goes_on(tmp_path):
     import yaml
 
-    space = {**SPACE, "params": {"n_layers": 2, "batch_size": 64,
-                                 "units": {"type": "int", "low": 8, "high": 1_000_000, "log": True},
-                                 "normalization": {"type": "categorical", "choices": ["none", "minmax"]},
-                                 "optimizer": {"type": "categorical", "choices": ["sgd", "adam"]},
-                                 "learning_rate": {"type": "float", "low": 1e-4, "high": 1e30, "log": True}}}
+    space = {
+        **SPACE,
+        "params": {
+            "n_layers": 2,
+            "batch_size": 64,
+            "units": {"type": "int", "low": 8, "high": 1_000_000, "log": True},
+            "normalization": {"type": "categorical", "choices": ["none", "minmax"]},
+            "optimizer": {"type": "categorical", "choices": ["sgd", "adam"]},
+            "learning_rate": {"type": "float", "low": 1e-4, "high": 1e30, "log": True},
+        },
+    }
     space["study"] = {"pruner": {"name": "none"}}
     space_file = tmp_path / "space.yaml"
     space_file.write_text(yaml.safe_dump(space))
-    cfg = SearchConfig(space_path=str(space_file), dataset="digits", study_name="faulty",
-                       storage=str(tmp_path / "journal.log"),
-                       tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", experiment="digits-exp",
-                       model_name="digits-mlp", threads=1)
-    study = st.open_study("faulty", st.make_storage(cfg.storage), parse_space(space, str(space_file)))
+    cfg = SearchConfig(
+        space_path=str(space_file),
+        dataset="digits",
+        study_name="faulty",
+        storage=str(tmp_path / "journal.log"),
+        tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
+        experiment="digits-exp",
+        model_name="digits-mlp",
+        threads=1,
+    )
+    study = st.open_study(
+        "faulty", st.make_storage(cfg.storage), parse_space(space, str(space_file))
+    )
     tracker = Tracker(cfg.tracking_uri, cfg.experiment)
     parent = tracker.start_parent("faulty-batch-1", {}, {})
     slots = [  # raw pixels with a huge SGD step diverge; a 10^6 x 10^6 layer cannot be allocated
@@ -157,14 +208,23 @@ def test_diverging_and_raising_trials_fail_alone_and_the_study_goes_on(tmp_path)
     trials = sorted(study.trials, key=lambda t: t.number)
     diverged, oom, good = trials[:3]
     assert diverged.state.name == "PRUNED"
-    assert "loss became" in diverged.user_attrs[st.REASON_ATTR] or "non-finite" in diverged.user_attrs[st.REASON_ATTR]
+    assert (
+        "loss became" in diverged.user_attrs[st.REASON_ATTR]
+        or "non-finite" in diverged.user_attrs[st.REASON_ATTR]
+    )
     assert diverged.user_attrs["bench.epochs"] <= 1
     assert oom.state.name == "FAIL" and "ResourceExhausted" in oom.user_attrs[st.REASON_ATTR]
     assert good.state.name == "COMPLETE"
     replacement = trials[3:]  # the failed configuration's slot was replaced by a fresh one
     assert len(replacement) == 1 and replacement[0].state.name in ("COMPLETE", "PRUNED", "FAIL")
-    runs = {int(r.data.tags["trial_number"]): r for r in tracker.client.search_runs(
-        [tracker.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")}
+    runs = {
+        int(r.data.tags["trial_number"]): r
+        for r in tracker.client.search_runs(
+            [tracker.experiment_id], f"tags.mlflow.parentRunId = '{parent}'"
+        )
+    }
     assert runs[0].info.status == "FAILED" and runs[0].data.tags["optuna_state"] == "PRUNED"
-    assert runs[1].info.status == "FAILED" and "ResourceExhausted" in runs[1].data.tags["state_reason"]
+    assert (
+        runs[1].info.status == "FAILED" and "ResourceExhausted" in runs[1].data.tags["state_reason"]
+    )
     assert runs[2].info.status == "FINISHED"

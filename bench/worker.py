@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from bench import study as st
-from bench.errors import redact
+from bench.errors import BenchError, redact
 
 log = logging.getLogger("bench")
 
@@ -96,7 +96,11 @@ class Worker:
             allow_space_change=True,
         )
         self.tracker = Tracker(cfg.tracking_uri, cfg.experiment)
-        self.batch = next(b for b in [st.current_batch(self.study)] if b and b.id == batch_id)
+        batch = st.current_batch(self.study)
+        if batch is None or batch.id != batch_id:
+            raise BenchError(f"study {cfg.study_name}: batch {batch_id} is no longer current "
+                             f"(now {batch.id if batch else 'none'}); rerun to join it")
+        self.batch = batch
         self.finished = 0
 
     # ------------------------------------------------------------ loop
@@ -113,7 +117,8 @@ class Worker:
             self.close_runs(st.reap_stale(self.study))
             if self.cfg.deadline is not None and time.time() >= self.cfg.deadline:
                 return "timeout"
-            trial = st.pop_slot(self.study, self.batch.id, self.cfg.seed, self.space)
+            with self.interrupts.critical():  # a popped slot must get its owner recorded
+                trial = st.pop_slot(self.study, self.batch.id, self.cfg.seed, self.space)
             if trial is None:
                 if st.batch_trials(self.study, self.batch.id, states=(TrialState.RUNNING,)):
                     time.sleep(1.0)  # a peer may still die and leave a retry behind
@@ -379,7 +384,6 @@ class _Heartbeat:
 
 def worker_main(cfg: SearchConfig, batch_id: int, index: int) -> int:
     """Entry point of a spawned worker process; returns its exit code."""
-    from bench.errors import BenchError
     from bench.logs import setup_logging
 
     setup_logging()

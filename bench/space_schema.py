@@ -1,0 +1,370 @@
+"""Reading and validating search-space YAML into :class:`bench.space.Space` (PyYAML only).
+
+Every problem is a :class:`~bench.errors.SpaceError` whose one-line message names the file, the
+key and what is wrong; unknown keys come with the nearest valid key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench.errors import SpaceError
+from bench.space import (
+    ACTIVATIONS,
+    LR_SCHEDULES,
+    METRICS,
+    NORMALIZATIONS,
+    OPTIMIZERS,
+    PARAM_DEFAULTS,
+    PER_LAYER_OK,
+    PRUNERS,
+    SAMPLERS,
+    Baseline,
+    CategoricalParam,
+    FixedParam,
+    FloatParam,
+    IntParam,
+    Param,
+    PrunerSpec,
+    SamplerSpec,
+    Space,
+    TrainSpec,
+)
+
+
+def _check_value(name: str, value: Any) -> str | None:
+    """Return why ``value`` is not valid for model parameter ``name``, or None."""
+    if name == "normalization":
+        return None if value in NORMALIZATIONS else f"must be one of {list(NORMALIZATIONS)}"
+    if name == "optimizer":
+        return None if value in OPTIMIZERS else f"must be one of {list(OPTIMIZERS)}"
+    if name == "activation":
+        return None if value in ACTIVATIONS else f"must be one of {list(ACTIVATIONS)}"
+    if name == "lr_schedule":
+        return None if value in LR_SCHEDULES else f"must be one of {list(LR_SCHEDULES)}"
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    is_num = is_int or isinstance(value, float)
+    if name == "n_layers":
+        return None if is_int and 1 <= value <= 16 else "must be an integer from 1 to 16"
+    if name in ("units", "batch_size"):
+        return None if is_int and 1 <= value <= 1_000_000 else "must be a positive integer"
+    if name == "dropout":
+        return None if is_num and 0 <= value < 1 else "must be a number with 0 <= dropout < 1"
+    if name == "l2":
+        return None if is_num and 0 <= value < math.inf else "must be a number >= 0"
+    if name == "learning_rate":
+        return None if is_num and 0 < value < math.inf else "must be a number > 0"
+    return "is not a known parameter"
+
+
+_TOP_KEYS = ("version", "description", "study", "train", "params", "baselines")
+_BASELINE_KEYS = ("name", "description", "params", "train", "published_test_accuracy", "dataset")
+
+
+def _parse_baseline(ctx: _Ctx, i: int, data: Any, train_kinds: dict) -> Baseline:
+    where = f"baselines[{i}]"
+    data = ctx.keys(where, data, _BASELINE_KEYS)
+    name = _typed(ctx, f"{where}.name", data.get("name"), str, "a string")
+    raw = ctx.keys(f"{where}.params", data.get("params") or {}, tuple(PARAM_DEFAULTS))
+    fixed = {}
+    for key, default in PARAM_DEFAULTS.items():
+        p = _parse_param(ctx, key, raw.get(key, default)) if key in raw else FixedParam(default)
+        if not isinstance(p, FixedParam):
+            raise ctx.fail(
+                f"{where}.params.{key}",
+                "a baseline fixes every value; give a value, not a distribution",
+            )
+        fixed[key] = p
+    n = fixed["n_layers"].value
+    config: dict[str, Any] = {}
+    for key, p in fixed.items():
+        if key in PER_LAYER_OK:
+            values = list(p.value) if p.per_layer else [p.value] * n
+            if len(values) != n:
+                raise ctx.fail(
+                    f"{where}.params.{key}",
+                    f"needs {n} per-layer values (n_layers), got {len(values)}",
+                )
+            config[key] = values
+        else:
+            config[key] = p.value
+    train = ctx.keys(f"{where}.train", data.get("train") or {}, tuple(train_kinds))
+    for key, value in train.items():
+        _typed(ctx, f"{where}.train.{key}", value, train_kinds[key][0], train_kinds[key][1])
+    published = data.get("published_test_accuracy")
+    if published is not None:
+        _typed(ctx, f"{where}.published_test_accuracy", published, (int, float), "a number")
+    dataset = data.get("dataset")
+    if dataset is not None:
+        _typed(ctx, f"{where}.dataset", dataset, str, "a dataset name")
+    return Baseline(name, config, dict(train), published, dataset, str(data.get("description", "")))
+
+
+_STUDY_KEYS = ("direction", "metric", "sampler", "pruner")
+_DIST_KEYS = {
+    "int": ("type", "low", "high", "step", "log", "per_layer"),
+    "float": ("type", "low", "high", "step", "log", "per_layer"),
+    "categorical": ("type", "choices", "per_layer"),
+}
+
+
+class _Ctx:
+    def __init__(self, path: str):
+        self.path = path
+
+    def fail(self, where: str, problem: str) -> SpaceError:
+        return SpaceError(f"{self.path}: {where}: {problem}")
+
+    def keys(self, where: str, data: Any, allowed: tuple[str, ...]) -> dict:
+        if not isinstance(data, dict):
+            raise self.fail(where, f"must be a mapping, got {type(data).__name__} {data!r}")
+        for key in data:
+            if key not in allowed:
+                near = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.5)
+                hint = f"; did you mean '{near[0]}'?" if near else f"; valid keys: {list(allowed)}"
+                label = f"{where}.{key}" if where else str(key)
+                raise self.fail(label, f"unknown key '{key}'{hint}")
+        return data
+
+
+def _typed(ctx: _Ctx, where: str, value: Any, kind: type | tuple, what: str) -> Any:
+    ok = isinstance(value, kind) and not (isinstance(value, bool) and bool not in _as_tuple(kind))
+    if not ok:
+        raise ctx.fail(where, f"must be {what}, got {type(value).__name__} {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ctx.fail(where, f"must be finite, got {value!r}")
+    return value
+
+
+def _as_tuple(kind: type | tuple) -> tuple:
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
+def _struct(ctx: _Ctx, where: str, data: Any, cls: type, kinds: dict[str, tuple]) -> Any:
+    data = ctx.keys(where, data if data is not None else {}, tuple(kinds))
+    values = {}
+    for key, (kind, what) in kinds.items():
+        if key in data:
+            values[key] = _typed(ctx, f"{where}.{key}", data[key], kind, what)
+    return cls(**values)
+
+
+def _parse_param(ctx: _Ctx, name: str, spec: Any) -> Param:
+    where = f"params.{name}"
+    if not isinstance(spec, dict):
+        if isinstance(spec, list):
+            if name not in PER_LAYER_OK:
+                raise ctx.fail(
+                    where, f"a list of per-layer values is allowed only for {list(PER_LAYER_OK)}"
+                )
+            if not spec:
+                raise ctx.fail(where, "a per-layer list must not be empty")
+            for i, v in enumerate(spec):
+                if (why := _check_value(name, v)) is not None:
+                    raise ctx.fail(f"{where}[{i}]", f"{why}, got {v!r}")
+            return FixedParam(tuple(spec), per_layer=True)
+        if (why := _check_value(name, spec)) is not None:
+            raise ctx.fail(where, f"{why}, got {spec!r}")
+        return FixedParam(spec)
+    if "type" not in spec:
+        raise ctx.fail(
+            where, "a distribution needs 'type': int, float or categorical (or give a plain value)"
+        )
+    kind = spec["type"]
+    if kind not in _DIST_KEYS:
+        near = difflib.get_close_matches(str(kind), list(_DIST_KEYS), n=1, cutoff=0.5)
+        hint = f"; did you mean '{near[0]}'?" if near else ""
+        raise ctx.fail(f"{where}.type", f"must be int, float or categorical, got {kind!r}{hint}")
+    ctx.keys(where, spec, _DIST_KEYS[kind])
+    per_layer = _typed(
+        ctx, f"{where}.per_layer", spec.get("per_layer", False), bool, "true or false"
+    )
+    if per_layer and name not in PER_LAYER_OK:
+        raise ctx.fail(f"{where}.per_layer", f"only {list(PER_LAYER_OK)} can vary per layer")
+    if kind == "categorical":
+        choices = spec.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise ctx.fail(f"{where}.choices", f"must be a non-empty list, got {choices!r}")
+        for i, c in enumerate(choices):
+            if (why := _check_value(name, c)) is not None:
+                raise ctx.fail(f"{where}.choices[{i}]", f"{why}, got {c!r}")
+        if len(set(map(repr, choices))) != len(choices):
+            raise ctx.fail(f"{where}.choices", f"must not repeat a value, got {choices!r}")
+        return CategoricalParam(tuple(choices), per_layer=per_layer)
+    num = int if kind == "int" else (int, float)
+    what = "an integer" if kind == "int" else "a number"
+    for key in ("low", "high"):
+        if key not in spec:
+            raise ctx.fail(where, f"a {kind} distribution needs '{key}'")
+    low = _typed(ctx, f"{where}.low", spec["low"], num, what)
+    high = _typed(ctx, f"{where}.high", spec["high"], num, what)
+    log = _typed(ctx, f"{where}.log", spec.get("log", False), bool, "true or false")
+    step = spec.get("step")
+    if step is not None:
+        step = _typed(ctx, f"{where}.step", step, num, what)
+    if low > high:
+        raise ctx.fail(where, f"`low <= high` must hold, but got (low={low}, high={high})")
+    if log and low <= 0:
+        raise ctx.fail(where, f"`low > 0` must hold for a log distribution, but got low={low}")
+    if log and step is not None and not (kind == "int" and step == 1):
+        raise ctx.fail(where, f"`step` cannot be combined with `log: true`, but got step={step}")
+    if step is not None and step <= 0:
+        raise ctx.fail(f"{where}.step", f"must be > 0, got {step}")
+    for label, v in (("low", low), ("high", high)):
+        if (why := _check_value(name, v)) is not None:
+            raise ctx.fail(f"{where}.{label}", f"{why}, got {v!r}")
+    if kind == "int":
+        return IntParam(low, high, step or 1, log, per_layer)
+    return FloatParam(
+        float(low), float(high), None if step is None else float(step), log, per_layer
+    )
+
+
+def parse_space(data: Any, path: str = "<space>") -> Space:
+    """Validate a decoded YAML document and build a :class:`Space`.
+
+    Args:
+        data: The document, as ``yaml.safe_load`` returns it.
+        path: The file name, used in error messages.
+
+    Returns:
+        The validated space.
+
+    Raises:
+        SpaceError: naming the file, the key and what is wrong.
+    """
+    ctx = _Ctx(path)
+    data = ctx.keys("", data, _TOP_KEYS) if data is not None else ctx.keys("", {}, _TOP_KEYS)
+    version = data.get("version", 1)
+    if version != 1:
+        raise ctx.fail("version", f"only version 1 is supported, got {version!r}")
+    description = _typed(ctx, "description", data.get("description", ""), str, "a string")
+
+    study = ctx.keys("study", data.get("study") or {}, _STUDY_KEYS)
+    metric = study.get("metric", "val_accuracy")
+    if metric not in METRICS:
+        raise ctx.fail("study.metric", f"must be one of {list(METRICS)}, got {metric!r}")
+    direction = study.get("direction", METRICS[metric])
+    if direction != METRICS[metric]:
+        raise ctx.fail("study.direction", f"{metric} must be {METRICS[metric]}d, got {direction!r}")
+    sampler = _struct(
+        ctx,
+        "study.sampler",
+        study.get("sampler"),
+        SamplerSpec,
+        {
+            "name": (str, "a string"),
+            "seed": ((int, type(None)), "an integer or null"),
+            "multivariate": (bool, "true or false"),
+            "n_startup_trials": (int, "an integer"),
+        },
+    )
+    if sampler.name not in SAMPLERS:
+        raise ctx.fail(
+            "study.sampler.name", f"must be one of {list(SAMPLERS)}, got {sampler.name!r}"
+        )
+    pruner = _struct(
+        ctx,
+        "study.pruner",
+        study.get("pruner"),
+        PrunerSpec,
+        {
+            "name": (str, "a string"),
+            "n_startup_trials": (int, "an integer"),
+            "n_warmup_steps": (int, "an integer"),
+            "min_resource": (int, "an integer"),
+            "reduction_factor": (int, "an integer"),
+        },
+    )
+    if pruner.name not in PRUNERS:
+        raise ctx.fail("study.pruner.name", f"must be one of {list(PRUNERS)}, got {pruner.name!r}")
+    if pruner.reduction_factor < 2 or pruner.min_resource < 1:
+        raise ctx.fail("study.pruner", "needs reduction_factor >= 2 and min_resource >= 1")
+    if sampler.n_startup_trials < 0 or pruner.n_startup_trials < 0 or pruner.n_warmup_steps < 0:
+        raise ctx.fail("study", "n_startup_trials and n_warmup_steps must be >= 0")
+
+    train_kinds = {
+        "max_epochs": (int, "an integer"),
+        "patience": (int, "an integer"),
+        "min_delta": ((int, float), "a number"),
+        "validation_size": (int, "an integer"),
+        "steps_per_execution": (int, "an integer"),
+        "jit_compile": ((bool, str), "true, false or auto"),
+        "eval_batch_size": (int, "an integer"),
+    }
+    train = _struct(ctx, "train", data.get("train"), TrainSpec, train_kinds)
+    for key in (
+        "max_epochs",
+        "patience",
+        "validation_size",
+        "steps_per_execution",
+        "eval_batch_size",
+    ):
+        if getattr(train, key) < 1:
+            raise ctx.fail(f"train.{key}", f"must be >= 1, got {getattr(train, key)}")
+    if train.min_delta < 0:
+        raise ctx.fail("train.min_delta", f"must be >= 0, got {train.min_delta}")
+    if isinstance(train.jit_compile, str) and train.jit_compile != "auto":
+        raise ctx.fail(
+            "train.jit_compile", f"must be true, false or auto, got {train.jit_compile!r}"
+        )
+
+    raw_params = data.get("params") or {}
+    ctx.keys("params", raw_params, tuple(PARAM_DEFAULTS))
+    params: dict[str, Param] = {}
+    for name, default in PARAM_DEFAULTS.items():
+        params[name] = (
+            _parse_param(ctx, name, raw_params[name]) if name in raw_params else FixedParam(default)
+        )
+    n_layers = params["n_layers"]
+    for name in PER_LAYER_OK:
+        p = params[name]
+        per_layer_list = isinstance(p, FixedParam) and p.per_layer
+        if per_layer_list and not (
+            isinstance(n_layers, FixedParam) and n_layers.value == len(p.value)
+        ):
+            raise ctx.fail(
+                f"params.{name}",
+                f"a list of {len(p.value)} per-layer values needs "
+                f"a fixed `n_layers: {len(p.value)}`",
+            )
+    raw_baselines = data.get("baselines") or []
+    if not isinstance(raw_baselines, list):
+        raise ctx.fail("baselines", f"must be a list of configurations, got {raw_baselines!r}")
+    baselines = tuple(_parse_baseline(ctx, i, b, train_kinds) for i, b in enumerate(raw_baselines))
+    names = [b.name for b in baselines]
+    if len(set(names)) != len(names):
+        raise ctx.fail("baselines", f"names must be unique, got {names}")
+    return Space(
+        path, version, metric, direction, sampler, pruner, train, params, description, baselines
+    )
+
+
+def load_space(path: str | Path) -> Space:
+    """Read and validate a YAML search-space file (safe loading only).
+
+    Raises:
+        SpaceError: unreadable file, malformed YAML or an invalid space, in one line.
+    """
+    path = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise SpaceError(
+            f"{path}: cannot read the search-space file ({reason}); "
+            "pass an existing YAML file with --space"
+        ) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
+        problem = getattr(exc, "problem", None) or "malformed YAML"
+        raise SpaceError(f"{path}: {where}: {problem} (the file is not valid YAML)") from None
+    return parse_space(data, path)

@@ -327,8 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "may be repeated")
     p.add_argument("--model", default=DEFAULT_MODEL, metavar="URI",
                    help=f"MLflow model URI (default {DEFAULT_MODEL})")
-    p.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI (default MLFLOW_TRACKING_URI or "
-                                          "sqlite:///mlflow.db)")
+    p.add_argument("--tracking-uri", metavar="URI",
+                   help="MLflow tracking URI (default MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     p.add_argument("--top", type=_positive, default=1, metavar="K",
                    help="print the K most probable classes per image (default 1)")
     return p
@@ -397,7 +397,11 @@ def _run(args: argparse.Namespace) -> int:
     for label, row in zip(labels, probs, strict=True):
         best = np.argsort(-row, kind="stable")[:args.top]
         lines.append("\t".join([label, *(f"{names[k]}\t{row[k]:.4f}" for k in best)]))
-    print("\n".join(lines))
+    try:
+        sys.stdout.write("".join(line + "\n" for line in lines))
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader stopped early (e.g. `| head`): not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # quiet exit flush
     return EXIT_OK
 
 

@@ -18,7 +18,7 @@ from PIL import Image
 
 from bench.data import FASHION_CLASSES, read_idx, write_idx
 from bench.predict import convert_image, fit, needs_inversion, read_gray
-from tests.conftest import FASHION_DIR, REPO, fashion_available, run_module
+from tests.conftest import FASHION_DIR, REPO, cli_env, fashion_available, run_module
 
 CHAMPION = "models:/fashion-mnist-mlp@champion"
 QUIET_MLFLOW = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
@@ -299,3 +299,19 @@ def test_unknown_model_uri_is_one_line_and_exit_2(fashion_search, tmp_path, mode
                       cwd=fashion_search, timeout=300, **QUIET_MLFLOW)
     line = _one_error_line(proc)
     assert expected in line and model in line
+
+
+@pytest.mark.slow
+@needs_fashion
+def test_reader_closing_the_pipe_early_is_not_an_error(fashion_search):
+    # 10,000 lines are more than a pipe holds, so the write meets the closed pipe.
+    env = cli_env(**QUIET_MLFLOW)
+    proc = subprocess.Popen([sys.executable, "-m", "bench.predict", "--idx",
+                             str(FASHION_DIR / "t10k-images-idx3-ubyte.gz")],
+                            cwd=fashion_search, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    first = proc.stdout.readline()  # like `| head -n 1`
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=300)
+    assert first.split("\t")[0].endswith("t10k-images-idx3-ubyte.gz[0]")
+    assert proc.returncode == 0 and err == "", err

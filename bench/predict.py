@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bench.cli import Parser, positive_int
 from bench.errors import EXIT_OK, EXIT_USAGE, BenchError, redact
 
 if TYPE_CHECKING:
@@ -300,23 +301,8 @@ def predict(champion: Champion, images: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------- CLI
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line and exit 2, like every bench CLI
-        self.exit(EXIT_USAGE, f"error: {message}; see python -m bench.predict --help\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m bench.predict",
+    p = Parser(prog="python -m bench.predict",
                 description="Classify images with a model from the MLflow registry (by default "
                             "the champion). PNG/JPEG files of any size are converted the way "
                             "Fashion-MNIST was made: grayscale, inverted when the border is "
@@ -329,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"MLflow model URI (default {DEFAULT_MODEL})")
     p.add_argument("--tracking-uri", metavar="URI",
                    help="MLflow tracking URI (default MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
-    p.add_argument("--top", type=_positive, default=1, metavar="K",
+    p.add_argument("--top", type=positive_int, default=1, metavar="K",
                    help="print the K most probable classes per image (default 1)")
     return p
 

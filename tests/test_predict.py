@@ -134,7 +134,8 @@ def test_help_imports_neither_tensorflow_nor_mlflow():
 def _one_error_line(proc: subprocess.CompletedProcess) -> str:
     assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert len(lines) == 1 and "error: " in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
     assert proc.stdout == ""
     return lines[0]
 

@@ -291,7 +291,7 @@ def _register(study, champion: dict, model, dataset, space, tracker: Tracker, pa
         **stats, "n_seeds": n_seeds, "ci_level": LEVEL, "source": "finalize",
         "study_name": study.study_name, "finalized_from_trial": champion["trial"],
         "seed": champion["seed"], "dataset": dataset.name, "dataset_digest": dataset.digest,
-        "space_hash": space.search_hash})
+        "class_names": json.dumps(list(dataset.class_names)), "space_hash": space.search_hash})
     tracker.set_alias(name, version.version, ALIAS)
     print(f"registered {name} version {version.version} (trial {champion['trial']}'s "
           f"configuration, mean test accuracy {champion['mean']:.4f}) as @{ALIAS} in "

@@ -22,6 +22,9 @@ def setup_logging(level: int = logging.INFO) -> None:
     """Configure the ``bench`` logger and quiet TensorFlow, Optuna and MLflow chatter."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # no C++ chatter (cuInit, oneDNN)
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    # MLflow 3 reports usage to its makers unless told not to; a benchmark harness has no
+    # business sending that (and offline machines would wait on it). Users can set it to false.
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
     handler.addFilter(RedactingFilter())

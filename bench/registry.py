@@ -106,6 +106,7 @@ def finalize(
                 "test_loss": test_loss,
                 f"val_{space.metric.removeprefix('val_')}": best.value,
                 "dataset": dataset.name,
+                "class_names": json.dumps(list(dataset.class_names)),
                 "dataset_digest": dataset.digest,
                 "space_hash": space.search_hash,
             },

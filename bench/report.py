@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--finalize", action="store_true",
                    help="retrain the top-k configurations with --seeds seeds each, score them on "
                         "the test set, register the best mean as the champion")
-    f.add_argument("--seeds", type=positive_int, default=3, help="seeds per configuration (default 3)")
+    f.add_argument("--seeds", type=positive_int, default=3,
+                   help="seeds per configuration (default 3)")
     f.add_argument("--dataset", help="the study's dataset (default: the one its search used, as "
                                      "recorded in the study, else fashion-mnist)")
     f.add_argument("--data-dir", help="folder with the dataset's IDX files (default: the search's)")

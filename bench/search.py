@@ -8,6 +8,7 @@ the summary. It never imports TensorFlow itself unless it trains (``--jobs 1``).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
 import signal
@@ -137,6 +138,11 @@ def _run(args: argparse.Namespace, interrupts) -> int:
         raise BenchError(
             f"{space.path}: train.validation_size: {space.train.validation_size} does "
             f"not fit {dataset.name}'s {n_train} training images; use at most {n_train // 2}"
+        )
+    if args.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise BenchError(
+            "--tensorboard: the tensorboard package is not installed; "
+            "pip install tensorboard (or the project's [tensorboard] extra)"
         )
     uri = resolve_uri(args.tracking_uri)
     check_uri(uri)
@@ -396,6 +402,19 @@ def _summary(cfg, study, batch, seconds: float) -> int:
     record = current_batch(study)
     done = len(_finished(study, batch.id))
     print(f"\nbatch {batch.id}: {done}/{batch.trials} trials finished in {seconds:.0f} s")
+    failed = [
+        t
+        for t in study.get_trials(deepcopy=False)
+        if t.state.name == "FAIL" and t.user_attrs.get("bench.batch_id") == batch.id
+    ]
+    if done == 0 and failed:
+        reason = failed[-1].user_attrs.get("bench.reason", "unknown")
+        print(
+            f"error: no trial of batch {batch.id} finished; {len(failed)} failed, the last with: "
+            f"{redact(reason)}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
     info = (record.summary or {}) if record and record.id == batch.id else {}
     if info.get("registered"):
         print(

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from tests.conftest import cli_env
+from tests.servers import free_port, kill_group, start_mlflow_server  # noqa: F401 - re-exported
 
 # Trials of a few seconds each on digits: long enough to be caught mid-training.
 SLOW_SPACE = """
@@ -90,61 +88,3 @@ def running_mid_trial(folder: Path, name: str, min_finished: int = 1, storage: s
         t for t in trials if t.state.name == "RUNNING" and 0 < len(t.intermediate_values) <= 10
     ]
     return running[0] if len(finished) >= min_finished and running else None
-
-
-def kill_group(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_mlflow_server(folder: Path, backend: str, port: int) -> subprocess.Popen:
-    log = open(folder / f"mlflow-server-{port}.log", "a")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--backend-store-uri",
-            backend,
-            "--artifacts-destination",
-            str(folder / "mlartifacts"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        cwd=folder,
-        env=cli_env(),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    import urllib.request
-
-    def up():
-        if proc.poll() is not None:
-            log_text = (folder / f"mlflow-server-{port}.log").read_text()
-            raise AssertionError(f"mlflow server exited: {log_text[-2000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                return r.status == 200
-        except OSError:
-            return False
-
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not up():
-        time.sleep(0.5)
-    if not up():
-        kill_group(proc)
-        raise AssertionError("mlflow server did not come up within 120 s")
-    return proc

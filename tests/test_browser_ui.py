@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, cli_env
-from tests.test_serving import free_port, mlflow_command, stop, wait_until_up
+from tests.servers import free_port, mlflow_command, stop, wait_until_up
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 

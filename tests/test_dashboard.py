@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import cli_env
-from tests.test_serving import free_port, stop, wait_until_up
+from tests.servers import free_port, stop, wait_until_up
 
 STUDY = "fashion-mnist-mlp"
 JOURNAL = "optuna-studies.log"

@@ -2,66 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
-import socket
 import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from bench.data import read_idx
 from tests.conftest import FASHION_DIR, cli_env
+from tests.servers import free_port, mlflow_command, stop, wait_until_up
 
 CHAMPION = "models:/fashion-mnist-mlp@champion"
 STARTUP_SECONDS = 120  # loading TensorFlow and the model on a busy 2-core machine
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def mlflow_command() -> list[str]:
-    beside = Path(sys.executable).with_name("mlflow")  # the interpreter's own environment
-    return [str(beside)] if beside.exists() else ["mlflow"]
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """Stop a server started with ``start_new_session=True`` and all its children."""
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-
-
-def wait_until_up(proc: subprocess.Popen, url: str, log: Path, seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=5) as resp:
-                if resp.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"{url} did not answer within {seconds} s:\n{log.read_text()[-3000:]}")
 
 
 def post_json(url: str, body: dict) -> tuple[int, dict]:

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+from collections.abc import Callable
+from typing import NoReturn
 
-from bench.errors import EXIT_USAGE
+from bench.errors import EXIT_FAILURE, EXIT_USAGE, redact
 
 
 def positive_int(text: str) -> int:
@@ -34,3 +38,18 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}; see --help\n")
+
+
+def run(main: Callable[[], int]) -> NoReturn:
+    """Exit with ``main()``'s code; an unexpected error becomes one line and exit 1.
+
+    ``BENCH_DEBUG=1`` lets the traceback through instead.
+    """
+    try:
+        code = main()
+    except Exception as exc:  # noqa: BLE001 - last resort for every CLI
+        if os.environ.get("BENCH_DEBUG"):
+            raise
+        print(f"error: {type(exc).__name__}: {redact(exc)}", file=sys.stderr)
+        code = EXIT_FAILURE
+    sys.exit(code)

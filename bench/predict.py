@@ -392,4 +392,6 @@ def _run(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from bench.cli import run
+
+    run(main)

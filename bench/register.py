@@ -90,4 +90,6 @@ def register(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from bench.cli import run
+
+    run(main)

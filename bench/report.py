@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, BenchError, redact
+from bench.errors import EXIT_OK, EXIT_USAGE, BenchError, redact
 from bench.finalize import FINALIZED_ATTR, finalized_tables, parent_run
 
 if TYPE_CHECKING:
@@ -311,10 +311,6 @@ def log_artifacts(study: optuna.Study, uri: str, out: Path, files: list[Path]) -
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except Exception as exc:  # noqa: BLE001 - last resort: one line, exit 1
-        if os.environ.get("BENCH_DEBUG"):
-            raise
-        print(f"error: {type(exc).__name__}: {redact(exc)}", file=sys.stderr)
-        sys.exit(EXIT_FAILURE)
+    from bench.cli import run
+
+    run(main)

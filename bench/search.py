@@ -427,10 +427,6 @@ def _summary(cfg, study, batch, seconds: float) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except Exception as exc:  # noqa: BLE001 - last resort: one line, exit 1
-        if os.environ.get("BENCH_DEBUG"):
-            raise
-        print(f"error: {redact(type(exc).__name__)}: {redact(exc)}", file=sys.stderr)
-        sys.exit(EXIT_FAILURE)
+    from bench.cli import run
+
+    run(main)

@@ -62,8 +62,9 @@ def cluster(tmp_path, pg):
     kill_group(server)
 
 
-def _workers(cluster, n: int, trials: int, space: str, **env):
-    args = [
+def _worker_args(cluster, trials: int, space: str) -> list[str]:
+    """What one machine runs to join the cluster's study and tracking server."""
+    return [
         "--dataset",
         "digits",
         "--space",
@@ -77,6 +78,10 @@ def _workers(cluster, n: int, trials: int, space: str, **env):
         "--tracking-uri",
         cluster["tracking"],
     ]
+
+
+def _workers(cluster, n: int, trials: int, space: str, **env):
+    args = _worker_args(cluster, trials, space)
     folders = []
     for i in range(n):  # separate folders: nothing shared but the database and the server
         folder = cluster["folder"] / f"machine-{i}"
@@ -170,21 +175,7 @@ def test_a_silent_machine_is_failed_by_heartbeat_and_retried(cluster):
 
     from tests.conftest import cli_env
 
-    args = [
-        "--dataset",
-        "digits",
-        "--space",
-        space,
-        "--trials",
-        "4",
-        "--jobs",
-        "1",
-        "--quiet",
-        "--storage",
-        cluster["storage"],
-        "--tracking-uri",
-        cluster["tracking"],
-    ]
+    args = [*_worker_args(cluster, 4, space), "--quiet"]
     remote = subprocess.Popen(
         [
             "unshare",

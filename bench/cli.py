@@ -53,3 +53,43 @@ def run(main: Callable[[], int]) -> NoReturn:
         print(f"error: {type(exc).__name__}: {redact(exc)}", file=sys.stderr)
         code = EXIT_FAILURE
     sys.exit(code)
+
+
+def bounded_int(low: int, high: int, what: str = "") -> Callable[[str], int]:
+    """An argparse type: a whole number in ``[low, high]``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(
+                f"must be from {low} to {high}{what}, got {value}"
+            )
+        return value
+
+    return parse
+
+
+SEED_MAX = 2**31 - 1  # job seeds are seed + index (+ 2,000,000 at most): kept below 2**32
+NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-+")
+
+
+def check_name(flag: str, name: str) -> str:
+    """A study, experiment or model name: letters, digits and ``._-+``, not starting with a dot.
+
+    Raises:
+        BenchError: the name could escape a folder (``../x``), break an MLflow filter (a quote)
+            or is empty.
+    """
+    from bench.errors import BenchError
+
+    bad = sorted({c for c in name if c not in NAME_CHARS})
+    if not name or name.startswith(".") or bad or len(name) > 200:
+        shown = "".join(bad)[:20]
+        raise BenchError(
+            f"{flag} {name!r}: use 1-200 letters, digits and . _ - + (not starting with a dot)"
+            + (f"; found {shown!r}" if bad else "")
+        )
+    return name

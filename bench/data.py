@@ -75,12 +75,12 @@ class Dataset:
 
 @dataclass(frozen=True)
 class Split:
-    """The training split a trial fits on and the validation split it is judged by."""
+    """The training split a job fits on and the validation split it is judged by (None: none)."""
 
     x_train: np.ndarray
     y_train: np.ndarray
-    x_val: np.ndarray
-    y_val: np.ndarray
+    x_val: np.ndarray | None
+    y_val: np.ndarray | None
 
 
 # ---------------------------------------------------------------- IDX
@@ -354,3 +354,29 @@ def validation_split(ds: Dataset, size: int, seed: int) -> Split:
     idx_tr.sort()
     idx_val.sort()
     return Split(ds.x_train[idx_tr], ds.y_train[idx_tr], ds.x_train[idx_val], ds.y_train[idx_val])
+
+
+def full_split(ds: Dataset) -> Split:
+    """Every training image and no validation split: what a refit trains on."""
+    return Split(ds.x_train, ds.y_train, None, None)
+
+
+def check_validation_size(ds: Dataset, size: int, where: str) -> None:
+    """A validation split must hold every class and leave at least half the images to train on.
+
+    Raises:
+        DataError: in one line, with the range that works for this dataset.
+    """
+    n = len(ds.x_train)
+    counts = np.bincount(ds.y_train, minlength=ds.n_classes)
+    smallest = int(counts.min()) if len(counts) else 0
+    if smallest < 2:
+        raise DataError(
+            f"{ds.name}: class {int(counts.argmin())} has {smallest} training image(s); a "
+            "stratified validation split needs at least 2 per class"
+        )
+    if not ds.n_classes <= size <= n // 2:
+        raise DataError(
+            f"{where}: train.validation_size: {size} does not fit {ds.name}'s {n} training "
+            f"images and {ds.n_classes} classes; use a value from {ds.n_classes} to {n // 2}"
+        )

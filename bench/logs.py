@@ -18,8 +18,16 @@ class RedactingFilter(logging.Filter):
         return True
 
 
-def setup_logging(level: int = logging.INFO) -> None:
-    """Configure the ``bench`` logger and quiet TensorFlow, Optuna and MLflow chatter."""
+def setup_logging(level: int = logging.INFO, verbose: bool | None = None) -> None:
+    """Configure the ``bench`` logger and quiet TensorFlow, Optuna and MLflow chatter.
+
+    Args:
+        level: The ``bench`` logger's level.
+        verbose: Let TensorFlow's start-up messages through (``--verbose``); None keeps what
+            ``BENCH_VERBOSE`` says, so worker processes inherit the choice.
+    """
+    if verbose is not None:
+        os.environ["BENCH_VERBOSE"] = "1" if verbose else ""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # no C++ chatter (cuInit, oneDNN)
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     # MLflow 3 reports usage to its makers unless told not to; a benchmark harness has no
@@ -35,10 +43,3 @@ def setup_logging(level: int = logging.INFO) -> None:
     for noisy in ("optuna", "mlflow", "alembic", "absl", "tensorflow", "keras", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
-    try:
-        import optuna
-
-        optuna.logging.set_verbosity(optuna.logging.ERROR)
-        optuna.logging.disable_default_handler()
-    except ImportError:  # pragma: no cover
-        pass

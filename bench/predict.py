@@ -391,7 +391,12 @@ def _run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-if __name__ == "__main__":
+def console() -> None:
+    """Console-script entry point (``pip install`` puts it on PATH)."""
     from bench.cli import run
 
     run(main)
+
+
+if __name__ == "__main__":
+    console()

@@ -282,7 +282,7 @@ def build(study: optuna.Study, out: Path, top_k: int) -> Report:
         line, table = finalized_tables(record)
         report.sections.append(("Finalized champion", line))
         report.sections.append(("Finalized configurations (test accuracy over seeds)", table))
-    from bench.report_plots import draw_plots
+    from bench.results.plots import draw_plots
 
     images, notes = draw_plots(study, frame, out, top_k)
     report.images += images
@@ -310,7 +310,12 @@ def log_artifacts(study: optuna.Study, uri: str, out: Path, files: list[Path]) -
     return f"logged {len(files)} file(s) to MLflow run {parent} under report/ ({redact(uri)})"
 
 
-if __name__ == "__main__":
+def console() -> None:
+    """Console-script entry point (``pip install`` puts it on PATH)."""
     from bench.cli import run
 
     run(main)
+
+
+if __name__ == "__main__":
+    console()

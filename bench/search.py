@@ -1,8 +1,9 @@
-"""``python -m bench.search``: run (or resume, or join) a study's batch of trials.
+"""``python -m bench.search``: run (or resume, or join) a study's batch of search trials.
 
-The coordinator validates everything a user can get wrong before anything is written, opens or
-joins the batch (one MLflow parent run per batch), starts the workers, shows progress and prints
-the summary. It never imports TensorFlow itself unless it trains (``--jobs 1``).
+The command validates everything a user can get wrong before anything is written, opens or joins
+the batch (one MLflow parent run per batch) through the engine, starts the workers, shows
+progress and prints the summary with links. It never imports TensorFlow itself unless it trains
+(one worker runs in this process).
 """
 
 from __future__ import annotations
@@ -16,13 +17,11 @@ import sys
 import time
 from pathlib import Path
 
-from bench.cli import Parser, positive_int, positive_seconds
+from bench.cli import SEED_MAX, Parser, bounded_int, positive_seconds
 from bench.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, BenchError, redact
 
 log = logging.getLogger("bench")
-SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
-DEFAULT_SPACE = str(SPACES_DIR / "mlp.yaml")
-BASELINES_SPACE = str(SPACES_DIR / "baselines.yaml")
+MAX_TRIALS = 100_000  # more would take days; a typo like 10**9 must not enqueue for hours
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,13 +32,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--trials",
-        type=positive_int,
+        type=bounded_int(1, MAX_TRIALS),
         default=50,
         help="finished (completed or pruned) trials in this batch, across all workers "
         "and restarts (default 50)",
     )
     p.add_argument(
-        "--space", default=DEFAULT_SPACE, help="search-space YAML (default search_spaces/mlp.yaml)"
+        "--space",
+        default="mlp",
+        help="search-space YAML path, or a built-in space: mlp (default), smoke, baselines",
     )
     p.add_argument(
         "--dataset",
@@ -67,22 +68,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", help="MLflow experiment (default <dataset>-mlp)")
     p.add_argument("--model-name", help="registered model name (default <dataset>-mlp)")
     p.add_argument(
-        "--max-epochs", type=positive_int, help="override the space file's train.max_epochs"
+        "--max-epochs",
+        type=bounded_int(1, 10_000),
+        help="override the space file's train.max_epochs",
     )
     p.add_argument(
         "--timeout", type=positive_seconds, help="start no new trial after this many seconds"
     )
     p.add_argument(
-        "--jobs", type=positive_int, help="worker processes on this machine (default: one per core)"
+        "--jobs",
+        type=bounded_int(1, 256),
+        help="worker processes on this machine (default: one per usable CPU, or per GPU)",
     )
     p.add_argument(
-        "--threads", type=positive_int, help="TensorFlow threads per worker (default: cores / jobs)"
+        "--threads",
+        type=bounded_int(1, 1024),
+        help="TensorFlow threads per worker (default: usable CPUs / jobs)",
     )
     p.add_argument(
-        "--seed", type=int, default=0, help="study seed; trial seeds are seed + trial number"
+        "--seed",
+        type=bounded_int(0, SEED_MAX),
+        default=0,
+        help="study seed; job seeds are seed + job index",
     )
     p.add_argument(
-        "--no-register", action="store_true", help="skip test evaluation and registration"
+        "--no-register", action="store_true", help="skip the refit, test evaluation and registration"
+    )
+    p.add_argument(
+        "--no-refit",
+        action="store_true",
+        help="register the chosen search run's own model instead of refitting it on all "
+        "training images",
+    )
+    p.add_argument(
+        "--reeval-top-k",
+        type=bounded_int(0, 50),
+        default=0,
+        help="before choosing, re-train the top K configurations with --reeval-seeds fresh seeds "
+        "and choose by their mean validation score (default 0: off)",
+    )
+    p.add_argument(
+        "--reeval-seeds",
+        type=bounded_int(2, 20),
+        default=3,
+        help="seeds per re-evaluated configuration (default 3)",
     )
     p.add_argument(
         "--allow-space-change",
@@ -92,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--with-baselines",
         action="store_true",
-        help="enqueue the seed tutorials' configurations first (search_spaces/baselines.yaml)",
+        help="run the seed tutorials' configurations first (the built-in space 'baselines')",
     )
     p.add_argument(
         "--tensorboard",
@@ -101,16 +130,21 @@ def build_parser() -> argparse.ArgumentParser:
         const="tensorboard",
         help="write TensorBoard logs per trial under DIR (default ./tensorboard)",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument(
+        "--verbose", action="store_true", help="let TensorFlow's start-up messages through"
+    )
     return p
+
+
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from bench.logs import setup_logging
 
-    setup_logging()
-    from bench.worker import Interrupts
+    setup_logging(verbose=args.verbose)
+    from bench.engine.interrupts import Interrupts
 
     interrupts = Interrupts()
     interrupts.install()
@@ -120,25 +154,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {redact(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("interrupted before the search started; nothing was kept or lost", file=sys.stderr)
+        print(
+            "interrupted while starting; rerun the same command to continue where it stopped",
+            file=sys.stderr,
+        )
         return EXIT_INTERRUPTED
 
 
 def _run(args: argparse.Namespace, interrupts) -> int:
     from bench import data
-    from bench import study as st
-    from bench.space import load_space
-    from bench.tracking import check_uri, resolve_uri
-    from bench.worker import SearchConfig
+    from bench import optuna_adapter as opt
+    from bench.cli import check_name
+    from bench.engine.store import JobStore
+    from bench.resources import plan_workers, usable_cpus, visible_gpus
+    from bench.space import load_space, resolve_space
+    from bench.tracking import Tracker, check_uri, resolve_uri
 
-    space = load_space(args.space).with_overrides(max_epochs=args.max_epochs)
+    space_path = str(Path(resolve_space(args.space)).resolve())
+    space = load_space(space_path).with_overrides(max_epochs=args.max_epochs)
     dataset = data.load_dataset(args.dataset, args.data_dir)
-    n_train = len(dataset.x_train)
-    if not 0 < space.train.validation_size <= n_train // 2:
-        raise BenchError(
-            f"{space.path}: train.validation_size: {space.train.validation_size} does "
-            f"not fit {dataset.name}'s {n_train} training images; use at most {n_train // 2}"
-        )
+    data.check_validation_size(dataset, space.train.validation_size, space.path)
     if args.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise BenchError(
             "--tensorboard: the tensorboard package is not installed; "
@@ -148,285 +183,249 @@ def _run(args: argparse.Namespace, interrupts) -> int:
     check_uri(uri)
     first = [b.payload() for b in space.baselines if b.dataset in (None, dataset.name)]
     if args.with_baselines:
-        extra = load_space(BASELINES_SPACE).baselines
+        extra = load_space("baselines").baselines
         first += [b.payload() for b in extra if b.dataset in (None, dataset.name)]
     if space.baselines and not first:
         raise BenchError(f"{space.path}: none of its baselines runs on {dataset.name}")
     n_trials = args.trials if space.searches else len(first)  # a baselines file runs each once
     default_name = f"{dataset.name}-mlp"
-    cores = os.cpu_count() or 1
-    jobs = args.jobs or max(1, min(cores, n_trials))
-    cfg = SearchConfig(
-        space_path=args.space,
-        dataset=args.dataset,
-        data_dir=args.data_dir,
-        study_name=args.study_name or f"{dataset.name}-{Path(args.space).stem}",
-        storage=args.storage or st.DEFAULT_STORAGE,
-        tracking_uri=uri,
-        experiment=args.experiment or default_name,
-        model_name=args.model_name or default_name,
-        max_epochs=args.max_epochs,
-        seed=args.seed,
-        register=not args.no_register,
-        threads=args.threads or max(1, cores // jobs),
-        deadline=time.time() + args.timeout if args.timeout else None,
-        tensorboard_dir=args.tensorboard,
-        allow_space_change=args.allow_space_change,
+    study_name = check_name("--study-name", args.study_name or f"{dataset.name}-{Path(space_path).stem}")
+    experiment = check_name("--experiment", args.experiment or default_name)
+    model_name = check_name("--model-name", args.model_name or default_name)
+    storage = args.storage or opt.DEFAULT_STORAGE
+    plan = plan_workers(args.jobs, args.threads, n_trials, usable_cpus(), visible_gpus())
+    settings = {
+        "space": space_path,
+        "dataset": args.dataset,
+        "data_dir": args.data_dir,
+        "experiment": experiment,
+        "model_name": model_name,
+        "seed": args.seed,
+        "max_epochs": args.max_epochs,
+        "n_trials": n_trials,
+        "register": not args.no_register,
+        "refit": not args.no_refit,
+        "reeval_top_k": args.reeval_top_k,
+        "reeval_seeds": args.reeval_seeds if args.reeval_top_k else 0,
+        "baselines": first,
+    }
+    study = opt.open_study(study_name, storage, space, args.seed, args.allow_space_change)
+    store = JobStore(storage)
+    tracker = Tracker(uri, experiment)
+    batch, created = open_search_batch(store, study_name, settings, space, dataset, tracker, storage)
+    return run_batch(
+        args, interrupts, store, batch, created, tracker, uri, storage, plan, space, study
     )
-    storage = st.make_storage(cfg.storage)
-    study = st.open_study(cfg.study_name, storage, space, cfg.seed, args.allow_space_change)
-    from bench.tracking import Tracker
 
-    tracker = Tracker(uri, cfg.experiment)
 
-    def start_parent(batch_id: int) -> str:
+def open_search_batch(store, study_name, settings, space, dataset, tracker, storage):
+    from bench.designs.search import SearchDesign
+    from bench.engine import open_batch
+
+    def start_parent(batch) -> str:
         run_id = tracker.start_parent(
-            f"{cfg.study_name}-batch-{batch_id}",
+            f"{study_name}-batch-{batch.number}",
             {
-                "n_trials": n_trials,
+                "n_trials": settings["n_trials"],
                 "dataset": dataset.name,
-                "space": Path(args.space).name,
+                "space": Path(settings["space"]).name,
                 "sampler": space.sampler.name,
                 "pruner": space.pruner.name,
-                "seed": cfg.seed,
+                "seed": settings["seed"],
                 "metric": space.metric,
-                "storage": cfg.storage,
+                "storage": storage,
+                "refit": settings["refit"],
+                "reeval_top_k": settings["reeval_top_k"],
                 **{f"train.{k}": v for k, v in space.train.__dict__.items()},
                 **{f"fixed.{k}": v for k, v in space.fixed_values().items()},
             },
             {
-                "study_name": cfg.study_name,
-                "batch": batch_id,
+                "study_name": study_name,
+                "batch": batch.number,
+                "bench_batch": f"{study_name}:{batch.number}",
+                "design": batch.design,
                 "space_hash": space.search_hash,
                 "dataset_digest": dataset.digest,
                 "role": "study",
             },
         )
-        tracker.safe(tracker.log_artifact, run_id, args.space, "space")
+        tracker.safe(tracker.log_artifact, run_id, settings["space"], "space")
         tracker.safe(tracker.log_dataset, run_id, dataset)
         return run_id
 
-    meta = {
-        "space": str(Path(args.space).resolve()),
-        "dataset": args.dataset,
-        "data_dir": args.data_dir,
-        "experiment": cfg.experiment,
-        "model_name": cfg.model_name,
-        "seed": cfg.seed,
-    }
-    batch = st.open_batch(study, n_trials, start_parent, first, meta=meta)
-    done_before = len(_finished(study, batch.id))
-    if not batch.created:
+    def find_parent(batch):
+        found = tracker.find_runs({"bench_batch": f"{study_name}:{batch.number}"})
+        return found[0] if found else None
+
+    def initial(stored: dict):
+        return SearchDesign(stored).initial_jobs(stored.get("baselines") or [], stored["n_trials"])
+
+    return open_batch(
+        store, study_name, "search", "search", settings, initial, start_parent, find_parent,
+        tracker.delete_run,
+    )
+
+
+def run_batch(args, interrupts, store, batch, created, tracker, uri, storage, plan, space, study,
+              purposes=("search", "baseline")) -> int:
+    """Run workers on an open batch, with progress; print the outcome. Shared by the CLIs."""
+    from bench.engine import Progress, counts, run_workers
+    from bench.engine.worker import WorkerSettings
+
+    jobs = [j for j in store.jobs(batch.id) if j.purpose in purposes]
+    done_before = counts(jobs)["done"]
+    total = len(jobs)
+    if not created:
         tracker.safe(tracker.reopen, batch.parent_run_id)
         print(
-            f"joining batch {batch.id} of study '{cfg.study_name}': {done_before}/{batch.trials} "
-            "trials already finished",
+            f"joining {batch.design} batch {batch.number} of study '{batch.study}': "
+            f"{done_before}/{total} jobs already finished",
             file=sys.stderr,
         )
     print(
-        f"study '{cfg.study_name}' batch {batch.id}: {batch.trials} trials on {jobs} worker(s) x "
-        f"{cfg.threads} thread(s); storage {redact(cfg.storage)}; tracking {redact(uri)}",
+        f"study '{batch.study}' {batch.design} batch {batch.number}: {total} jobs on {plan.jobs} "
+        f"worker(s) x {plan.threads} thread(s); storage {redact(storage)}; tracking {redact(uri)}",
         file=sys.stderr,
     )
-    progress = _Progress(cfg, batch, space.direction, enabled=not args.quiet)
+    deadline = time.time() + args.timeout if getattr(args, "timeout", None) else None
+    settings = [
+        WorkerSettings(
+            storage=storage,
+            tracking_uri=uri,
+            batch_id=batch.id,
+            threads=plan.threads,
+            deadline=deadline,
+            tensorboard_dir=getattr(args, "tensorboard", None),
+            env=plan.per_worker_env[i] if plan.per_worker_env else {},
+        )
+        for i in range(plan.jobs)
+    ]
+    progress = Progress(storage, batch, purposes, space.direction == "maximize", total,
+                        enabled=not args.quiet)
     progress.start()
     started = time.time()
     try:
-        if jobs == 1:
-            from bench.worker import Worker
-
-            worker = Worker(cfg, batch.id, interrupts)
-            worker.run()
-            worker.finalize_if_last()
-        else:
-            failed = _run_processes(cfg, batch.id, jobs, interrupts)
-            if failed:
-                log.error("%d worker(s) exited with an error; finished trials are kept", failed)
+        failed_workers = run_workers(settings, interrupts)
     except KeyboardInterrupt:
         progress.stop()
-        return _interrupted(cfg, study, batch, tracker, done_before)
+        return _interrupted(store, batch, tracker, purposes, done_before)
     progress.stop()
-    return _summary(cfg, study, batch, time.time() - started)
+    return _summary(store, batch, tracker, uri, purposes, time.time() - started, failed_workers,
+                    deadline)
 
 
-def _finished(study, batch_id: int):
-    from optuna.trial import TrialState
+def _interrupted(store, batch, tracker, purposes, done_before: int) -> int:
+    from bench.engine import counts
 
-    from bench.study import batch_trials
-
-    return batch_trials(study, batch_id, states=(TrialState.COMPLETE, TrialState.PRUNED))
-
-
-def _run_processes(cfg, batch_id: int, jobs: int, interrupts) -> int:
-    import multiprocessing as mp
-
-    ctx = mp.get_context("spawn")
-    procs = [
-        ctx.Process(target=_child, args=(cfg, batch_id, i), name=f"bench-worker-{i}")
-        for i in range(jobs)
-    ]
-    for p in procs:
-        p.start()
-    try:
-        while any(p.is_alive() for p in procs):
-            for p in procs:
-                p.join(timeout=0.5)
-    except KeyboardInterrupt:
-        for p in procs:
-            if p.is_alive():
-                os.kill(p.pid, signal.SIGINT)
-        deadline = time.time() + 8
-        for p in procs:
-            p.join(timeout=max(0.1, deadline - time.time()))
-            if p.is_alive():
-                p.kill()
-        raise
-    return sum(1 for p in procs if p.exitcode not in (0,))
-
-
-def _child(cfg, batch_id: int, index: int) -> None:
-    from bench.worker import worker_main
-
-    sys.exit(worker_main(cfg, batch_id, index))
-
-
-def _interrupted(cfg, study, batch, tracker, done_before: int) -> int:
-    from optuna.trial import TrialState
-
-    from bench.study import batch_trials
-
-    with_others = batch_trials(study, batch.id, states=(TrialState.RUNNING,))
-    if not with_others:
+    c = counts([j for j in store.jobs(batch.id) if j.purpose in purposes])
+    if not c["running"]:
         tracker.safe(tracker.end_run, batch.parent_run_id, "KILLED")
-    done = len(_finished(study, batch.id))
+    total = sum(c.values())
     print(
-        f"interrupted: kept {done}/{batch.trials} finished trials of batch {batch.id} "
-        f"({done - done_before} this run); rerun the same command to resume",
+        f"interrupted: kept {c['done']}/{total} finished jobs of batch {batch.number} "
+        f"({c['done'] - done_before} this run); rerun the same command to resume",
         file=sys.stderr,
     )
     return EXIT_INTERRUPTED
 
 
-class _Progress:
-    """A progress bar fed by polling the study storage (works for any number of workers)."""
-
-    def __init__(self, cfg, batch, direction: str, enabled: bool):
-        import threading
-
-        self.cfg, self.batch, self.direction, self.enabled = cfg, batch, direction, enabled
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def start(self) -> None:
-        if self.enabled:
-            self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5)
-
-    def _loop(self) -> None:
-        import optuna
-        from tqdm import tqdm
-
-        from bench import study as st
-
-        try:
-            study = optuna.load_study(
-                study_name=self.cfg.study_name, storage=st.make_storage(self.cfg.storage)
-            )
-        except Exception:  # noqa: BLE001 - progress is cosmetic
-            return
-        bar = tqdm(
-            total=self.batch.trials,
-            desc="trials",
-            unit="trial",
-            file=sys.stderr,
-            dynamic_ncols=True,
-        )
-        while True:
-            try:
-                done = _finished(study, self.batch.id)
-                values = [t.value for t in done if t.state.name == "COMPLETE"]
-                bar.n = len(done)
-                if values:
-                    best = max(values) if self.direction == "maximize" else min(values)
-                    bar.set_postfix_str(f"best {best:.4f}", refresh=False)
-                bar.refresh()
-            except Exception:  # noqa: BLE001
-                pass
-            if self._stop.wait(2.0):
-                break
-        bar.close()
-
-
-def _summary(cfg, study, batch, seconds: float) -> int:
+def _summary(store, batch, tracker, uri, purposes, seconds, failed_workers, deadline) -> int:
     import pandas as pd
 
-    from bench.study import current_batch
+    from bench.engine import counts
+    from bench.tracking import ui_links
 
-    trials = [t for t in study.get_trials(deepcopy=False) if t.state.name in ("COMPLETE", "PRUNED")]
+    jobs = store.jobs(batch.id)
+    mine = [j for j in jobs if j.purpose in purposes]
+    c = counts(mine)
     rows = []
-    for t in trials:
-        c = t.user_attrs.get("bench.config", {})
-        units = c.get("units") or []
+    for j in mine:
+        r = j.result
+        if j.state != "done" or r is None:
+            continue
+        cfg = r.config or {}
         rows.append(
             {
-                "trial": t.number,
-                "state": t.state.name,
-                "value": t.value,
-                "normalization": c.get("normalization", ""),
-                "units": "-".join(map(str, units)),
-                "dropout": (c.get("dropout") or [None])[0],
-                "optimizer": c.get("optimizer", ""),
-                "lr": c.get("learning_rate"),
-                "batch": c.get("batch_size"),
-                "epochs": t.user_attrs.get("bench.epochs"),
-                "seconds": t.user_attrs.get("bench.train_seconds"),
+                "job": j.key if j.trial_number is None else f"trial {j.trial_number}",
+                "state": r.status,
+                "value": r.value,
+                "normalization": cfg.get("normalization", ""),
+                "units": "-".join(map(str, cfg.get("units") or [])),
+                "dropout": (cfg.get("dropout") or [None])[0],
+                "optimizer": cfg.get("optimizer", ""),
+                "lr": cfg.get("learning_rate"),
+                "batch": cfg.get("batch_size"),
+                "epochs": r.epochs_run,
+                "seconds": r.train_seconds,
             }
         )
     frame = pd.DataFrame(rows)
-    if not frame.empty:  # completed trials first: a pruned trial's value is an early epoch's
-        frame["_pruned"] = frame["state"] != "COMPLETE"
+    if not frame.empty:  # completed jobs first: a pruned job's value is an early epoch's
+        frame["_pruned"] = frame["state"] != "completed"
         frame = (
-            frame.sort_values(
-                ["_pruned", "value"],
-                ascending=[True, study.direction.name != "MAXIMIZE"],
-                na_position="last",
-            )
+            frame.sort_values(["_pruned", "value"], ascending=[True, False], na_position="last")
             .drop(columns="_pruned")
             .head(10)
         )
         print(frame.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    record = current_batch(study)
-    done = len(_finished(study, batch.id))
-    print(f"\nbatch {batch.id}: {done}/{batch.trials} trials finished in {seconds:.0f} s")
-    failed = [
-        t
-        for t in study.get_trials(deepcopy=False)
-        if t.state.name == "FAIL" and t.user_attrs.get("bench.batch_id") == batch.id
-    ]
-    if done == 0 and failed:
-        reason = failed[-1].user_attrs.get("bench.reason", "unknown")
+    record = store.get_batch(batch.id)
+    total = sum(c.values())
+    print(f"\nbatch {batch.number}: {c['done']}/{total} jobs finished in {seconds:.0f} s")
+    failed = [j for j in mine if j.state == "failed"]
+    if c["done"] == 0 and (failed or failed_workers):
+        cause = failed[-1].reason if failed else "every worker exited with an error (see above)"
         print(
-            f"error: no trial of batch {batch.id} finished; {len(failed)} failed, the last with: "
-            f"{redact(reason)}",
+            f"error: no job of batch {batch.number} finished; {len(failed)} failed, the last "
+            f"with: {redact(cause)}",
             file=sys.stderr,
         )
         return EXIT_FAILURE
-    info = (record.summary or {}) if record and record.id == batch.id else {}
-    if info.get("registered"):
-        print(
-            f"registered {cfg.model_name} version {info['registered']} (test accuracy "
-            f"{info['test_accuracy']:.4f}); champion: version {info['champion_version']}, "
-            f"models:/{cfg.model_name}@champion"
+    info = record.summary or {}
+    if info.get("version"):
+        how = (
+            f"refit on all training images for {info.get('refit_epochs')} epochs"
+            if info.get("refit")
+            else "the search run's own model"
         )
-    print(f"browse: mlflow ui --backend-store-uri {redact(cfg.tracking_uri)} --host 127.0.0.1")
+        gap = info.get("val_test_gap")
+        print(
+            f"registered {record.settings['model_name']} version {info['version']} "
+            f"({how}; chosen by validation {info.get('selection_score', float('nan')):.4f}, "
+            f"test accuracy {info['test_accuracy']:.4f}"
+            + (f", val->test gap {gap * 100:+.1f} points" if gap is not None else "")
+            + f"); champion: version {info['champion_version']}, "
+            f"models:/{record.settings['model_name']}@champion"
+        )
+    links = ui_links(uri, tracker.experiment_id, record.settings.get("model_name"))
+    print(f"runs:   {links['runs']}")
+    if info.get("version"):
+        print(f"model:  {links['model']}")
+    if "start" in links:
+        print(f"        (start the UI first: {links['start']})")
+    print(f"report: python -m bench.report --study-name {batch.study}")
+    if record.state != "done":
+        reason = "the --timeout passed" if deadline and time.time() >= deadline else None
+        if failed_workers and not reason:
+            print(
+                f"error: {failed_workers} worker(s) exited with an error before the batch was "
+                "complete; finished jobs are kept; rerun the same command to continue",
+                file=sys.stderr,
+            )
+            return EXIT_FAILURE
+        print(
+            f"batch {batch.number} is not complete ({reason or 'jobs remain'}); rerun the same "
+            "command to continue",
+            file=sys.stderr,
+        )
     return EXIT_OK
 
 
-if __name__ == "__main__":
+def console() -> None:
+    """Console-script entry point (``pip install`` puts it on PATH)."""
     from bench.cli import run
 
     run(main)
+
+
+if __name__ == "__main__":
+    console()

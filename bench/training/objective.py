@@ -58,6 +58,7 @@ def train(
     on_epoch: EpochHook | None = None,
     metric: str = "val_accuracy",
     tensorboard_dir: str | None = None,
+    schedule_epochs: int | None = None,
 ) -> TrialResult:
     """Build and fit one MLP with early stopping; stop early when ``on_epoch`` says so.
 
@@ -71,13 +72,18 @@ def train(
             as pruned.
         metric: ``val_accuracy`` (maximised) or ``val_loss`` (minimised).
         tensorboard_dir: When given, Keras' TensorBoard callback writes there.
+        schedule_epochs: Epochs the learning-rate schedule spans (default ``spec.max_epochs``);
+            a refit trains fewer epochs on the schedule its validation run followed.
+
+    A split without validation images (``split.x_val is None``, a refit on all training images)
+    trains exactly ``spec.max_epochs`` epochs with no early stopping and keeps the last weights.
 
     Returns:
         The result, with the model holding the best epoch's weights.
     """
     import keras
 
-    from bench.model import build_mlp, make_optimizer
+    from bench.training.model import build_mlp, make_optimizer
 
     keras.utils.set_random_seed(seed)
     mode = "max" if metric == "val_accuracy" else "min"
@@ -90,13 +96,14 @@ def train(
             config["optimizer"],
             float(config["learning_rate"]),
             config["lr_schedule"],
-            steps_per_epoch * spec.max_epochs,
+            steps_per_epoch * (schedule_epochs or spec.max_epochs),
         ),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
         jit_compile=spec.jit_compile,
         steps_per_execution=min(spec.steps_per_execution, steps_per_epoch),
     )
+    validate = split.x_val is not None
     stopper = keras.callbacks.EarlyStopping(
         monitor=metric,
         mode=mode,
@@ -105,7 +112,7 @@ def train(
         restore_best_weights=True,
     )
     watch = _watch_class()(on_epoch)
-    callbacks = [stopper, watch]
+    callbacks = [stopper, watch] if validate else [watch]
     if tensorboard_dir:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=tensorboard_dir))
     start = time.perf_counter()
@@ -114,19 +121,19 @@ def train(
         split.y_train,
         batch_size=batch,
         epochs=spec.max_epochs,
-        validation_data=(split.x_val, split.y_val),
+        validation_data=(split.x_val, split.y_val) if validate else None,
         validation_batch_size=spec.eval_batch_size,
         callbacks=callbacks,
         verbose=0,
     )
     seconds = time.perf_counter() - start
     history = watch.history
-    epochs = len(history.get(metric, []))
-    best = stopper.best_epoch if epochs else 0
+    epochs = len(history.get("loss", []))
+    best = (stopper.best_epoch if validate else epochs - 1) if epochs else 0
     if watch.diverged:
         status, value, reason = DIVERGED, float("nan"), watch.reason
     else:
-        value = float(history[metric][best]) if epochs else float("nan")
+        value = float(history[metric][best]) if epochs and validate else float("nan")
         status = PRUNED if watch.pruned else COMPLETED
         reason = f"pruned at epoch {epochs - 1}" if watch.pruned else ""
     return TrialResult(
@@ -145,7 +152,7 @@ def train(
 
 
 def _flops(model) -> int:
-    from bench.model import dense_flops
+    from bench.training.model import dense_flops
 
     return dense_flops(model)
 

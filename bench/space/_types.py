@@ -1,8 +1,7 @@
-"""Search-space files: YAML parsed into frozen dataclasses, validated eagerly, sampled with Optuna.
+"""Search-space objects: frozen dataclasses, and sampling through Optuna-style ``suggest_*`` calls.
 
-The typed objects live here, with sampling (Optuna, imported lazily); reading and validating a
-file is :mod:`bench.space_schema` (PyYAML only). No TensorFlow on either path, so validating a file
-or answering ``--help`` stays fast. See ``README.md`` for the format.
+Sampling takes any object with Optuna's ``suggest_int/float/categorical`` methods, so this module
+imports neither Optuna nor TensorFlow; reading and validating a file is :mod:`bench.space._schema`.
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    import optuna
+    import optuna  # noqa: F401 - type hints only
 
 NORMALIZATIONS = ("none", "minmax", "symmetric", "standard", "per_pixel")
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "rmsprop")
@@ -173,23 +172,6 @@ class Baseline:
 # ---------------------------------------------------------------- sampling
 
 
-def distribution(p: Param) -> optuna.distributions.BaseDistribution:
-    """The Optuna distribution of a sampled parameter."""
-    from optuna.distributions import (
-        CategoricalDistribution,
-        FloatDistribution,
-        IntDistribution,
-    )
-
-    if isinstance(p, IntParam):
-        return IntDistribution(p.low, p.high, log=p.log, step=p.step)
-    if isinstance(p, FloatParam):
-        return FloatDistribution(p.low, p.high, log=p.log, step=p.step)
-    if isinstance(p, CategoricalParam):
-        return CategoricalDistribution(p.choices)
-    raise TypeError(f"fixed parameter has no distribution: {p!r}")
-
-
 def suggest(trial: optuna.trial.BaseTrial, space: Space) -> dict[str, Any]:
     """Sample one configuration; per-layer parameters become lists of ``n_layers`` values.
 
@@ -236,23 +218,3 @@ def flat_config(config: dict[str, Any]) -> dict[str, Any]:
         else:
             flat[key] = value
     return flat
-
-
-from bench.space_schema import load_space, parse_space  # noqa: E402 - needs the classes above
-
-__all__ = [
-    "Baseline",
-    "CategoricalParam",
-    "FixedParam",
-    "FloatParam",
-    "IntParam",
-    "PrunerSpec",
-    "SamplerSpec",
-    "Space",
-    "TrainSpec",
-    "distribution",
-    "flat_config",
-    "load_space",
-    "parse_space",
-    "suggest",
-]

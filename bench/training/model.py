@@ -15,6 +15,34 @@ import numpy as np
 _EPS = 1e-7
 
 
+def import_tensorflow():
+    """Import TensorFlow without its C++ start-up chatter on the terminal.
+
+    TensorFlow's native code writes to file descriptor 2 before its logging is configured
+    (``absl::InitializeLog``, oneDNN, CUDA stubs), past ``TF_CPP_MIN_LOG_LEVEL``. The import runs
+    with descriptor 2 pointed at /dev/null, unless ``BENCH_VERBOSE`` is set (``--verbose``);
+    Python-level warnings and errors after the import reach the terminal as usual.
+    """
+    import sys
+
+    if "tensorflow" in sys.modules or os.environ.get("BENCH_VERBOSE"):
+        import tensorflow as tf
+
+        return tf
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow as tf
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+    return tf
+
+
 def configure_threads(intra_op: int | None, inter_op: int | None = None) -> None:
     """Pin TensorFlow's thread pools; must run before TensorFlow executes anything.
 
@@ -22,8 +50,7 @@ def configure_threads(intra_op: int | None, inter_op: int | None = None) -> None
         intra_op: Threads one op may use (1 when several workers share the cores).
         inter_op: Ops run concurrently (defaults to ``intra_op``).
     """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import tensorflow as tf
+    tf = import_tensorflow()
 
     if intra_op:
         try:

@@ -1,4 +1,4 @@
-"""The only module that talks to MLflow: parent and trial runs, batched metrics, models, registry.
+"""MLflow runs, batched metrics and models for one process (the registry is in ``registry.py``).
 
 Runs are driven through ``MlflowClient`` with explicit run ids, never through the fluent
 "active run" stack, so several worker processes (or machines) can write trial runs under one
@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("bench")
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow's own default: `mlflow ui` finds it
+# MLflow's own marker of a model-training experiment (3.4+); without it the UI opens GenAI views.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+UI_DEFAULT = "http://127.0.0.1:5000"  # where `mlflow ui` listens unless told otherwise
 RETRY_AFTER = 30.0  # seconds a failed tracking store is left alone before the next attempt
 
 
@@ -113,7 +116,9 @@ class Tracker:
                 try:
                     root = artifact_root(uri)
                     self.experiment_id = self.client.create_experiment(
-                        experiment, artifact_location=Path(root).as_uri() if root else None
+                        experiment,
+                        artifact_location=Path(root).as_uri() if root else None,
+                        tags=dict([EXPERIMENT_KIND]),
                     )
                 except Exception:  # noqa: BLE001 - another worker created it first
                     exp = self.client.get_experiment_by_name(experiment)
@@ -122,6 +127,8 @@ class Tracker:
                     self.experiment_id = exp.experiment_id
             else:
                 self.experiment_id = exp.experiment_id
+                if exp.tags.get(EXPERIMENT_KIND[0]) is None:
+                    self.client.set_experiment_tag(self.experiment_id, *EXPERIMENT_KIND)
         except BenchError:
             raise
         except Exception as exc:  # noqa: BLE001
@@ -168,16 +175,28 @@ class Tracker:
         self.log_params(run.info.run_id, params)
         return run.info.run_id
 
+    def find_runs(self, tags: dict[str, Any], status: str | None = None) -> list[str]:
+        """Ids of this experiment's runs carrying all ``tags`` (and ``status``), oldest first."""
+        clauses = [f"tags.`{k}` = '{_quote(v)}'" for k, v in _clean(tags).items()]
+        if status:
+            clauses.append(f"attributes.status = '{status}'")
+        runs = self.client.search_runs(
+            [self.experiment_id], " and ".join(clauses), order_by=["attributes.start_time ASC"]
+        )
+        return [r.info.run_id for r in runs]
+
+    def delete_run(self, run_id: str) -> None:
+        self.client.delete_run(run_id)
+
     def reopen(self, run_id: str) -> None:
         self.client.update_run(run_id, status="RUNNING")
 
-    def start_trial(
-        self, parent_id: str, number: int, params: dict[str, Any], tags: dict[str, str]
+    def start_child(
+        self, parent_id: str | None, name: str, params: dict[str, Any], tags: dict[str, Any]
     ) -> str:
+        """A run nested under ``parent_id`` (one per job), with its params."""
         tags = {"mlflow.parentRunId": parent_id, **tags}
-        run = self.client.create_run(
-            self.experiment_id, run_name=f"trial-{number}", tags=_clean(tags)
-        )
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=_clean(tags))
         self.log_params(run.info.run_id, params)
         return run.info.run_id
 
@@ -271,7 +290,7 @@ class Tracker:
         from mlflow.exceptions import MlflowException
 
         try:
-            versions = self.client.search_model_versions(f"name = '{name}'")
+            versions = self.client.search_model_versions(f"name = '{_quote(name)}'")
         except MlflowException:
             return None
         for v in versions:
@@ -293,6 +312,26 @@ class Tracker:
     def tag_version(self, name: str, version: str, tags: dict[str, Any]) -> None:
         for k, v in _clean(tags).items():
             self.client.set_model_version_tag(name, version, k, v)
+
+
+def _quote(value: Any) -> str:
+    """A value inside a single-quoted MLflow filter string."""
+    return str(value).replace("\\", "\\\\").replace("'", "\\'")
+
+
+def ui_links(uri: str, experiment_id: str, model_name: str | None = None) -> dict[str, str]:
+    """Clickable pages of the MLflow UI: the experiment's runs and the registered model.
+
+    With a tracking server the server is the UI; with a local store, ``mlflow ui`` serves it on
+    127.0.0.1:5000 (the command to start it is returned too).
+    """
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else UI_DEFAULT
+    links = {"runs": f"{base}/#/experiments/{experiment_id}/runs"}
+    if model_name:
+        links["model"] = f"{base}/#/models/{model_name}"
+    if not uri.startswith(("http://", "https://")):
+        links["start"] = f"mlflow ui --backend-store-uri {redact(uri)} --host 127.0.0.1"
+    return links
 
 
 def _clean(tags: dict[str, Any]) -> dict[str, str]:

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from bench.errors import SpaceError
-from bench.space import (
+from bench.space._types import (
     ACTIVATIONS,
     LR_SCHEDULES,
     METRICS,

@@ -1,0 +1,274 @@
+"""The search design and its selection stages: search -> (re-evaluate top k) -> refit -> register.
+
+Stage 1 trains the batch's search jobs (configurations the sampler proposes) and its baseline
+jobs. When none is left, stage 2 (optional, ``--reeval-top-k``) re-trains the best distinct
+configurations with fresh seeds, so the choice rests on a mean instead of one lucky draw. Stage 3
+chooses by validation score only and either refits the choice on every training image for the
+epoch count its validation runs found best (default, like scikit-learn's ``refit=True``) or
+registers the search run's own model (``--no-refit``). The test set is read only to report.
+
+A re-evaluation batch (``bench.reevaluate``, ``bench.report --finalize``) is the same design
+starting at stage 2. Every stage's jobs have deterministic keys, so any worker may compute the
+next stage; the job store keeps each key once.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass
+from typing import Any
+
+from bench.records import (
+    ALL,
+    BASELINE,
+    COMPLETED,
+    DONE,
+    FAILED,
+    REEVAL,
+    REFIT,
+    REGISTER,
+    SEARCH,
+    Job,
+    JobSpec,
+)
+
+REEVAL_SEED0 = 1_000_000  # re-evaluation seeds: disjoint from the search's (seed + job index)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The configuration chosen by validation score, and what the refit needs of it."""
+
+    source: str  # the key of the job whose configuration was chosen
+    config: dict
+    train: dict  # the source job's train overrides (a baseline's own budget)
+    seed: int
+    score: float  # its validation score: the mean over re-evaluation seeds when there are any
+    best_epoch: int  # epochs its validation runs found best (0-based; median over seeds)
+    n_runs: int
+    model_uri: str | None
+
+
+def _config_key(spec: JobSpec, config: dict) -> str:
+    return json.dumps([config, spec.train], sort_keys=True)
+
+
+class SearchDesign:
+    """Produces a search batch's jobs, stage by stage, and reads their results."""
+
+    name = "search"
+
+    def __init__(self, settings: dict[str, Any], maximize: bool = True):
+        self.settings = settings
+        self.maximize = maximize
+        self.sign = 1.0 if maximize else -1.0
+
+    # ------------------------------------------------------------ stage 1
+
+    def initial_jobs(self, baselines: list[dict], n_trials: int) -> list[JobSpec]:
+        """Baseline jobs first (they count as trials), then search jobs up to ``n_trials``."""
+        seed = int(self.settings["seed"])
+        specs = [
+            JobSpec(
+                key=f"baseline-{b['name']}",
+                purpose=BASELINE,
+                seed=seed + i,
+                config=b["config"],
+                train=b["train"],
+                info={"baseline": b},
+            )
+            for i, b in enumerate(baselines)
+        ]
+        specs += [
+            JobSpec(key=f"search-{i:04d}", purpose=SEARCH, seed=seed + i)
+            for i in range(len(specs), max(n_trials, len(specs)))
+        ]
+        return specs
+
+    def on_failed(self, job: Job, jobs: list[Job]) -> list[JobSpec]:
+        """A search configuration that failed (raised) is replaced, up to ``max_failures``."""
+        if job.purpose != SEARCH:
+            return []
+        failed = [j for j in jobs if j.purpose == SEARCH and j.state == FAILED]
+        if len(failed) > int(self.settings.get("max_failures", 10)):
+            return []
+        return [JobSpec(key=f"{job.key}+", purpose=SEARCH, seed=job.spec.seed + 100_000)]
+
+    # ------------------------------------------------------------ stages 2 and 3
+
+    def _scored(self, jobs: list[Job], purposes: tuple[str, ...]) -> list[Job]:
+        return [
+            j
+            for j in jobs
+            if j.purpose in purposes
+            and j.state == DONE
+            and j.result is not None
+            and j.result.status == COMPLETED
+            and j.result.value is not None
+        ]
+
+    def candidates(self, jobs: list[Job], k: int) -> list[Job]:
+        """The best ``k`` completed jobs with distinct configurations (ties: earlier first)."""
+        done = self._scored(jobs, (SEARCH, BASELINE))
+        done.sort(key=lambda j: (-self.sign * j.result.value, j.id))
+        picked, seen = [], set()
+        for j in done:
+            key = _config_key(j.spec, j.result.config)
+            if key not in seen:
+                seen.add(key)
+                picked.append(j)
+        return picked[:k]
+
+    def reeval_jobs(self, sources: list[Job]) -> list[JobSpec]:
+        seeds = [REEVAL_SEED0 + i for i in range(int(self.settings.get("reeval_seeds", 0)))]
+        return [
+            JobSpec(
+                key=f"reeval-{src.key}-s{seed}",
+                purpose=REEVAL,
+                seed=seed,
+                config=src.result.config,
+                train=src.spec.train,
+                info={"source": src.key, "source_value": src.result.value},
+            )
+            for src in sources
+            for seed in seeds
+        ]
+
+    def choose(self, jobs: list[Job]) -> Choice | None:
+        """The configuration to register, by validation score only."""
+        reevals = self._scored(jobs, (REEVAL,))
+        if reevals:
+            groups: dict[str, list[Job]] = {}
+            for j in reevals:
+                groups.setdefault(j.spec.info["source"], []).append(j)
+            order = {j.key: j.id for j in jobs}
+
+            def mean(src: str) -> float:
+                return statistics.fmean(j.result.value for j in groups[src])
+
+            best = max(groups, key=lambda s: (self.sign * mean(s), -order.get(s, 0)))
+            runs = groups[best]
+            first = runs[0]
+            return Choice(
+                source=best,
+                config=first.result.config,
+                train=first.spec.train,
+                seed=first.spec.seed,
+                score=mean(best),
+                best_epoch=int(statistics.median_low([r.result.best_epoch for r in runs])),
+                n_runs=len(runs),
+                model_uri=None,
+            )
+        top = self.candidates(jobs, 1)
+        if not top:
+            return None
+        j = top[0]
+        return Choice(
+            j.key,
+            j.result.config,
+            j.spec.train,
+            j.spec.seed,
+            j.result.value,
+            j.result.best_epoch,
+            1,
+            j.result.model_uri,
+        )
+
+    def next_jobs(self, jobs: list[Job], max_epochs: int) -> list[JobSpec]:
+        """The next stage's jobs once nothing waits or runs; [] when the batch is complete."""
+        if not self.settings.get("register", True):
+            return []
+        if any(j.purpose in (REFIT, REGISTER) for j in jobs):
+            return []
+        k = int(self.settings.get("reeval_top_k", 0))
+        if k and self.settings.get("reeval_seeds") and not any(j.purpose == REEVAL for j in jobs):
+            sources = self.candidates(jobs, k)
+            if sources:
+                return self.reeval_jobs(sources)
+        choice = self.choose(jobs)
+        if choice is None:
+            return []
+        info = {
+            "source": choice.source,
+            "selection_score": choice.score,
+            "n_runs": choice.n_runs,
+            "best_epoch": choice.best_epoch,
+        }
+        if self.settings.get("refit", True):
+            budget = int(choice.train.get("max_epochs", max_epochs))
+            return [
+                JobSpec(
+                    key="refit",
+                    purpose=REFIT,
+                    seed=choice.seed,
+                    config=choice.config,
+                    train={
+                        **choice.train,
+                        "max_epochs": choice.best_epoch + 1,
+                        "schedule_epochs": budget,
+                    },
+                    split=ALL,
+                    info=info,
+                )
+            ]
+        if choice.model_uri is None:
+            return []  # a re-evaluated choice has no single model of its own: refit it
+        return [
+            JobSpec(
+                key="register",
+                purpose=REGISTER,
+                seed=choice.seed,
+                config=choice.config,
+                info={**info, "model_uri": choice.model_uri},
+            )
+        ]
+
+    # ------------------------------------------------------------ outcome
+
+    def summary(self, jobs: list[Job]) -> dict[str, Any]:
+        from bench.results.stats import mean_ci
+
+        searched = [j for j in jobs if j.purpose in (SEARCH, BASELINE)]
+        out: dict[str, Any] = {
+            "finished": sum(1 for j in searched if j.state == DONE),
+            "failed": sum(1 for j in searched if j.state == FAILED),
+        }
+        best = self.candidates(jobs, 1)
+        if best:
+            out["best_job"] = best[0].key
+            out["best_value"] = best[0].result.value
+            out["best_trial"] = best[0].trial_number
+        groups: dict[str, list[Job]] = {}
+        for j in self._scored(jobs, (REEVAL,)):
+            groups.setdefault(j.spec.info["source"], []).append(j)
+        if groups:
+            rows = []
+            for src, runs in groups.items():
+                val = mean_ci([r.result.value for r in runs])
+                test = mean_ci([r.result.test_accuracy for r in runs if r.result.test_accuracy])
+                rows.append(
+                    {
+                        "source": src,
+                        "seeds": len(runs),
+                        "val_mean": val[0],
+                        "val_ci": [val[1], val[2]],
+                        "test_mean": test[0],
+                        "test_ci": [test[1], test[2]],
+                    }
+                )
+            out["reeval"] = rows
+        final = [j for j in jobs if j.purpose in (REFIT, REGISTER) and j.state == DONE]
+        if final and final[0].result and final[0].result.registered:
+            r = final[0].result
+            out.update(r.registered)
+            out["test_accuracy"] = r.test_accuracy
+            out["test_loss"] = r.test_loss
+            out["refit"] = final[0].purpose == REFIT
+            out["refit_epochs"] = r.epochs_run if final[0].purpose == REFIT else None
+            out["source"] = final[0].spec.info.get("source")
+            score = final[0].spec.info.get("selection_score")
+            out["selection_score"] = score
+            if score is not None and r.test_accuracy is not None:
+                out["val_test_gap"] = score - r.test_accuracy
+        return out

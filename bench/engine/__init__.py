@@ -1,0 +1,224 @@
+"""The engine: one way to run every job (search trials, baselines, re-evaluations, ablation
+cells, refits) on crash-safe workers, with one tracking layout.
+
+- :mod:`bench.engine.store`: batches and jobs, the source of truth (compare-and-set updates).
+- :mod:`bench.engine.worker`: the loop every worker process runs.
+- this module: opening (or joining) a batch, and running workers for it, with progress.
+
+Guarantees, each proven by a kill-point test: a plain rerun finishes what a killed run left, never
+waits on a dead claimant, keeps every recorded result, leaves no Optuna trial or MLflow run
+RUNNING, and registers the champion once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from bench.engine.store import JobStore
+from bench.engine.worker import WorkerSettings
+from bench.faults import kill_point
+from bench.records import DONE, FAILED, RUNNING, WAITING, Batch, Job, JobSpec
+
+log = logging.getLogger("bench")
+
+
+def open_batch(
+    store: JobStore,
+    study: str,
+    design: str,
+    identity: str,
+    settings: dict[str, Any],
+    initial_jobs: Callable[[dict[str, Any]], list[JobSpec]],
+    start_parent: Callable[[Batch], str],
+    find_parent: Callable[[Batch], str | None],
+    drop_run: Callable[[str], None],
+    join_done: bool = False,
+) -> tuple[Batch, bool]:
+    """Join the unfinished batch of this design (and identity), or open the next one.
+
+    Opening is a sequence of idempotent steps (batch row, parent run, jobs, ``running``), so a
+    process that dies half-way leaves a batch in state ``opening`` that the next caller simply
+    continues: nobody waits on a claim that its owner will never publish.
+
+    Args:
+        store: The job store.
+        study: The study the batch belongs to.
+        design: ``search``, ``reeval`` or ``ablation``.
+        identity: Batches with the same identity are the same piece of work.
+        settings: Stored with a new batch; a continued or joined batch keeps its own.
+        initial_jobs: ``f(settings) -> specs`` of a new batch.
+        start_parent: Creates the batch's MLflow parent run; returns its id.
+        find_parent: An existing parent run of the batch (a dead opener's), or None.
+        drop_run: Deletes a parent run that lost a race.
+        join_done: Return a finished batch of the same identity instead of opening a new one.
+
+    Returns:
+        ``(batch, created)``: ``created`` is False when an existing batch was joined.
+    """
+    for _ in range(20):
+        latest = store.latest_batch(study, design, identity if design != "search" else None)
+        if latest is not None and latest.state == "running":
+            return latest, False
+        if latest is not None and latest.state == "done" and join_done:
+            return latest, False
+        created = latest is None or latest.state == "done"
+        batch = latest if not created else store.create_batch(study, design, identity, settings)
+        if batch is None:
+            continue  # a peer created this number a moment ago: look again
+        kill_point("open-batch")
+        parent = batch.parent_run_id or find_parent(batch)
+        if parent is None:
+            mine = start_parent(batch)
+            parent = store.set_parent_run(batch.id, mine)
+            if parent != mine:
+                drop_run(mine)
+        else:
+            store.set_parent_run(batch.id, parent)
+        store.add_jobs(batch.id, initial_jobs(batch.settings))
+        store.set_batch_state(batch.id, "running", expect="opening")
+        return store.get_batch(batch.id), created
+    raise RuntimeError(f"study {study}: could not open a batch after 20 tries")
+
+
+def counts(jobs: list[Job]) -> dict[str, int]:
+    out = {WAITING: 0, RUNNING: 0, DONE: 0, FAILED: 0}
+    for j in jobs:
+        out[j.state] = out.get(j.state, 0) + 1
+    return out
+
+
+def run_workers(settings: list[WorkerSettings], interrupts) -> int:
+    """Run one worker per settings entry (in this process when there is one); failures count.
+
+    Returns:
+        How many workers exited with an error.
+    """
+    if len(settings) == 1 and not settings[0].env:
+        from bench.engine.worker import Worker
+
+        Worker(settings[0], interrupts).run()
+        return 0
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    procs = [
+        ctx.Process(target=_child, args=(s, i), name=f"bench-worker-{i}")
+        for i, s in enumerate(settings)
+    ]
+    for p in procs:
+        p.start()
+    try:
+        while any(p.is_alive() for p in procs):
+            for p in procs:
+                p.join(timeout=0.5)
+    except KeyboardInterrupt:
+        for p in procs:
+            if p.is_alive():
+                os.kill(p.pid, signal.SIGINT)
+        # a worker recording a result finishes it first; its lease keeps peers off meanwhile
+        deadline = time.time() + 60
+        for p in procs:
+            p.join(timeout=max(0.1, deadline - time.time()))
+            if p.is_alive():
+                p.kill()
+        raise
+    return sum(1 for p in procs if p.exitcode != 0)
+
+
+def _child(settings: WorkerSettings, index: int) -> None:
+    from bench.engine.worker import worker_main
+
+    sys.exit(worker_main(settings, index))
+
+
+class Progress:
+    """Progress of a batch, fed by polling the job store (any number of workers and machines).
+
+    On a terminal: a bar. Otherwise (a pipe, a log file, CI): one line per finished job with its
+    state, value, the best so far and an estimate of the time left.
+    """
+
+    def __init__(self, storage: str, batch: Batch, purposes: tuple[str, ...], maximize: bool,
+                 total: int, enabled: bool = True, stream=None):
+        self.storage, self.batch, self.purposes = storage, batch, purposes
+        self.maximize, self.total, self.enabled = maximize, total, enabled
+        self.stream = stream or sys.stderr
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def start(self) -> None:
+        if self.enabled:
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        try:
+            store = JobStore(self.storage)
+        except Exception:  # noqa: BLE001 - progress is cosmetic
+            return
+        tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        bar = None
+        seen: set[int] = set()
+        started = time.time()
+        first_done = None
+        while True:
+            try:
+                jobs = [j for j in store.jobs(self.batch.id) if j.purpose in self.purposes]
+                done = [j for j in jobs if j.state in (DONE, FAILED)]
+                values = [
+                    j.result.value
+                    for j in done
+                    if j.result and j.result.value is not None and j.result.status == "completed"
+                ]
+                best = (max(values) if self.maximize else min(values)) if values else None
+                if first_done is None:
+                    first_done = len(done)
+                if tty:
+                    if bar is None:
+                        from tqdm import tqdm
+
+                        bar = tqdm(total=self.total, desc="jobs", unit="job", file=self.stream,
+                                   dynamic_ncols=True)
+                    bar.n = len([j for j in done if j.state == DONE])
+                    if best is not None:
+                        bar.set_postfix_str(f"best {best:.4f}", refresh=False)
+                    bar.refresh()
+                else:
+                    for j in sorted(done, key=lambda j: j.id):
+                        if j.id in seen:
+                            continue
+                        seen.add(j.id)
+                        if first_done and len(seen) <= first_done:
+                            continue  # finished before this run started
+                        self.stream.write(self._line(j, len(seen), best, started, first_done))
+                        self.stream.flush()
+            except Exception:  # noqa: BLE001 - progress is cosmetic
+                pass
+            if self._stop.wait(2.0):
+                break
+        if bar is not None:
+            bar.close()
+
+    def _line(self, job: Job, n: int, best, started: float, before: int) -> str:
+        r = job.result
+        value = f"{r.value:.4f}" if r and r.value is not None else "-"
+        state = r.status if r else job.state
+        mine = n - before
+        left = max(0, self.total - n)
+        eta = (time.time() - started) / mine * left if mine > 0 else 0
+        best_s = f"{best:.4f}" if best is not None else "-"
+        return (
+            f"[{n}/{self.total}] {job.key}: {state} {value} (best {best_s}; "
+            f"about {eta / 60:.0f} min left)\n"
+        )

@@ -1,0 +1,569 @@
+"""A worker: takes jobs of one batch from the job store, trains them, records them, repeats.
+
+The loop is ``recover -> take -> run -> record -> mirror``, for every purpose (search, baseline,
+re-evaluation, ablation cell, refit). The job store is the source of truth; Optuna and MLflow are
+mirrors brought up to date from it, so a worker that dies after recording leaves nothing a peer or
+the next plain rerun cannot finish. A worker renews its job's lease from taking it until its
+result is mirrored, so no peer reaps a job whose result is still being written.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from bench import optuna_adapter as opt
+from bench.engine.interrupts import Interrupts
+from bench.engine.owner import LEASE_SECONDS, is_dead, new_owner
+from bench.engine.store import JobStore
+from bench.errors import BenchError, redact
+from bench.faults import kill_point
+from bench.records import (
+    ABLATION,
+    ALL,
+    BASELINE,
+    COMPLETED,
+    DONE,
+    FAILED,
+    PRUNED,
+    REEVAL,
+    REFIT,
+    REGISTER,
+    RUNNING,
+    SEARCH,
+    TRIAL_BASELINE,
+    TRIAL_BATCH,
+    TRIAL_CONFIG,
+    TRIAL_JOB,
+    TRIAL_MODEL,
+    TRIAL_REASON,
+    TRIAL_RUN,
+    TRIAL_SEED,
+    TRIAL_TEST_ACCURACY,
+    WAITING,
+    Job,
+    JobResult,
+)
+
+log = logging.getLogger("bench")
+MAX_ATTEMPTS = 3  # a job whose worker died this often fails for good
+TEST_SCORED = (BASELINE, REEVAL, ABLATION, REFIT, REGISTER)  # reported, never used to choose
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """What a worker process needs; plain values so it crosses process boundaries."""
+
+    storage: str
+    tracking_uri: str
+    batch_id: int
+    threads: int | None = None
+    deadline: float | None = None  # wall-clock time after which no new job starts
+    tensorboard_dir: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+
+class _Lease(threading.Thread):
+    """Renews this worker's lease on one job until stopped."""
+
+    def __init__(self, store: JobStore, job_id: int, token: str):
+        super().__init__(daemon=True)
+        self.store, self.job_id, self.token = store, job_id, token
+        self._stop = threading.Event()
+        self.start()
+
+    def run(self) -> None:
+        while not self._stop.wait(LEASE_SECONDS / 4):
+            try:
+                self.store.heartbeat(self.job_id, self.token, LEASE_SECONDS)
+            except Exception:  # noqa: BLE001 - a missed renewal is retried next interval
+                pass
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+class Worker:
+    """Runs the jobs of one batch; create once per process (data, stores, tracker are reused)."""
+
+    def __init__(self, settings: WorkerSettings, interrupts: Interrupts | None = None):
+        from bench import data
+        from bench.designs import make_design
+        from bench.space import load_space
+        from bench.tracking import Tracker
+        from bench.training import configure_threads
+
+        configure_threads(settings.threads)
+        self.settings = settings
+        self.interrupts = interrupts or Interrupts()
+        self.store = JobStore(settings.storage)
+        self.batch = self.store.get_batch(settings.batch_id)
+        s = self.batch.settings
+        self.space = load_space(s["space"]).with_overrides(max_epochs=s.get("max_epochs"))
+        self.design = make_design(self.batch, self.space)
+        self.dataset = data.load_dataset(s["dataset"], s.get("data_dir"))
+        self.study = opt.open_study(
+            self.batch.study, settings.storage, self.space, s["seed"], allow_space_change=True
+        )
+        self.tracker = Tracker(settings.tracking_uri, s["experiment"])
+        self.owner = new_owner()
+        self.token = self.owner.pop("token")
+        self._splits: dict[Any, Any] = {}
+        self.finished = 0
+
+    # ------------------------------------------------------------ loop
+
+    def run(self) -> str:
+        """Work until the batch is complete or the deadline passes.
+
+        Returns:
+            ``"done"`` or ``"timeout"``. Raises KeyboardInterrupt when interrupted.
+        """
+        bid = self.batch.id
+        while True:
+            self.recover()
+            if self.settings.deadline is not None and time.time() >= self.settings.deadline:
+                return "timeout"
+            with self.interrupts.critical():  # a taken job must get its lease thread
+                job = self.store.take(bid, self.token, self.owner, LEASE_SECONDS)
+                lease = _Lease(self.store, job.id, self.token) if job else None
+            if job is not None:
+                try:
+                    self.run_job(job)
+                finally:
+                    lease.stop()
+                continue
+            jobs = self.store.jobs(bid)
+            if any(j.state in (WAITING, RUNNING) or (j.state == DONE and not j.synced) for j in jobs):
+                time.sleep(1.0)  # a peer is still working; its job may yet come back
+                continue
+            specs = self.design.next_jobs(jobs, self.space.train.max_epochs)
+            if specs and self.store.add_jobs(bid, specs):
+                continue
+            if specs:  # a peer enqueued the same stage a moment ago
+                continue
+            self.finish_batch(jobs)
+            return "done"
+
+    def finish_batch(self, jobs: list[Job]) -> None:
+        summary = self.design.summary(jobs)
+        if self.store.finish_batch(self.batch.id, summary):
+            if self.batch.parent_run_id:
+                metrics = {
+                    k: summary[k]
+                    for k in ("test_accuracy", "selection_score", "val_test_gap")
+                    if isinstance(summary.get(k), float)
+                }
+                if metrics:
+                    self.tracker.safe(self.tracker.log_metrics, self.batch.parent_run_id, metrics)
+                self.tracker.safe(self.tracker.end_run, self.batch.parent_run_id, "FINISHED")
+
+    # ------------------------------------------------------------ recovery
+
+    def recover(self) -> None:
+        """Reap jobs whose worker died; finish mirroring results whose worker died after them."""
+        for job in self.store.jobs(self.batch.id, states=(RUNNING, DONE, FAILED)):
+            if job.state == RUNNING and is_dead(job.owner, job.lease_until):
+                self._reap(job)
+            elif (
+                job.state in (DONE, FAILED)
+                and not job.synced
+                and is_dead(job.owner, job.lease_until)
+                and self.store.take_over_sync(job, self.token, self.owner, LEASE_SECONDS)
+            ):
+                self.sync(self.store.get_job(job.id))
+        self._fail_orphan_trials()
+
+    def _reap(self, job: Job) -> None:
+        final = job.attempts >= MAX_ATTEMPTS
+        reason = f"worker {job.owner.get('host')}:{job.owner.get('pid')} died" if job.owner else ""
+        if final:
+            reason += f" ({job.attempts} attempts; not retried again)"
+        if not self.store.reap(job, FAILED if final else WAITING, reason):
+            return  # a peer reaped it first, or its owner just finished it
+        log.warning("job %s: %s", job.key, reason)
+        if job.trial_number is not None:
+            opt.tell(self.study, job.trial_number, "FAIL")
+        self._close_runs(job, reason)
+
+    def _close_runs(self, job: Job, reason: str) -> None:
+        ids = set(self.tracker.safe(self.tracker.find_runs, _job_tags(job), "RUNNING") or [])
+        if job.run_id:
+            ids.add(job.run_id)
+        for run_id in ids:
+            self.tracker.safe(self.tracker.set_tags, run_id, {"state_reason": reason})
+            self.tracker.safe(self.tracker.end_run, run_id, "FAILED")
+
+    def _fail_orphan_trials(self) -> None:
+        """Optuna trials left RUNNING by a worker that died before its job recorded them."""
+        jobs = {j.id: j for j in self.store.jobs(self.batch.id)}
+        for t in opt.trials(self.study, ("RUNNING",)):
+            ref = t.user_attrs.get(TRIAL_JOB)
+            if ref is None:
+                started = t.datetime_start.timestamp() if t.datetime_start else time.time()
+                if time.time() - started > LEASE_SECONDS:
+                    opt.tell(self.study, t.number, "FAIL")
+                continue
+            batch_id, job_id = ref
+            if batch_id != self.batch.id or job_id not in jobs:
+                continue
+            job = jobs[job_id]
+            if job.trial_number == t.number and job.state == RUNNING:
+                continue  # its job is alive (or will be reaped, which fails the trial)
+            if job.state == RUNNING and job.trial_number is None and not is_dead(
+                job.owner, job.lease_until
+            ):
+                continue  # the owner is between asking for the trial and recording it
+            if job.trial_number != t.number or job.state != DONE:
+                opt.tell(self.study, t.number, "FAIL")
+
+    # ------------------------------------------------------------ one job
+
+    def _split(self, job: Job):
+        from bench import data
+
+        spec = self._train_spec(job)
+        if job.spec.split == ALL:
+            key = ALL
+            if key not in self._splits:
+                self._splits[key] = data.full_split(self.dataset)
+        else:
+            key = (spec.validation_size, int(self.batch.settings["seed"]))
+            if key not in self._splits:
+                self._splits[key] = data.validation_split(self.dataset, *key)
+        return self._splits[key]
+
+    def _train_spec(self, job: Job):
+        overrides = {k: v for k, v in job.spec.train.items() if k != "schedule_epochs"}
+        return replace(self.space.train, **overrides)
+
+    def run_job(self, job: Job) -> None:
+        from bench.space import flat_config
+
+        if job.purpose == REGISTER:
+            return self._run_register(job)
+        live, config = self._configure(job)
+        spec = self._train_spec(job)
+        s = self.batch.settings
+        params = {
+            **flat_config(config),
+            **_train_params(spec),
+            "seed": job.spec.seed,
+            "dataset": self.dataset.name,
+            "purpose": job.purpose,
+            "split": job.spec.split,
+            **{k: v for k, v in job.spec.info.items() if k in ("factor", "level", "source")},
+        }
+        tags = {
+            **_job_tags(job),
+            "study_name": self.batch.study,
+            "space_hash": self.space.search_hash,
+            "dataset_digest": self.dataset.digest,
+            "trial_number": live.number if live else job.trial_number,
+            "baseline": (job.spec.info.get("baseline") or {}).get("name"),
+            "refit": "true" if job.purpose == REFIT else None,
+            "refit_epochs": spec.max_epochs if job.purpose == REFIT else None,
+        }
+        name = f"trial-{live.number}" if live else job.key
+        run_id = self.tracker.safe(
+            self.tracker.start_child, self.batch.parent_run_id, name, params, tags
+        )
+        kill_point("start-run")
+        if run_id:
+            self.store.update_owned(job.id, self.token, run_id=run_id)
+            job = replace(job, run_id=run_id)
+        tracking_ok = [run_id is not None]
+        prune = live is not None
+
+        def on_epoch(epoch: int, metrics: dict[str, float]) -> bool:
+            if tracking_ok[0]:
+                before = self.tracker.failures
+                self.tracker.safe(self.tracker.log_metrics, run_id, metrics, epoch)
+                tracking_ok[0] = self.tracker.failures == before
+            if epoch == 1:
+                kill_point("train" if job.purpose == SEARCH else "reeval")
+            value = metrics.get(self.space.metric)
+            if prune and value is not None:
+                live.report(value, epoch)
+                return live.should_prune()
+            return False
+
+        from bench.training import train
+
+        try:
+            result = train(
+                config,
+                spec,
+                self._split(job),
+                self.dataset.n_classes,
+                job.spec.seed,
+                on_epoch,
+                metric=self.space.metric,
+                tensorboard_dir=self._tb_dir(job),
+                schedule_epochs=job.spec.train.get("schedule_epochs"),
+            )
+        except KeyboardInterrupt:
+            with self.interrupts.critical():
+                self.store.release(job.id, self.token, "interrupted by the user (SIGINT/SIGTERM)")
+                if live:
+                    opt.tell(self.study, live.number, "FAIL")
+                if run_id:
+                    self.tracker.safe(self.tracker.end_run, run_id, "KILLED")
+            raise
+        except Exception as exc:  # noqa: BLE001 - a failing configuration fails alone
+            lines = str(exc).strip().splitlines()
+            reason = redact(f"{type(exc).__name__}: {lines[0][:300] if lines else ''}")
+            log.warning("job %s failed: %s", job.key, reason)
+            with self.interrupts.critical():
+                if live:
+                    live.set_attrs({TRIAL_REASON: reason})
+                failed = JobResult("failed", None, 0, 0, 0.0, 0, 0.0, config, reason=reason)
+                if self.store.finish(job.id, self.token, FAILED, failed, reason):
+                    self.store.add_jobs(
+                        self.batch.id, self.design.on_failed(job, self.store.jobs(self.batch.id))
+                    )
+                self.sync(self.store.get_job(job.id))
+            return
+        with self.interrupts.critical():
+            self._record(job, live, result, config)
+
+    def _configure(self, job: Job):
+        """The job's configuration; a first-attempt search job asks Optuna for a fresh trial."""
+        if job.purpose != SEARCH:
+            return None, job.spec.config
+        if job.spec.config is not None:
+            return None, job.spec.config  # its first worker died: train the same again
+        live = opt.ask(self.study, self.space, job.spec.seed)
+        live.set_attrs({TRIAL_JOB: [self.batch.id, job.id], TRIAL_BATCH: self.batch.number})
+        kill_point("take")
+        self.store.update_owned(job.id, self.token, trial_number=live.number)
+        config = live.suggest(self.space)
+        self.store.update_owned(job.id, self.token, spec=replace(job.spec, config=config))
+        return live, config
+
+    def _record(self, job: Job, live, result, config: dict) -> None:
+        from bench.training import evaluate
+
+        job = self.store.get_job(job.id)
+        status = result.status
+        out = JobResult(
+            status=status,
+            value=None if result.value != result.value else result.value,  # NaN -> None
+            best_epoch=result.best_epoch,
+            epochs_run=result.epochs_run,
+            train_seconds=round(result.train_seconds, 3),
+            param_count=result.param_count,
+            train_flops=result.training_flops,
+            config=config,
+            history={k: [round(v, 6) for v in vals] for k, vals in result.history.items()},
+            reason=result.reason,
+        )
+        if status == COMPLETED and job.purpose in TEST_SCORED:
+            out.test_loss, out.test_accuracy = evaluate(result.model, self.dataset)
+        if status == COMPLETED and job.run_id and self._wants_model(job, out):
+            info = self.tracker.safe(
+                self.tracker.log_model,
+                job.run_id,
+                result.model,
+                self.dataset.image_shape,
+                self.dataset.n_classes,
+            )
+            out.model_uri = info.model_uri if info is not None else None
+        if job.purpose == REFIT and status == COMPLETED:
+            if out.model_uri is None:  # the model must be in MLflow to be registered
+                info = self.tracker.log_model(
+                    job.run_id, result.model, self.dataset.image_shape, self.dataset.n_classes
+                )
+                out.model_uri = info.model_uri
+            out.registered = self._register(job, out)
+        kill_point("record")
+        if live:
+            live.set_attrs(_trial_attrs(job, out))
+        if not self.store.finish(job.id, self.token, DONE, out):
+            log.warning("job %s: another worker took it over; this result is dropped", job.key)
+            if live:
+                opt.tell(self.study, live.number, "FAIL")
+            return
+        kill_point("sync")
+        self.sync(self.store.get_job(job.id))
+        self.finished += 1
+
+    def _wants_model(self, job: Job, out: JobResult) -> bool:
+        """A search run's model is logged when it may be registered without a refit."""
+        if job.purpose == REFIT:
+            return True
+        if job.purpose not in (SEARCH, BASELINE) or self.batch.settings.get("refit", True):
+            return False
+        best = opt.best_value(self.study)
+        if best is None:
+            return True
+        return out.value >= best if self.space.direction == "maximize" else out.value <= best
+
+    def _register(self, job: Job, out: JobResult) -> dict:
+        from bench.tracking.registry import register_champion
+
+        s = self.batch.settings
+        info = job.spec.info
+        metric = self.space.metric.removeprefix("val_")
+        return register_champion(
+            self.tracker,
+            out.model_uri,
+            s["model_name"],
+            identity={"study_name": self.batch.study, "batch": self.batch.number, "job": job.key},
+            tags={
+                "test_accuracy": out.test_accuracy,
+                "test_loss": out.test_loss,
+                f"val_{metric}": info.get("selection_score"),
+                "source": job.purpose,
+                "chosen_from": info.get("source"),
+                "refit_epochs": out.epochs_run if job.purpose == REFIT else None,
+                "dataset": self.dataset.name,
+                "class_names": _json(list(self.dataset.class_names)),
+                "space_hash": self.space.search_hash,
+            },
+            selection_score=float(info.get("selection_score") or 0.0),
+            dataset_digest=self.dataset.digest,
+        )
+
+    def _run_register(self, job: Job) -> None:
+        """Register the chosen search run's own model (``--no-refit``)."""
+        from bench.training import evaluate
+
+        uri = job.spec.info["model_uri"]
+        model = self.tracker.load_model(uri)
+        loss, acc = evaluate(model, self.dataset)
+        out = JobResult(COMPLETED, job.spec.info.get("selection_score"), 0, 0, 0.0, 0, 0.0,
+                        job.spec.config or {}, test_accuracy=acc, test_loss=loss, model_uri=uri)
+        with self.interrupts.critical():
+            out.registered = self._register(job, out)
+            if self.store.finish(job.id, self.token, DONE, out):
+                self.sync(self.store.get_job(job.id))
+
+    # ------------------------------------------------------------ mirrors
+
+    def sync(self, job: Job) -> None:
+        """Bring Optuna and MLflow up to date with a recorded job (idempotent)."""
+        r = job.result
+        if job.purpose in (SEARCH, BASELINE) and r is not None:
+            state = {COMPLETED: "COMPLETE", PRUNED: "PRUNED"}.get(r.status, "FAIL")
+            value = r.value if state == "COMPLETE" else None
+            if job.trial_number is not None and job.spec.purpose == SEARCH:
+                if opt.trial_state(self.study, job.trial_number) == "RUNNING":
+                    opt.tell(self.study, job.trial_number, state, value)
+                elif opt.trial_state(self.study, job.trial_number) == "FAIL" and state != "FAIL":
+                    self._add_trial(job, state, value)  # reaped while finishing: add it back
+            elif state != "FAIL":
+                self._add_trial(job, state, value)
+        if job.run_id and r is not None:
+            final = {"epochs_run": r.epochs_run, "train_seconds": r.train_seconds,
+                     "param_count": r.param_count}
+            if r.value is not None and r.status == COMPLETED:
+                final[f"best_{self.space.metric}"] = r.value
+            if r.test_accuracy is not None:
+                final.update({"test_accuracy": r.test_accuracy, "test_loss": r.test_loss})
+            self.tracker.safe(self.tracker.log_metrics, job.run_id, final, 0)
+            status = {COMPLETED: "FINISHED", PRUNED: "KILLED"}.get(r.status, "FAILED")
+            self.tracker.safe(
+                self.tracker.set_tags,
+                job.run_id,
+                {"state": r.status, "state_reason": r.reason or None},
+            )
+            self.tracker.safe(self.tracker.end_run, job.run_id, status)
+        self.store.mark_synced(job.id, self.token)
+
+    def _add_trial(self, job: Job, state: str, value: float | None) -> None:
+        ref = [self.batch.id, job.id]
+        if any(t.user_attrs.get(TRIAL_JOB) == ref and t.state != "FAIL"
+               for t in opt.trials(self.study)):
+            return  # added already (a sync that died after it)
+        params = None
+        if job.trial_number is not None:
+            params = opt.trial_params(self.study, job.trial_number)
+        opt.add_finished(
+            self.study,
+            state,
+            value,
+            params[0] if params else None,
+            params[1] if params else None,
+            {TRIAL_JOB: ref, TRIAL_BATCH: self.batch.number, **_trial_attrs(job, job.result)},
+        )
+
+    def _tb_dir(self, job: Job) -> str | None:
+        root = self.settings.tensorboard_dir
+        return f"{root}/{_safe(self.batch.study)}/{job.key}" if root else None
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name).lstrip(".") or "study"
+
+
+def _json(value: Any) -> str:
+    import json
+
+    return json.dumps(value)
+
+
+def _job_tags(job: Job) -> dict[str, Any]:
+    return {"bench_job": f"{job.batch_id}:{job.id}", "purpose": job.purpose, "job_key": job.key}
+
+
+def _trial_attrs(job: Job, r: JobResult) -> dict[str, Any]:
+    attrs = {
+        TRIAL_CONFIG: r.config,
+        TRIAL_SEED: job.spec.seed,
+        "bench.epochs": r.epochs_run,
+        "bench.best_epoch": r.best_epoch,
+        "bench.train_seconds": r.train_seconds,
+        "bench.param_count": r.param_count,
+        "bench.train_flops": r.train_flops,
+        "bench.history": r.history,
+    }
+    if job.run_id:
+        attrs[TRIAL_RUN] = job.run_id
+    if r.model_uri:
+        attrs[TRIAL_MODEL] = r.model_uri
+    if r.reason:
+        attrs[TRIAL_REASON] = r.reason
+    baseline = job.spec.info.get("baseline")
+    if baseline:
+        attrs[TRIAL_BASELINE] = baseline
+        if r.test_accuracy is not None:
+            attrs[TRIAL_TEST_ACCURACY] = r.test_accuracy
+    return attrs
+
+
+def _train_params(t) -> dict[str, Any]:
+    return {
+        "max_epochs": t.max_epochs,
+        "patience": t.patience,
+        "min_delta": t.min_delta,
+        "validation_size": t.validation_size,
+        "steps_per_execution": t.steps_per_execution,
+        "jit_compile": t.jit_compile,
+    }
+
+
+def worker_main(settings: WorkerSettings, index: int) -> int:
+    """Entry point of a spawned worker process; returns its exit code."""
+    import os
+
+    from bench.logs import setup_logging
+
+    os.environ.update(settings.env)
+    setup_logging()
+    interrupts = Interrupts()
+    interrupts.install()
+    try:
+        Worker(settings, interrupts).run()
+        return 0
+    except KeyboardInterrupt:
+        return 130
+    except BenchError as exc:
+        log.error("worker %d: %s", index, exc)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - one line; a running job is reaped by a peer
+        log.error("worker %d crashed: %s: %s", index, type(exc).__name__, redact(exc))
+        return 1

@@ -1,0 +1,393 @@
+"""Optuna behind one adapter: the only package that imports Optuna.
+
+Only Optuna's public API is used: ``create_study``/``load_study``, ``Study.ask``/``tell``,
+``add_trial`` with ``create_trial``, ``get_trials``, the samplers, pruners and storages. The
+engine's own job queue decides *what* runs and *how many*; Optuna samples configurations and
+judges intermediate values. A search job asks for a fresh trial; nothing is ever enqueued as a
+WAITING trial, so ``ask()`` never hands one worker another's configuration. A configuration that
+must be trained again (its worker died) is trained outside Optuna and added back with
+``add_trial`` as a finished trial.
+
+The rest of bench never sees Optuna's types: a running trial is a :class:`LiveTrial`, and reads
+come back as :class:`TrialView` records.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bench.errors import BenchError, redact
+from bench.records import STUDY_SPACE, TRIAL_JOB
+
+if TYPE_CHECKING:
+    import optuna
+
+    from bench.space import Space
+
+log = logging.getLogger("bench")
+DEFAULT_STORAGE = "optuna-studies.log"  # a JournalStorage file: safe for many local processes
+STATES = ("RUNNING", "WAITING", "COMPLETE", "PRUNED", "FAIL")
+
+
+def _quiet() -> None:
+    """Optuna logs every trial at INFO through its own handler; bench reports progress itself."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    optuna.logging.disable_default_handler()
+
+
+def is_journal(url: str) -> bool:
+    return "://" not in url
+
+
+def make_storage(url: str | None):
+    """Open an Optuna storage: a journal file path, or any RDB URL.
+
+    Raises:
+        BenchError: a malformed URL, a missing driver, an unreachable database, an unwritable path,
+            a journal file that cannot be read.
+    """
+    import optuna
+    from optuna.storages import RDBStorage
+    from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock, JournalStorage
+
+    _quiet()
+    url = url or DEFAULT_STORAGE
+    shown = redact(url)
+    if is_journal(url):
+        path = Path(url)
+        folder = path.resolve().parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise BenchError(f"--storage {shown}: folder {folder} is missing or not writable")
+        try:
+            return JournalStorage(
+                JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path)))
+            )
+        except OSError as exc:
+            raise BenchError(
+                f"--storage {shown}: cannot open the journal ({exc.strerror})"
+            ) from None
+        except ValueError as exc:  # a corrupt or truncated line (JSONDecodeError is a ValueError)
+            raise BenchError(
+                f"--storage {shown}: the journal file {path.resolve()} is corrupt "
+                f"({_first_line(exc)}); keep a copy, then cut it after its last complete "
+                "line, or start a new file with --storage"
+            ) from None
+    import sqlalchemy.exc
+
+    try:
+        for attempt in range(6):
+            try:
+                return RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+                # workers starting together on an empty database race to create Optuna's
+                # tables; the loser sees a duplicate and simply tries again
+                if attempt == 5:
+                    raise
+                time.sleep(0.3 + random.random())
+    except (sqlalchemy.exc.ArgumentError, ValueError) as exc:
+        raise BenchError(
+            f"--storage {shown}: malformed storage URL ({redact(_first_line(exc))}); "
+            "expected e.g. postgresql://user@host:5432/db or a journal file path"
+        ) from None
+    except ImportError as exc:
+        raise BenchError(
+            f"--storage {shown}: database driver missing ({_first_line(exc)}); "
+            "install it, e.g. pip install 'psycopg[binary]' for PostgreSQL"
+        ) from None
+    except RuntimeError as exc:  # Optuna's schema-version check
+        if "alembic" in str(exc).lower() or "schema" in str(exc).lower():
+            raise BenchError(
+                f"--storage {shown}: this database holds another program's tables (its schema "
+                "version is not Optuna's; MLflow keeps its own there too); give the Optuna "
+                "storage its own database, e.g. .../bench_optuna"
+            ) from None
+        raise
+    except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.DBAPIError) as exc:
+        raise BenchError(
+            f"--storage {shown}: cannot connect to the database "
+            f"({redact(_first_line(exc.orig or exc))})"
+        ) from None
+    except optuna.exceptions.StorageInternalError as exc:
+        raise BenchError(f"--storage {shown}: storage error ({redact(_first_line(exc))})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = redact(str(exc)).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
+
+
+def make_sampler(space: Space, seed: int | None):
+    import optuna
+
+    s = space.sampler
+    seed = s.seed if seed is None else seed
+    if s.name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(
+        seed=seed,
+        multivariate=s.multivariate,
+        group=s.multivariate,
+        n_startup_trials=s.n_startup_trials,
+        constant_liar=True,
+    )
+
+
+def make_pruner(space: Space):
+    import optuna
+
+    p = space.pruner
+    if p.name == "median":
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps
+        )
+    if p.name == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=p.min_resource,
+            max_resource=space.train.max_epochs,
+            reduction_factor=p.reduction_factor,
+        )
+    if p.name == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=p.min_resource, reduction_factor=p.reduction_factor
+        )
+    return optuna.pruners.NopPruner()
+
+
+def open_study(
+    name: str,
+    storage_url: str | None,
+    space: Space,
+    seed: int | None = None,
+    allow_space_change: bool = False,
+) -> optuna.Study:
+    """Create or load the study and check it was made for this search space.
+
+    Raises:
+        BenchError: the study exists with another direction or search space (unless allowed).
+    """
+    import optuna
+
+    study = optuna.create_study(
+        study_name=name,
+        storage=make_storage(storage_url),
+        direction=space.direction,
+        sampler=make_sampler(space, seed),
+        pruner=make_pruner(space),
+        load_if_exists=True,
+    )
+    if study.direction.name.lower() != space.direction:
+        raise BenchError(
+            f"--study-name {name}: the study {study.direction.name.lower()}s, but "
+            f"{space.path} {space.direction}s {space.metric}; use another study name"
+        )
+    known = study.user_attrs.get(STUDY_SPACE)
+    if known is None:
+        study.set_user_attr(STUDY_SPACE, space.search_hash)
+    elif known != space.search_hash:
+        if not allow_space_change:
+            raise BenchError(
+                f"--space {space.path}: study '{name}' was created with a different "
+                f"search space (hash {known}, this file {space.search_hash}); use "
+                "another --study-name, or --allow-space-change to mix them knowingly"
+            )
+        study.set_user_attr(STUDY_SPACE, space.search_hash)
+    return study
+
+
+def load_study(name: str, storage_url: str | None) -> optuna.Study:
+    """Load an existing study.
+
+    Raises:
+        BenchError: no such study in the storage.
+    """
+    import optuna
+
+    try:
+        return optuna.load_study(study_name=name, storage=make_storage(storage_url))
+    except KeyError:
+        raise BenchError(
+            f"--study-name {name}: no such study in {redact(storage_url or DEFAULT_STORAGE)}; "
+            f"its studies: {', '.join(study_names(storage_url)) or 'none'}"
+        ) from None
+
+
+def study_names(storage_url: str | None) -> list[str]:
+    """Names of the studies in a storage (what optuna-dashboard lists)."""
+    import optuna
+
+    return [s.study_name for s in optuna.get_all_study_summaries(make_storage(storage_url))]
+
+
+def study_attrs(study: optuna.Study) -> dict[str, Any]:
+    return dict(study.user_attrs)
+
+
+def set_study_attr(study: optuna.Study, key: str, value: Any) -> None:
+    study.set_user_attr(key, value)
+
+
+# ---------------------------------------------------------------- trials
+
+
+@dataclass(frozen=True)
+class TrialView:
+    """A read-only trial, in bench's terms."""
+
+    number: int
+    state: str
+    value: float | None
+    params: dict[str, Any]
+    user_attrs: dict[str, Any]
+    intermediate: dict[int, float] = field(default_factory=dict)
+    datetime_start: Any = None
+    datetime_complete: Any = None
+
+
+def trials(study: optuna.Study, states: tuple[str, ...] | None = None) -> list[TrialView]:
+    from optuna.trial import TrialState
+
+    wanted = tuple(TrialState[s] for s in states) if states else None
+    return [
+        TrialView(
+            t.number,
+            t.state.name,
+            t.value,
+            dict(t.params),
+            dict(t.user_attrs),
+            dict(t.intermediate_values),
+            t.datetime_start,
+            t.datetime_complete,
+        )
+        for t in study.get_trials(deepcopy=False, states=wanted)
+    ]
+
+
+class LiveTrial:
+    """A trial this worker is running: sampling, intermediate values, pruning, attributes."""
+
+    def __init__(self, study: optuna.Study, trial: optuna.trial.Trial):
+        self._study = study
+        self._trial = trial
+        self.number = trial.number
+
+    def suggest(self, space: Space) -> dict[str, Any]:
+        from bench.space import suggest
+
+        return suggest(self._trial, space)
+
+    def report(self, value: float, step: int) -> None:
+        self._trial.report(value, step)
+
+    def should_prune(self) -> bool:
+        return self._trial.should_prune()
+
+    def set_attrs(self, attrs: dict[str, Any]) -> None:
+        for k, v in attrs.items():
+            self._trial.set_user_attr(k, v)
+
+    def params(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The sampled parameters and their distributions (to add the same trial again)."""
+        return dict(self._trial.params), dict(self._trial.distributions)
+
+
+def ask(study: optuna.Study, space: Space, seed: int) -> LiveTrial:
+    """A fresh trial, sampled with a sampler seeded for this job.
+
+    Re-seeding per job means parallel workers never draw the same "random" configuration, and a
+    job's draw depends only on its seed and the history it sees.
+    """
+    study.sampler = make_sampler(space, seed)
+    return LiveTrial(study, study.ask())
+
+
+def tell(study: optuna.Study, number: int, state: str, value: float | None = None) -> bool:
+    """Finish a trial by number; False when it was already finished (by a reaper, say)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    try:
+        if state == "COMPLETE":
+            study.tell(number, value)
+        else:
+            study.tell(number, state=TrialState[state])
+        return True
+    except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError, ValueError):
+        return False
+
+
+def trial_state(study: optuna.Study, number: int) -> str | None:
+    """A trial's state by number (None when there is no such trial)."""
+    try:
+        return study.trials[number].state.name
+    except IndexError:
+        return None
+
+
+def trial_params(study: optuna.Study, number: int) -> tuple[dict, dict] | None:
+    """Parameters and distributions of a trial (None if it has none)."""
+    try:
+        t = study.trials[number]
+    except IndexError:
+        return None
+    return (dict(t.params), dict(t.distributions)) if t.params else None
+
+
+def add_finished(
+    study: optuna.Study,
+    state: str,
+    value: float | None,
+    params: dict | None,
+    distributions: dict | None,
+    user_attrs: dict[str, Any],
+    intermediate: dict[int, float] | None = None,
+) -> int:
+    """Add a trial trained outside Optuna (a baseline, a retried configuration); its number."""
+    from optuna.trial import TrialState, create_trial
+
+    study.add_trial(
+        create_trial(
+            state=TrialState[state],
+            value=value if state == "COMPLETE" else None,
+            params=params or {},
+            distributions=distributions or {},
+            user_attrs=user_attrs,
+            intermediate_values=intermediate or {},
+        )
+    )
+    job = user_attrs.get(TRIAL_JOB)
+    for t in reversed(study.get_trials(deepcopy=False)):
+        if job is not None and t.user_attrs.get(TRIAL_JOB) == job:
+            return t.number
+    return -1
+
+
+# ---------------------------------------------------------------- analysis (bench.report)
+
+
+def best_value(study: optuna.Study) -> float | None:
+    try:
+        return study.best_value
+    except ValueError:
+        return None
+
+
+def direction(study: optuna.Study) -> str:
+    return study.direction.name.lower()
+
+
+def param_importances(study: optuna.Study) -> dict[str, float]:
+    """fANOVA importances over the completed trials (empty when too few)."""
+    import optuna
+
+    try:
+        return dict(optuna.importance.get_param_importances(study))
+    except (RuntimeError, ValueError, ZeroDivisionError):
+        return {}

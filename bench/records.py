@@ -1,0 +1,159 @@
+"""The one declared schema of what bench stores: jobs, their results, batches, and trial attrs.
+
+Everything here is a plain dataclass with ``to_dict``/``from_dict`` so it crosses process
+boundaries and lands in JSON columns, Optuna user attributes and MLflow tags unchanged.
+Nothing here imports a third-party library.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+# Purposes of a job: what it trains for. One meaning per word.
+SEARCH = "search"  # a configuration the Optuna sampler proposes (pruned by its pruner)
+BASELINE = "baseline"  # a fixed reference configuration, scored once on the test set
+REEVAL = "reeval"  # a chosen configuration re-trained with another seed, to choose with less luck
+ABLATION = "ablation"  # one cell x seed of a controlled one-factor comparison
+REFIT = "refit"  # the chosen configuration re-trained on all training images, then registered
+REGISTER = "register"  # register an already trained model (the search's best, --no-refit)
+PURPOSES = (SEARCH, BASELINE, REEVAL, ABLATION, REFIT, REGISTER)
+
+# Splits a job trains on.
+HOLDOUT = "holdout"  # training minus the seeded, stratified validation split; judged on it
+ALL = "all"  # every training image (refit): no validation, a fixed epoch count
+
+# Job states in the job store.
+WAITING, RUNNING, DONE, FAILED = "waiting", "running", "done", "failed"
+
+# Result statuses (what training produced).
+COMPLETED, PRUNED, DIVERGED = "completed", "pruned", "diverged"
+
+# Keys bench writes as Optuna trial user attributes (read by bench.report and the dashboard).
+TRIAL_CONFIG = "bench.config"
+TRIAL_JOB = "bench.job"
+TRIAL_SEED = "bench.seed"
+TRIAL_BATCH = "bench.batch_id"
+TRIAL_BASELINE = "bench.baseline"
+TRIAL_RUN = "bench.mlflow_run_id"
+TRIAL_MODEL = "bench.model_uri"
+TRIAL_REASON = "bench.reason"
+TRIAL_TEST_ACCURACY = "bench.test_accuracy"
+# Keys bench writes as Optuna study user attributes.
+STUDY_SPACE = "bench.space_hash"
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What to train: everything a worker needs besides the batch's shared settings.
+
+    Attributes:
+        key: Unique within its batch and deterministic, so enqueuing twice is harmless.
+        purpose: One of :data:`PURPOSES`.
+        seed: Seeds weights and shuffling.
+        config: The model configuration; None for a search job, which samples it on start.
+        train: Overrides of the space's ``train:`` section (a baseline's own budget, a refit's
+            epoch count).
+        split: :data:`HOLDOUT` or :data:`ALL`.
+        info: Design-specific facts kept with the job (factor and level, source trial, name).
+    """
+
+    key: str
+    purpose: str
+    seed: int
+    config: dict | None = None
+    train: dict = field(default_factory=dict)
+    split: str = HOLDOUT
+    info: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobSpec:
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+
+
+@dataclass
+class JobResult:
+    """What one finished job produced; stored on the job, mirrored to Optuna and MLflow."""
+
+    status: str
+    value: float | None  # the space's validation metric at the kept epoch (None: no validation)
+    best_epoch: int
+    epochs_run: int
+    train_seconds: float
+    param_count: int
+    train_flops: float
+    config: dict
+    history: dict[str, list[float]] = field(default_factory=dict)
+    reason: str = ""
+    test_accuracy: float | None = None
+    test_loss: float | None = None
+    model_uri: str | None = None
+    registered: dict | None = None  # a refit or register job: the model version and alias
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        for k in ("value", "test_accuracy", "test_loss"):
+            if isinstance(data[k], float) and not math.isfinite(data[k]):
+                data[k] = None  # JSON has no NaN
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobResult:
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+
+
+@dataclass(frozen=True)
+class Job:
+    """A job as stored: its spec, where it is, and what it produced."""
+
+    id: int
+    batch_id: int
+    spec: JobSpec
+    state: str
+    attempts: int = 0
+    owner: dict | None = None
+    lease_until: float | None = None
+    result: JobResult | None = None
+    trial_number: int | None = None
+    run_id: str | None = None
+    reason: str = ""
+    synced: bool = False
+
+    @property
+    def key(self) -> str:
+        return self.spec.key
+
+    @property
+    def purpose(self) -> str:
+        return self.spec.purpose
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One invocation of a design (a search, an ablation, a re-evaluation) and its parent run.
+
+    Attributes:
+        id: Store-wide id.
+        study: The Optuna study it belongs to (the name the user chose).
+        number: 1, 2, ... within the study.
+        design: ``search`` | ``ablation`` | ``reeval``.
+        identity: Same identity means the same batch: rerunning joins or reports it.
+        state: ``opening`` | ``running`` | ``done``.
+        settings: How it was started (space, dataset, names, design options); no secrets.
+        parent_run_id: The MLflow parent run, once created.
+        summary: The outcome once done (the champion, the verdicts).
+    """
+
+    id: int
+    study: str
+    number: int
+    design: str
+    identity: str
+    state: str
+    settings: dict
+    parent_run_id: str | None = None
+    summary: dict | None = None

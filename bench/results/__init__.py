@@ -1,0 +1,1 @@
+"""Reading what finished jobs measured: reports, plots and the statistics behind them."""

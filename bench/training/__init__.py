@@ -1,0 +1,49 @@
+"""Training: the only package that imports Keras and TensorFlow.
+
+A job's configuration, seed and split go in; a plain :class:`TrialResult` comes out. Nothing here
+knows Optuna, MLflow or the engine. Importing the package is cheap: Keras loads on first use.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from bench.training.objective import COMPLETED, DIVERGED, PRUNED, TrialResult, train
+
+if TYPE_CHECKING:
+    from bench.data import Dataset
+
+
+def configure_threads(intra_op: int | None, inter_op: int | None = None) -> None:
+    """Pin TensorFlow's thread pools (see :func:`bench.training.model.configure_threads`)."""
+    from bench.training.model import configure_threads as _configure
+
+    _configure(intra_op, inter_op)
+
+
+def evaluate(model, dataset: Dataset) -> tuple[float, float]:
+    """Test loss and accuracy of a model on the dataset's test split."""
+    loss, acc = model.evaluate(dataset.x_test, dataset.y_test, batch_size=2048, verbose=0)
+    return float(loss), float(acc)
+
+
+def confusion(model, dataset: Dataset) -> list[list[int]]:
+    """Test-set confusion matrix (rows: true class, columns: predicted class)."""
+    import numpy as np
+
+    predicted = model.predict(dataset.x_test, batch_size=2048, verbose=0).argmax(axis=1)
+    k = dataset.n_classes
+    counts = np.bincount(dataset.y_test * k + predicted, minlength=k * k).reshape(k, k)
+    return counts.tolist()
+
+
+__all__ = [
+    "COMPLETED",
+    "DIVERGED",
+    "PRUNED",
+    "TrialResult",
+    "configure_threads",
+    "confusion",
+    "evaluate",
+    "train",
+]

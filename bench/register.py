@@ -1,14 +1,17 @@
-"""``python -m bench.register``: evaluate and register a study's best model explicitly.
+"""``python -m bench.register``: finish registering a study's champion after an outage.
 
-Workers register the champion once when a batch ends; this command is for when that could not
-happen (tracking store down at the time) or for registering on purpose. It is idempotent: a model
-version already registered for the same study and trial is reused, never duplicated.
+Registration is the last job of a search batch (a refit, or the chosen run's own model with
+``--no-refit``). When the tracking store was down at the time, or the batch was stopped before its
+last stage, this command runs what is left of the study's latest search batch on one worker and
+prints the registered version; it is the same as rerunning the search command, without having to
+remember its flags. A batch already registered is only reported.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from bench.cli import Parser
 from bench.errors import EXIT_OK, EXIT_USAGE, BenchError, redact
@@ -16,80 +19,74 @@ from bench.errors import EXIT_OK, EXIT_USAGE, BenchError, redact
 
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="python -m bench.register", description=__doc__.splitlines()[0])
-    p.add_argument("--study-name", required=True, help="the study whose best model to register")
+    p.add_argument("--study-name", required=True, help="the study whose champion to register")
     p.add_argument("--storage", help="Optuna storage (default optuna-studies.log)")
     p.add_argument(
         "--tracking-uri",
         help="MLflow tracking URI (default MLFLOW_TRACKING_URI or sqlite:///mlflow.db)",
     )
-    p.add_argument("--model-name", help="registered model name (default: the one the search used)")
-    p.add_argument("--data-dir", help="dataset folder (default: the one the search used)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from bench.engine.interrupts import Interrupts
     from bench.logs import setup_logging
 
     setup_logging()
+    interrupts = Interrupts()
+    interrupts.install()
     try:
-        summary = register(args)
+        return _run(args, interrupts)
     except BenchError as exc:
         print(f"error: {redact(exc)}", file=sys.stderr)
         return EXIT_USAGE
-    if not summary.get("registered"):
-        print("nothing to register: no completed trial has a logged model", file=sys.stderr)
-        return EXIT_USAGE
-    print(
-        f"{summary['model_name']} version {summary['registered']} (test accuracy "
-        f"{summary['test_accuracy']:.4f}); champion: version {summary['champion_version']}"
-    )
-    return EXIT_OK
 
 
-def register(args: argparse.Namespace) -> dict:
-    import optuna
-
-    from bench import data
-    from bench import study as st
-    from bench.registry import finalize
+def _run(args: argparse.Namespace, interrupts) -> int:
+    from bench import optuna_adapter as opt
+    from bench.engine.store import JobStore
+    from bench.resources import plan_workers, usable_cpus, visible_gpus
+    from bench.search import run_batch
     from bench.space import load_space
     from bench.tracking import Tracker, check_uri, resolve_uri
-    from bench.worker import SearchConfig
 
-    storage = st.make_storage(args.storage)
-    try:
-        study = optuna.load_study(study_name=args.study_name, storage=storage)
-    except KeyError:
-        raise BenchError(
-            f"--study-name {args.study_name}: no such study in "
-            f"{redact(args.storage or st.DEFAULT_STORAGE)}"
-        ) from None
-    batch = st.current_batch(study)
-    if batch is None or not batch.meta:
+    storage = args.storage or opt.DEFAULT_STORAGE
+    if opt.is_journal(storage) and not Path(storage).is_file():
+        raise BenchError(f"--storage {redact(storage)}: no such journal file")
+    study = opt.load_study(args.study_name, storage)
+    batch = JobStore(storage).latest_batch(args.study_name, "search")
+    if batch is None:
         raise BenchError(f"--study-name {args.study_name}: the study was not made by bench.search")
-    meta = batch.meta
+    info = batch.summary or {}
+    if batch.state == "done":
+        if not info.get("version"):
+            print("nothing to register: the batch chose no model", file=sys.stderr)
+            return EXIT_USAGE
+        print(
+            f"{batch.settings['model_name']} version {info['version']} (test accuracy "
+            f"{info['test_accuracy']:.4f}); champion: version {info['champion_version']}"
+        )
+        return EXIT_OK
     uri = resolve_uri(args.tracking_uri)
     check_uri(uri)
-    space = load_space(meta["space"])
-    cfg = SearchConfig(
-        space_path=meta["space"],
-        dataset=meta["dataset"],
-        data_dir=args.data_dir or meta.get("data_dir"),
-        study_name=args.study_name,
-        storage=args.storage or st.DEFAULT_STORAGE,
-        tracking_uri=uri,
-        experiment=meta["experiment"],
-        model_name=args.model_name or meta["model_name"],
+    space = load_space(batch.settings["space"]).with_overrides(
+        max_epochs=batch.settings.get("max_epochs")
     )
-    dataset = data.load_dataset(cfg.dataset, cfg.data_dir)
-    summary = finalize(study, batch, Tracker(uri, cfg.experiment), dataset, cfg, space)
-    if summary.get("registered"):
-        st.close_batch(study, batch, summary, done=batch.state == "done")
-    return {**summary, "model_name": cfg.model_name}
+    tracker = Tracker(uri, batch.settings["experiment"])
+    store = JobStore(storage)
+    args.quiet, args.timeout, args.tensorboard = True, None, None
+    plan = plan_workers(1, None, 1, usable_cpus(), visible_gpus())
+    return run_batch(
+        args, interrupts, store, batch, False, tracker, uri, storage, plan, space, study
+    )
 
 
-if __name__ == "__main__":
+def console() -> None:
     from bench.cli import run
 
     run(main)
+
+
+if __name__ == "__main__":
+    console()

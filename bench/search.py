@@ -11,8 +11,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import logging
-import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -92,7 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="study seed; job seeds are seed + job index",
     )
     p.add_argument(
-        "--no-register", action="store_true", help="skip the refit, test evaluation and registration"
+        "--no-register",
+        action="store_true",
+        help="skip the refit, test evaluation and registration",
     )
     p.add_argument(
         "--no-refit",
@@ -135,8 +135,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--verbose", action="store_true", help="let TensorFlow's start-up messages through"
     )
     return p
-
-
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,7 +187,9 @@ def _run(args: argparse.Namespace, interrupts) -> int:
         raise BenchError(f"{space.path}: none of its baselines runs on {dataset.name}")
     n_trials = args.trials if space.searches else len(first)  # a baselines file runs each once
     default_name = f"{dataset.name}-mlp"
-    study_name = check_name("--study-name", args.study_name or f"{dataset.name}-{Path(space_path).stem}")
+    study_name = check_name(
+        "--study-name", args.study_name or f"{dataset.name}-{Path(space_path).stem}"
+    )
     experiment = check_name("--experiment", args.experiment or default_name)
     model_name = check_name("--model-name", args.model_name or default_name)
     storage = args.storage or opt.DEFAULT_STORAGE
@@ -212,7 +212,9 @@ def _run(args: argparse.Namespace, interrupts) -> int:
     study = opt.open_study(study_name, storage, space, args.seed, args.allow_space_change)
     store = JobStore(storage)
     tracker = Tracker(uri, experiment)
-    batch, created = open_search_batch(store, study_name, settings, space, dataset, tracker, storage)
+    batch, created = open_search_batch(
+        store, study_name, settings, space, dataset, tracker, storage
+    )
     return run_batch(
         args, interrupts, store, batch, created, tracker, uri, storage, plan, space, study
     )
@@ -261,13 +263,32 @@ def open_search_batch(store, study_name, settings, space, dataset, tracker, stor
         return SearchDesign(stored).initial_jobs(stored.get("baselines") or [], stored["n_trials"])
 
     return open_batch(
-        store, study_name, "search", "search", settings, initial, start_parent, find_parent,
+        store,
+        study_name,
+        "search",
+        "search",
+        settings,
+        initial,
+        start_parent,
+        find_parent,
         tracker.delete_run,
     )
 
 
-def run_batch(args, interrupts, store, batch, created, tracker, uri, storage, plan, space, study,
-              purposes=("search", "baseline")) -> int:
+def run_batch(
+    args,
+    interrupts,
+    store,
+    batch,
+    created,
+    tracker,
+    uri,
+    storage,
+    plan,
+    space,
+    study,
+    purposes=("search", "baseline"),
+) -> int:
     """Run workers on an open batch, with progress; print the outcome. Shared by the CLIs."""
     from bench.engine import Progress, counts, run_workers
     from bench.engine.worker import WorkerSettings
@@ -300,8 +321,9 @@ def run_batch(args, interrupts, store, batch, created, tracker, uri, storage, pl
         )
         for i in range(plan.jobs)
     ]
-    progress = Progress(storage, batch, purposes, space.direction == "maximize", total,
-                        enabled=not args.quiet)
+    progress = Progress(
+        storage, batch, purposes, space.direction == "maximize", total, enabled=not args.quiet
+    )
     progress.start()
     started = time.time()
     try:
@@ -310,8 +332,9 @@ def run_batch(args, interrupts, store, batch, created, tracker, uri, storage, pl
         progress.stop()
         return _interrupted(store, batch, tracker, purposes, done_before)
     progress.stop()
-    return _summary(store, batch, tracker, uri, purposes, time.time() - started, failed_workers,
-                    deadline)
+    return _summary(
+        store, batch, tracker, uri, purposes, time.time() - started, failed_workers, deadline
+    )
 
 
 def _interrupted(store, batch, tracker, purposes, done_before: int) -> int:

@@ -139,7 +139,8 @@ def run_naive(n_trials: int, space_path: str, seed: int, folder: Path) -> dict:
 def run_harness(n_trials: int, space_path: str, seed: int, folder: Path, extra: list[str]) -> dict:
     import optuna
 
-    from bench.study import make_storage
+    from bench.engine.store import JobStore
+    from bench.optuna_adapter import make_storage
 
     cmd = [sys.executable, "-m", "bench.search", "--trials", str(n_trials), "--space", space_path,
            "--seed", str(seed), "--study-name", "speed", "--quiet", *extra]
@@ -151,9 +152,12 @@ def run_harness(n_trials: int, space_path: str, seed: int, folder: Path, extra: 
         raise SystemExit(f"harness failed ({proc.returncode}): {proc.stderr[-2000:]}")
     study = optuna.load_study(study_name="speed", storage=make_storage(str(folder / "optuna-studies.log")))
     finished = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
-    summary = (study.user_attrs.get("bench.batch") or {}).get("summary") or {}
+    batch = JobStore(str(folder / "optuna-studies.log")).latest_batch("speed", "search")
+    summary = (batch.summary if batch else None) or {}
     row = summarize(finished, started, wall, summary.get("test_accuracy"))
     row["pruned"] = sum(t.state.name == "PRUNED" for t in finished)
+    row["selection_score"] = summary.get("selection_score")
+    row["refit"] = summary.get("refit")
     return row
 
 
@@ -181,8 +185,9 @@ def table(rows: dict[str, dict], peak: float) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--trials", type=int, default=12)
-    p.add_argument("--space", default=str(REPO / "search_spaces" / "mlp.yaml"))
+    p.add_argument("--space", default=str(REPO / "bench" / "space" / "builtin" / "mlp.yaml"))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2: one harness run each")
     p.add_argument("--harness-only", action="store_true")
     p.add_argument("--naive-only", action="store_true")
     p.add_argument("--record", action="store_true", help="append the table to benchmarks/RESULTS.md")
@@ -198,11 +203,13 @@ def main() -> None:
             folder.mkdir()
             rows["naive"] = run_naive(args.trials, args.space, args.seed, folder)
             print(json.dumps(rows["naive"]), flush=True)
-        if not args.naive_only:
-            folder = Path(tmp, "harness")
+        seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else [args.seed]
+        for seed in seeds if not args.naive_only else []:
+            name = "harness" if len(seeds) == 1 else f"harness seed {seed}"
+            folder = Path(tmp, f"harness-{seed}")
             folder.mkdir()
-            rows["harness"] = run_harness(args.trials, args.space, args.seed, folder, args.harness_args)
-            print(json.dumps(rows["harness"]), flush=True)
+            rows[name] = run_harness(args.trials, args.space, seed, folder, args.harness_args)
+            print(json.dumps(rows[name]), flush=True)
     text = table(rows, peak)
     print(text)
     if args.record:

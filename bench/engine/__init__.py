@@ -145,8 +145,16 @@ class Progress:
     state, value, the best so far and an estimate of the time left.
     """
 
-    def __init__(self, storage: str, batch: Batch, purposes: tuple[str, ...], maximize: bool,
-                 total: int, enabled: bool = True, stream=None):
+    def __init__(
+        self,
+        storage: str,
+        batch: Batch,
+        purposes: tuple[str, ...],
+        maximize: bool,
+        total: int,
+        enabled: bool = True,
+        stream=None,
+    ):
         self.storage, self.batch, self.purposes = storage, batch, purposes
         self.maximize, self.total, self.enabled = maximize, total, enabled
         self.stream = stream or sys.stderr
@@ -188,8 +196,13 @@ class Progress:
                     if bar is None:
                         from tqdm import tqdm
 
-                        bar = tqdm(total=self.total, desc="jobs", unit="job", file=self.stream,
-                                   dynamic_ncols=True)
+                        bar = tqdm(
+                            total=self.total,
+                            desc="jobs",
+                            unit="job",
+                            file=self.stream,
+                            dynamic_ncols=True,
+                        )
                     bar.n = len([j for j in done if j.state == DONE])
                     if best is not None:
                         bar.set_postfix_str(f"best {best:.4f}", refresh=False)

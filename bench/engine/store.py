@@ -98,7 +98,9 @@ class JobStore:
         try:
             self.engine = sa.create_engine(self.url, **kwargs)
         except (sa_exc.ArgumentError, ImportError, ValueError) as exc:
-            raise BenchError(f"--storage {redact(self.url)}: cannot open the job store ({exc})")
+            raise BenchError(
+                f"--storage {redact(self.url)}: cannot open the job store ({redact(exc)})"
+            ) from None
         if self.url.startswith("sqlite"):
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         self._create_tables()
@@ -394,4 +396,3 @@ def _job(row) -> Job:
 
 def with_config(spec: JobSpec, config: dict) -> JobSpec:
     return replace(spec, config=config)
-

@@ -137,7 +137,9 @@ class Worker:
                     lease.stop()
                 continue
             jobs = self.store.jobs(bid)
-            if any(j.state in (WAITING, RUNNING) or (j.state == DONE and not j.synced) for j in jobs):
+            if any(
+                j.state in (WAITING, RUNNING) or (j.state == DONE and not j.synced) for j in jobs
+            ):
                 time.sleep(1.0)  # a peer is still working; its job may yet come back
                 continue
             specs = self.design.next_jobs(jobs, self.space.train.max_epochs)
@@ -150,16 +152,15 @@ class Worker:
 
     def finish_batch(self, jobs: list[Job]) -> None:
         summary = self.design.summary(jobs)
-        if self.store.finish_batch(self.batch.id, summary):
-            if self.batch.parent_run_id:
-                metrics = {
-                    k: summary[k]
-                    for k in ("test_accuracy", "selection_score", "val_test_gap")
-                    if isinstance(summary.get(k), float)
-                }
-                if metrics:
-                    self.tracker.safe(self.tracker.log_metrics, self.batch.parent_run_id, metrics)
-                self.tracker.safe(self.tracker.end_run, self.batch.parent_run_id, "FINISHED")
+        if self.store.finish_batch(self.batch.id, summary) and self.batch.parent_run_id:
+            metrics = {
+                k: summary[k]
+                for k in ("test_accuracy", "selection_score", "val_test_gap")
+                if isinstance(summary.get(k), float)
+            }
+            if metrics:
+                self.tracker.safe(self.tracker.log_metrics, self.batch.parent_run_id, metrics)
+            self.tracker.safe(self.tracker.end_run, self.batch.parent_run_id, "FINISHED")
 
     # ------------------------------------------------------------ recovery
 
@@ -213,8 +214,10 @@ class Worker:
             job = jobs[job_id]
             if job.trial_number == t.number and job.state == RUNNING:
                 continue  # its job is alive (or will be reaped, which fails the trial)
-            if job.state == RUNNING and job.trial_number is None and not is_dead(
-                job.owner, job.lease_until
+            if (
+                job.state == RUNNING
+                and job.trial_number is None
+                and not is_dead(job.owner, job.lease_until)
             ):
                 continue  # the owner is between asking for the trial and recording it
             if job.trial_number != t.number or job.state != DONE:
@@ -247,7 +250,6 @@ class Worker:
             return self._run_register(job)
         live, config = self._configure(job)
         spec = self._train_spec(job)
-        s = self.batch.settings
         params = {
             **flat_config(config),
             **_train_params(spec),
@@ -435,8 +437,19 @@ class Worker:
         uri = job.spec.info["model_uri"]
         model = self.tracker.load_model(uri)
         loss, acc = evaluate(model, self.dataset)
-        out = JobResult(COMPLETED, job.spec.info.get("selection_score"), 0, 0, 0.0, 0, 0.0,
-                        job.spec.config or {}, test_accuracy=acc, test_loss=loss, model_uri=uri)
+        out = JobResult(
+            COMPLETED,
+            job.spec.info.get("selection_score"),
+            0,
+            0,
+            0.0,
+            0,
+            0.0,
+            job.spec.config or {},
+            test_accuracy=acc,
+            test_loss=loss,
+            model_uri=uri,
+        )
         with self.interrupts.critical():
             out.registered = self._register(job, out)
             if self.store.finish(job.id, self.token, DONE, out):
@@ -458,8 +471,11 @@ class Worker:
             elif state != "FAIL":
                 self._add_trial(job, state, value)
         if job.run_id and r is not None:
-            final = {"epochs_run": r.epochs_run, "train_seconds": r.train_seconds,
-                     "param_count": r.param_count}
+            final = {
+                "epochs_run": r.epochs_run,
+                "train_seconds": r.train_seconds,
+                "param_count": r.param_count,
+            }
             if r.value is not None and r.status == COMPLETED:
                 final[f"best_{self.space.metric}"] = r.value
             if r.test_accuracy is not None:
@@ -476,8 +492,9 @@ class Worker:
 
     def _add_trial(self, job: Job, state: str, value: float | None) -> None:
         ref = [self.batch.id, job.id]
-        if any(t.user_attrs.get(TRIAL_JOB) == ref and t.state != "FAIL"
-               for t in opt.trials(self.study)):
+        if any(
+            t.user_attrs.get(TRIAL_JOB) == ref and t.state != "FAIL" for t in opt.trials(self.study)
+        ):
             return  # added already (a sync that died after it)
         params = None
         if job.trial_number is not None:

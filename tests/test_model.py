@@ -10,9 +10,9 @@ import pytest
 keras = pytest.importorskip("keras")
 
 from bench.data import Split  # noqa: E402
-from bench.model import build_mlp, dense_flops, normalization_layer  # noqa: E402
-from bench.objective import COMPLETED, DIVERGED, PRUNED, train  # noqa: E402
 from bench.space import TrainSpec  # noqa: E402
+from bench.training.model import build_mlp, dense_flops, normalization_layer  # noqa: E402
+from bench.training.objective import COMPLETED, DIVERGED, PRUNED, train  # noqa: E402
 
 
 @pytest.fixture
@@ -143,3 +143,27 @@ def test_same_seed_same_result():
     a = train(_config(), SPEC, _split(), 2, seed=5)
     b = train(_config(), SPEC, _split(), 2, seed=5)
     assert a.history["loss"] == pytest.approx(b.history["loss"], rel=1e-5)
+
+
+def test_refit_without_validation_trains_the_fixed_epoch_count():
+    # a refit: every training image, no validation split, so no early stopping and no score;
+    # the learning-rate schedule may span the validation run's longer budget
+    s = _split()
+    full = Split(
+        np.concatenate([s.x_train, s.x_val]), np.concatenate([s.y_train, s.y_val]), None, None
+    )
+    spec = TrainSpec(
+        max_epochs=3,
+        patience=1,
+        min_delta=0.5,
+        validation_size=300,
+        steps_per_execution=4,
+        jit_compile=False,
+    )
+    result = train(_config(lr_schedule="cosine"), spec, full, 2, seed=0, schedule_epochs=9)
+    assert result.status == COMPLETED
+    assert result.epochs_run == 3 and result.best_epoch == 2  # min_delta 0.5 would stop a val run
+    assert math.isnan(result.value)
+    assert "val_loss" not in result.history
+    lr = result.history["learning_rate"]
+    assert lr[-1] < lr[0] and lr[-1] > 0.5 * lr[0]  # a third of a 9-epoch cosine: barely decayed

@@ -1,10 +1,10 @@
 """KerasTuner's Hyperband against the harness: same space, data split, model and wall-clock budget.
 
     pip install -e '.[bench-peers]'
-    for s in 0 1 2; do  # the harness's rows: search_speed.py prints them as JSON lines
-      python benchmarks/search_speed.py --trials 50 --harness-only --seed $s > reports/h-$s.txt
-    done
-    python benchmarks/peer_keras_tuner.py --seeds 0,1,2 --harness-json 'reports/h-{seed}.txt'
+    mkdir -p reports   # the harness's rows (search_speed.py prints them as JSON lines), tested
+    python benchmarks/search_speed.py --trials 50 --harness-only --seeds 0,1,2 -- --no-refit \\
+        > reports/h.txt  # like the peer: the chosen run's own model, no refit on all images
+    python benchmarks/peer_keras_tuner.py --seeds 0,1,2 --harness-json reports/h.txt
     python benchmarks/peer_keras_tuner.py --dataset digits --budget-seconds 30 --seeds 0   # smoke
 
 The peer is what a careful KerasTuner user would write for this task: ``kt.Hyperband`` (max 36
@@ -29,9 +29,9 @@ so distinct configurations are counted too), epochs, wall time, best validation 
 best model's test accuracy, and the first time any epoch reached validation accuracy 0.88 and
 0.89 (measured at the end of that epoch; ``search_speed.py`` estimates the same from per-epoch
 means). Writes everything as JSON (``--out``) and prints a side-by-side table with the harness's
-rows, read from ``--harness-json``: a JSON object with ``search_speed.py``'s row keys, a
-``{seed: row}`` object, or ``search_speed.py``'s saved stdout; ``{seed}`` in the path is replaced
-by each seed.
+rows, read from ``--harness-json``: ``search_speed.py``'s saved stdout (its rows are matched to
+``--seeds`` in order), a JSON object with its row keys, or a ``{seed: row}`` object; ``{seed}``
+in the path is replaced by each seed, for one file per seed.
 """
 
 from __future__ import annotations
@@ -255,22 +255,41 @@ def run_seed(args, seed: int, clock_start: float) -> dict:
 # ---------------------------------------------------------------- the harness's rows
 
 
-def harness_row(path_pattern: str, seed: int) -> dict | None:
-    """The harness's row for ``seed`` from ``search_speed.py``'s JSON (see the module doc)."""
-    path = Path(path_pattern.replace("{seed}", str(seed)))
-    if not path.is_file():
-        return None
+def harness_rows(path_pattern: str, seeds: list[int]) -> dict[int, dict | None]:
+    """The harness's row per seed from ``search_speed.py``'s output (see the module doc).
+
+    ``search_speed.py --seeds 0,1,2`` prints one harness row per seed, in order and without the
+    seed, so several rows in one file are matched to ``seeds`` by position (rows that carry a
+    ``seed``, as in a ``{seed: row}`` file, by that): give both scripts the same seeds.
+    """
+    found: dict[int, dict | None] = {}
+    for i, seed in enumerate(seeds):
+        path = Path(path_pattern.replace("{seed}", str(seed)))
+        rows = _rows_in(path) if path.is_file() else []
+        by_seed = {r["seed"]: r for r in rows if isinstance(r.get("seed"), int)}
+        if by_seed:
+            found[seed] = by_seed.get(seed)
+        elif "{seed}" in path_pattern:
+            found[seed] = rows[-1] if rows else None
+        else:
+            found[seed] = rows[i] if i < len(rows) else None
+    return found
+
+
+def _rows_in(path: Path) -> list[dict]:
+    """Harness rows in a file: a row, ``{seed: row}``, or saved stdout with JSON lines."""
     text = path.read_text(encoding="utf-8")
     try:
         data = json.loads(text)
     except json.JSONDecodeError:  # saved stdout: the JSON lines among the others
         rows = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
-        # search_speed.py prints the naive row before the harness's, which alone counts pruned
-        rows = [r for r in rows if "pruned" in r] or rows[-1:]
-        return rows[-1] if rows else None
-    if isinstance(data, dict) and "trials" not in data:
-        data = data.get(str(seed), data.get("harness"))
-    return data if isinstance(data, dict) else None
+        # the naive row comes first; only harness rows count pruned trials
+        return [r for r in rows if "pruned" in r] or rows[-1:]
+    if isinstance(data, dict) and "trials" in data:
+        return [data]
+    if isinstance(data, dict):
+        return [{**row, "seed": int(key)} for key, row in data.items() if key.isdigit() and row]
+    return []
 
 
 # ---------------------------------------------------------------- the table
@@ -385,9 +404,7 @@ def main(argv=None) -> None:
         row = run_seed(args, args.one_seed, args.clock_start or time.time())
         Path(args.out).write_text(json.dumps(row), encoding="utf-8")
         return
-    harness = (
-        {s: harness_row(args.harness_json, s) for s in args.seed_list} if args.harness_json else {}
-    )
+    harness = harness_rows(args.harness_json, args.seed_list) if args.harness_json else {}
     for seed in [s for s, row in harness.items() if row is None]:
         print(f"no harness row for seed {seed} in {args.harness_json}", file=sys.stderr)
     peer: dict[int, dict] = {}

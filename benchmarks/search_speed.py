@@ -208,7 +208,8 @@ def main() -> None:
             name = "harness" if len(seeds) == 1 else f"harness seed {seed}"
             folder = Path(tmp, f"harness-{seed}")
             folder.mkdir()
-            rows[name] = run_harness(args.trials, args.space, seed, folder, args.harness_args)
+            rows[name] = {"seed": seed, **run_harness(args.trials, args.space, seed, folder,
+                                                      args.harness_args)}
             print(json.dumps(rows[name]), flush=True)
     text = table(rows, peak)
     print(text)

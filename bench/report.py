@@ -1,9 +1,11 @@
-"""``python -m bench.report``: a study's tables, plots and ``report.md``, from the Optuna storage.
+"""``python -m bench.report``: a study's tables, plots and ``report.md``, from its storage.
 
 Everything shown comes from the trials' user attributes (``bench.config``, ``bench.history``, ...)
-and the study's (``bench.batch``, ``bench.confusion_matrix``, ``bench.finalized``), so a report
-takes seconds and never imports TensorFlow. Only ``--finalize`` trains (see :mod:`bench.finalize`).
-The files are also logged as artifacts of the study's parent MLflow run.
+and the job store's batches (search, re-evaluation and ablation summaries), so a report takes
+seconds and never imports TensorFlow. When the study has a finished ablation (``bench.ablate``),
+the report leads with its "What matters" section and forest plot. Only ``--reevaluate``
+(alias ``--finalize``) trains, through :mod:`bench.reevaluate`. The files are also logged as
+artifacts of the study's latest search parent MLflow run.
 """
 
 from __future__ import annotations
@@ -16,48 +18,60 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench.errors import EXIT_OK, EXIT_USAGE, BenchError, redact
-from bench.finalize import FINALIZED_ATTR, finalized_tables, parent_run
 
 if TYPE_CHECKING:
     import optuna
     import pandas as pd
 
+    from bench.records import Batch
+
 _FINISHED = ("COMPLETE", "PRUNED")
+ADAPTIVE = (
+    "from an adaptive search — levels were tried unequally and with different partners; use "
+    "bench.ablate for controlled effects"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from bench.cli import Parser, positive_int
+    from bench.cli import Parser, bounded_int, positive_int
 
-    p = Parser(prog="python -m bench.report",
-                description="Tables, plots and report.md of a study; --finalize retrains the "
-                            "top configurations with several seeds and registers the champion.")
+    p = Parser(
+        prog="python -m bench.report",
+        description="Tables, plots and report.md of a study, led by 'What matters' when "
+        "it has an ablation; --reevaluate retrains the top configurations "
+        "with several seeds first.",
+    )
     p.add_argument("--study-name", help="the study (default: the storage's only study)")
-    p.add_argument("--storage", help="Optuna storage: journal file or database URL (default "
-                                     "optuna-studies.log)")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default MLFLOW_TRACKING_URI or "
-                                          "sqlite:///mlflow.db)")
+    p.add_argument(
+        "--storage",
+        help="Optuna storage: journal file or database URL (default optuna-studies.log)",
+    )
+    p.add_argument(
+        "--tracking-uri",
+        help="MLflow tracking URI (default MLFLOW_TRACKING_URI or sqlite:///mlflow.db)",
+    )
     p.add_argument("--out", help="output folder (default reports/<study>/)")
-    p.add_argument("--top-k", type=positive_int, default=3,
-                   help="trials listed first, plotted as learning curves and finalized (default 3)")
+    p.add_argument(
+        "--top-k",
+        type=positive_int,
+        default=3,
+        help="trials listed first, plotted as learning curves and re-evaluated (default 3)",
+    )
     p.add_argument("--no-mlflow", action="store_true", help="do not log the report to MLflow")
-    f = p.add_argument_group("--finalize (retrains: imports TensorFlow)")
-    f.add_argument("--finalize", action="store_true",
-                   help="retrain the top-k configurations with --seeds seeds each, score them on "
-                        "the test set, register the best mean as the champion")
-    f.add_argument("--seeds", type=positive_int, default=3,
-                   help="seeds per configuration (default 3)")
-    f.add_argument("--dataset", help="the study's dataset (default: the one its search used, as "
-                                     "recorded in the study, else fashion-mnist)")
-    f.add_argument("--data-dir", help="folder with the dataset's IDX files (default: the search's)")
-    f.add_argument("--space", help="the study's search-space file (default: the search's, else "
-                                   "search_spaces/mlp.yaml)")
-    f.add_argument("--max-epochs", type=positive_int,
-                   help="override train.max_epochs (default: what the search used, from its "
-                        "parent run, else the space file's)")
-    f.add_argument("--seed", type=int, help="the search's --seed, which picked the validation "
-                                            "split (default: from its parent run, else 0)")
-    f.add_argument("--model-name", help="registered model name (default: the search's, else "
-                                        "<dataset>-mlp)")
+    f = p.add_argument_group("--reevaluate (retrains: imports TensorFlow)")
+    f.add_argument(
+        "--reevaluate",
+        "--finalize",
+        dest="reevaluate",
+        action="store_true",
+        help="first run python -m bench.reevaluate: retrain the top-k configurations "
+        "with --seeds seeds each and choose by their mean validation score",
+    )
+    f.add_argument(
+        "--seeds", type=bounded_int(2, 20), default=3, help="seeds per configuration (default 3)"
+    )
+    f.add_argument("--jobs", type=bounded_int(1, 256), help="worker processes (default: per CPU)")
+    f.add_argument("--quiet", action="store_true", help="no progress output while retraining")
     return p
 
 
@@ -77,30 +91,44 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def open_study(storage_url: str | None, name: str | None) -> optuna.Study:
-    """Load ``name``, or the storage's only study (claim markers do not count).
+    """Load ``name``, or the storage's only study.
 
     Raises:
         BenchError: no storage, no such study, or several studies and no ``name``.
     """
-    import optuna
+    from bench import optuna_adapter as opt
 
-    from bench import study as st
-
-    url = storage_url or st.DEFAULT_STORAGE
-    if st.is_journal(url) and not Path(url).is_file():
-        raise BenchError(f"--storage {redact(url)}: no such journal file; run bench.search first "
-                         "or point --storage at the study's storage")
-    storage = st.make_storage(url)
-    names = sorted(n for n in optuna.get_all_study_names(storage) if st.CLAIM_SEP not in n)
+    url = storage_url or opt.DEFAULT_STORAGE
+    if opt.is_journal(url) and not Path(url).is_file():
+        raise BenchError(
+            f"--storage {redact(url)}: no such journal file; run bench.search first "
+            "or point --storage at the study's storage"
+        )
+    names = sorted(opt.study_names(url))
     if name is None:
         if len(names) != 1:
-            raise BenchError(f"--study-name is required: {redact(url)} holds {len(names)} studies "
-                             f"({', '.join(names) or 'none'})")
+            raise BenchError(
+                f"--study-name is required: {redact(url)} holds {len(names)} studies "
+                f"({', '.join(names) or 'none'})"
+            )
         name = names[0]
     elif name not in names:
-        raise BenchError(f"--study-name {name!r}: not in {redact(url)}; it holds "
-                         f"{', '.join(names) or 'no study'}")
-    return optuna.load_study(study_name=name, storage=storage)
+        raise BenchError(
+            f"--study-name {name!r}: not in {redact(url)}; it holds "
+            f"{', '.join(names) or 'no study'}"
+        )
+    return opt.load_study(name, url)
+
+
+def job_store(storage_url: str | None):
+    """The storage's job store, or None when it has none (a report never creates one)."""
+    from bench import optuna_adapter as opt
+    from bench.engine.store import JobStore, store_url
+
+    url = store_url(storage_url or opt.DEFAULT_STORAGE)
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        return None
+    return JobStore(storage_url or opt.DEFAULT_STORAGE)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -108,20 +136,41 @@ def _run(args: argparse.Namespace) -> int:
     from bench.tracking import resolve_uri
 
     uri = resolve_uri(args.tracking_uri)
-    if args.finalize:
-        from bench.finalize import options_from_args, run
+    if args.reevaluate:
+        from bench import reevaluate
 
-        run(study, options_from_args(args, uri))
+        argv = [
+            "--study-name",
+            study.study_name,
+            "--top-k",
+            str(args.top_k),
+            "--seeds",
+            str(args.seeds),
+        ]
+        for flag, value in (
+            ("--storage", args.storage),
+            ("--tracking-uri", args.tracking_uri),
+            ("--jobs", args.jobs),
+        ):
+            if value is not None:
+                argv += [flag, str(value)]
+        if args.quiet:
+            argv.append("--quiet")
+        code = reevaluate.main(argv)
+        if code != EXIT_OK:
+            return code
     out = Path(args.out or Path("reports") / study.study_name.replace(os.sep, "_"))
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise BenchError(f"--out {out}: cannot create the folder ({exc.strerror})") from None
-    report = build(study, out, args.top_k)
+    store = job_store(args.storage)
+    batches = store.batches(study.study_name) if store is not None else []
+    report = build(study, out, args.top_k, batches)
     print(report.text)
     print(f"\nwrote {out / 'report.md'} and {len(report.images)} plot(s) to {out}/")
     if not args.no_mlflow:
-        where = log_artifacts(study, uri, out, report.files)
+        where = log_artifacts(batches, uri, report.files)
         print(where, file=sys.stderr if where.startswith("not logged") else sys.stdout)
     return EXIT_OK
 
@@ -139,33 +188,62 @@ def _fmt_list(values: Any, sep: str = "-") -> str:
     return "" if values is None else str(values)
 
 
-def trials_frame(study: optuna.Study, top_k: int) -> pd.DataFrame:
-    """Every trial, one row each: the completed ones best first, then the rest by number."""
+def value_at(trial: optuna.trial.FrozenTrial, epoch: int, metric: str) -> float | None:
+    """A trial's validation value at epoch index ``epoch``: its reported intermediate value, else
+    its recorded history; None when the trial stopped earlier."""
+    value = trial.intermediate_values.get(epoch)
+    if value is None:
+        history = (trial.user_attrs.get("bench.history") or {}).get(metric) or []
+        value = history[epoch] if 0 <= epoch < len(history) else None
+    return None if value is None or value != value else float(value)
+
+
+def trials_frame(study: optuna.Study, top_k: int, budget: int = 2) -> pd.DataFrame:
+    """Every trial, one row each: the completed ones best first, then the rest by number.
+
+    ``at_budget`` is each trial's validation value after ``budget`` epochs (the pruner's first
+    rung, which every finished trial reached): a comparison at equal training budget.
+    """
     import pandas as pd
 
     sign = -1 if study.direction.name == "MAXIMIZE" else 1
     rows = []
     for t in study.get_trials(deepcopy=False):
         c, a = t.user_attrs.get("bench.config") or {}, t.user_attrs
-        rows.append({
-            "trial": t.number, "state": t.state.name,
-            "baseline": (a.get("bench.baseline") or {}).get("name", ""),
-            "normalization": c.get("normalization", ""), "layers": c.get("n_layers"),
-            "units": _fmt_list(c.get("units")), "dropout": _fmt_list(c.get("dropout")),
-            "l2": c.get("l2"), "optimizer": c.get("optimizer", ""), "lr": c.get("learning_rate"),
-            "schedule": c.get("lr_schedule", ""), "batch": c.get("batch_size"),
-            metric_name(study): t.value, "epochs": a.get("bench.epochs"),
-            "seconds": a.get("bench.train_seconds"), "note": str(a.get("bench.reason", ""))[:60],
-        })
+        rows.append(
+            {
+                "trial": t.number,
+                "state": t.state.name,
+                "baseline": (a.get("bench.baseline") or {}).get("name", ""),
+                "normalization": c.get("normalization", ""),
+                "layers": c.get("n_layers"),
+                "units": _fmt_list(c.get("units")),
+                "dropout": _fmt_list(c.get("dropout")),
+                "l2": c.get("l2"),
+                "optimizer": c.get("optimizer", ""),
+                "lr": c.get("learning_rate"),
+                "schedule": c.get("lr_schedule", ""),
+                "batch": c.get("batch_size"),
+                metric_name(study): t.value,
+                "at_budget": value_at(t, budget - 1, metric_name(study)),
+                "epochs": a.get("bench.epochs"),
+                "seconds": a.get("bench.train_seconds"),
+                "note": str(a.get("bench.reason", ""))[:60],
+            }
+        )
     frame = pd.DataFrame(rows, columns=None if rows else ["trial", "state", metric_name(study)])
     if frame.empty:
         return frame
     done = frame["state"] == "COMPLETE"
-    frame["_key"] = [sign * v if d else math.inf
-                     for v, d in zip(frame[metric_name(study)], done, strict=True)]
+    frame["_key"] = [
+        sign * v if d else math.inf for v, d in zip(frame[metric_name(study)], done, strict=True)
+    ]
     frame = frame.sort_values(["_key", "trial"]).drop(columns="_key").reset_index(drop=True)
-    frame.insert(0, "rank", [str(i + 1) if d and i < top_k else "" for i, d in
-                             enumerate(frame["state"] == "COMPLETE")])
+    frame.insert(
+        0,
+        "rank",
+        [str(i + 1) if d and i < top_k else "" for i, d in enumerate(frame["state"] == "COMPLETE")],
+    )
     return frame
 
 
@@ -173,17 +251,38 @@ def ablation(frame: pd.DataFrame, by: str, metric: str, maximize: bool) -> pd.Da
     """Best and median of the metric over completed trials, and trial counts, per value of ``by``.
 
     ``finished`` counts completed and pruned trials: a value whose trials were all pruned still
-    gets a row (with no best), which is itself an answer.
+    gets a row (with no best), which is itself an answer. Beside the final values,
+    ``best_eq_budget`` and ``median_eq_budget`` are over every finished trial's value at equal
+    budget (the frame's ``at_budget`` column), where pruned trials count as much as completed ones.
     """
     import pandas as pd
 
     finished = frame[frame["state"].isin(_FINISHED) & frame[by].notna() & (frame[by] != "")]
     done = finished[finished["state"] == "COMPLETE"]
     stats = done.groupby(by)[metric].agg(best="max" if maximize else "min", median="median")
-    table = pd.concat([stats, done.groupby(by)["trial"].count().rename("completed"),
-                       finished.groupby(by)["trial"].count().rename("finished")], axis=1)
+    parts = [stats]
+    if "at_budget" in frame.columns:
+        reached = finished[finished["at_budget"].notna()]
+        budget = reached.groupby(by)["at_budget"].agg(
+            best_eq_budget="max" if maximize else "min", median_eq_budget="median"
+        )
+        parts.append(budget)
+    table = pd.concat(
+        [
+            *parts,
+            done.groupby(by)["trial"].count().rename("completed"),
+            finished.groupby(by)["trial"].count().rename("finished"),
+        ],
+        axis=1,
+    )
     table["completed"] = table["completed"].fillna(0).astype(int)
     table.index.name = by
+    order = [
+        c
+        for c in ("best", "best_eq_budget", "median", "median_eq_budget", "completed", "finished")
+        if c in table.columns
+    ]
+    table = table[order]
     return table.sort_values("best", ascending=not maximize, na_position="last").reset_index()
 
 
@@ -198,15 +297,25 @@ def baselines_frame(study: optuna.Study) -> pd.DataFrame | None:
             continue
         pub, got = b.get("published_test_accuracy"), t.user_attrs.get("bench.test_accuracy")
         diff = got - pub if pub is not None and got is not None else None
-        rows.append({"baseline": b.get("name"), "trial": t.number, "state": t.state.name,
-                     "published": pub, "reproduced": got, "difference": diff,
-                     "within_1pt": "" if diff is None else ("yes" if abs(diff) <= 0.01 else "no"),
-                     metric_name(study): t.value, "epochs": t.user_attrs.get("bench.epochs")})
+        rows.append(
+            {
+                "baseline": b.get("name"),
+                "trial": t.number,
+                "state": t.state.name,
+                "published": pub,
+                "reproduced": got,
+                "difference": diff,
+                "within_1pt": "" if diff is None else ("yes" if abs(diff) <= 0.01 else "no"),
+                metric_name(study): t.value,
+                "epochs": t.user_attrs.get("bench.epochs"),
+            }
+        )
     return pd.DataFrame(rows) if rows else None
 
 
 def _md(frame: pd.DataFrame) -> str:
     """A GitHub markdown table (pandas' to_markdown needs the optional tabulate package)."""
+
     def cell(v: Any) -> str:
         if v is None or (isinstance(v, float) and math.isnan(v)):
             return ""
@@ -215,8 +324,10 @@ def _md(frame: pd.DataFrame) -> str:
 
     head = [str(c) for c in frame.columns]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |"
-              for row in frame.astype(object).itertuples(index=False)]
+    lines += [
+        "| " + " | ".join(cell(v) for v in row) + " |"
+        for row in frame.astype(object).itertuples(index=False)
+    ]
     return "\n".join(lines)
 
 
@@ -235,53 +346,167 @@ class Report:
         self.images: list[tuple[str, Path]] = []
         self.notes: list[str] = []
         self.files: list[Path] = []
+        self.lead: list[tuple[str, str]] = []  # (text, markdown) shown before every section
 
     @property
     def text(self) -> str:
-        parts = [f"== {title}\n{body if isinstance(body, str) else _text(body)}"
-                 for title, body in self.sections]
+        parts = [f"== {text}" for text, _ in self.lead]
+        parts += [
+            f"== {title}\n{body if isinstance(body, str) else _text(body)}"
+            for title, body in self.sections
+        ]
         parts += [f"note: {n}" for n in self.notes]
         return "\n\n".join(parts)
 
     def markdown(self, study_name: str) -> str:
-        parts = [f"# Benchmark report: {study_name}"]
+        parts = [f"# Benchmark report: {study_name}", *(md.rstrip() for _, md in self.lead)]
         for title, body in self.sections:
             parts.append(f"## {title}\n\n{body if isinstance(body, str) else _md(body)}")
         if self.images:
-            parts.append("## Plots\n\n" + "\n\n".join(f"### {t}\n\n![{t}]({p.name})"
-                                                      for t, p in self.images))
+            parts.append(
+                "## Plots\n\n" + "\n\n".join(f"### {t}\n\n![{t}]({p.name})" for t, p in self.images)
+            )
         if self.notes:
             parts.append("## Notes\n\n" + "\n".join(f"- {n}" for n in self.notes))
         return "\n\n".join(parts) + "\n"
 
 
-def build(study: optuna.Study, out: Path, top_k: int) -> Report:
-    """Compute every table and plot of ``study``, write them and ``report.md`` into ``out``."""
+def _done(batches: list[Batch], *designs: str) -> list[Batch]:
+    return [b for b in batches if b.design in designs and b.state == "done"]
+
+
+def equal_budget(batches: list[Batch]) -> int:
+    """Epochs of the first pruning rung (the pruner's ``min_resource``) of the study's latest
+    search space; every finished trial reached it. The default pruner's when unknown."""
+    from bench.space import PrunerSpec, load_space
+
+    searches = [b for b in batches if b.design == "search"]
+    if searches:
+        try:
+            return load_space(searches[-1].settings["space"]).pruner.min_resource
+        except (BenchError, KeyError, TypeError):
+            pass
+    return PrunerSpec().min_resource
+
+
+def what_matters(report: Report, batches: list[Batch], out: Path) -> None:
+    """Lead the report with the latest finished ablation's "What matters" and its forest plot."""
+    from bench.ablate import results_of
+    from bench.results import what_matters as wm
+
+    done = _done(batches, "ablation")
+    if not done:
+        return
+    batch = done[-1]
+    summary = batch.summary or {}
+    results = results_of(summary) if not summary.get("error") else []
+    source = batch.settings.get("base_source", "the base configuration")
+    head = (
+        f"controlled ablation (batch {batch.number}, around {source}; "
+        f"{summary.get('finished', 0)} jobs finished, {summary.get('failed', 0)} failed)"
+    )
+    if not results:
+        why = summary.get("error") or "no completed cell to compare"
+        report.lead.append(
+            (
+                f"What matters\n{head}: no analysis: {why}",
+                f"## What matters\n\n{head}: no analysis: {why}",
+            )
+        )
+        return
+    text = wm.text(results).split("\n", 1)[1]
+    md = wm.markdown(results).split("\n", 1)[1]
+    try:
+        plot = wm.forest_plot(results, out / "what_matters.png")
+    except Exception as exc:  # noqa: BLE001 - the numbers are the report; the plot is a view
+        report.notes.append(f"What matters forest plot: skipped, {str(exc)[:160]}")
+        plot = None
+    if plot is not None:
+        report.images.insert(0, ("What matters: each level minus the base", plot))
+        md = md.rstrip() + f"\n\n![What matters]({plot.name})\n"
+    report.lead.append((f"What matters\n{head}\n{text}", f"## What matters\n\n{head}.\n{md}"))
+
+
+def reeval_frame(batches: list[Batch]) -> pd.DataFrame | None:
+    """The latest re-evaluation rows (mean validation and test accuracy over seeds), if any."""
+    import pandas as pd
+
+    for b in reversed(_done(batches, "reeval", "search")):
+        rows = (b.summary or {}).get("reeval")
+        if rows:
+
+            def ci(pair):
+                pair = pair or [None, None]
+                return "" if pair[0] is None else f"[{pair[0]:.4f}, {pair[1]:.4f}]"
+
+            return pd.DataFrame(
+                [
+                    {
+                        "source": r.get("source"),
+                        "seeds": r.get("seeds"),
+                        "val_mean": r.get("val_mean"),
+                        "val_95ci": ci(r.get("val_ci")),
+                        "test_mean": r.get("test_mean"),
+                        "test_95ci": ci(r.get("test_ci")),
+                    }
+                    for r in rows
+                ]
+            ).sort_values("val_mean", ascending=False, na_position="last")
+    return None
+
+
+def build(study: optuna.Study, out: Path, top_k: int, batches: list[Batch] | None = None) -> Report:
+    """Compute every table and plot of ``study``, write them and ``report.md`` into ``out``.
+
+    Args:
+        study: The Optuna study.
+        out: The folder to write into.
+        top_k: Trials ranked first and drawn as learning curves.
+        batches: The study's batches from the job store (ablation and re-evaluation summaries).
+    """
+    batches = batches or []
     report = Report()
+    what_matters(report, batches, out)
     metric, maximize = metric_name(study), study.direction.name == "MAXIMIZE"
-    frame = trials_frame(study, top_k)
+    budget = equal_budget(batches)
+    frame = trials_frame(study, top_k, budget)
     counts = frame["state"].value_counts().to_dict() if not frame.empty else {}
-    summary = f"study '{study.study_name}': {len(frame)} trials " + \
-        ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))
+    summary = f"study '{study.study_name}': {len(frame)} trials " + ", ".join(
+        f"{n} {s.lower()}" for s, n in sorted(counts.items())
+    )
     done = frame[frame["state"] == "COMPLETE"] if not frame.empty else frame
     if not done.empty:
         best = done.iloc[0]
         summary += f"; best {metric} {best[metric]:.4f} (trial {best['trial']})"
-    report.sections.append(("Summary", summary + ". Ablations count every finished trial, "
-                            "baseline rows included; the median is over completed ones."))
+    report.sections.append(
+        (
+            "Summary",
+            summary + f". at_budget is each trial's {metric} after {budget} epoch(s), the first "
+            "pruning rung, which every finished trial reached.",
+        )
+    )
     report.sections.append((f"Trials (top {top_k} ranked first)", frame))
     if not done.empty:
-        for by, label in (("normalization", "normalization"), ("optimizer", "optimizer"),
-                          ("layers", "depth (hidden layers)")):
-            report.sections.append((f"Ablation by {label}", ablation(frame, by, metric, maximize)))
+        for by, label in (
+            ("normalization", "normalization"),
+            ("optimizer", "optimizer"),
+            ("layers", "depth (hidden layers)"),
+        ):
+            report.sections.append(
+                (
+                    f"Ablation by {label}, {ADAPTIVE}. best/median: final {metric} of completed "
+                    f"trials; *_eq_budget: every finished trial's {metric} after {budget} epoch(s)",
+                    ablation(frame, by, metric, maximize),
+                )
+            )
     baselines = baselines_frame(study)
     if baselines is not None:
         report.sections.append(("Baselines: published vs reproduced test accuracy", baselines))
-    record = study.user_attrs.get(FINALIZED_ATTR)
-    if record:
-        line, table = finalized_tables(record)
-        report.sections.append(("Finalized champion", line))
-        report.sections.append(("Finalized configurations (test accuracy over seeds)", table))
+    reeval = reeval_frame(batches)
+    if reeval is not None:
+        report.sections.append(
+            ("Re-evaluated configurations (mean over seeds; chosen by validation only)", reeval)
+        )
     from bench.results.plots import draw_plots
 
     images, notes = draw_plots(study, frame, out, top_k)
@@ -293,11 +518,15 @@ def build(study: optuna.Study, out: Path, top_k: int) -> Report:
     return report
 
 
-def log_artifacts(study: optuna.Study, uri: str, out: Path, files: list[Path]) -> str:
-    """Log the report files to the study's parent MLflow run; returns a line saying where."""
-    parent, _, experiment, why = parent_run(study, uri)
-    if parent is None:
-        return f"not logged to MLflow: {why}"
+def log_artifacts(batches: list[Batch], uri: str, files: list[Path]) -> str:
+    """Log the report files to the study's latest search parent run (else its latest ablation's);
+    returns a line saying where."""
+    runs = [b for b in batches if b.design == "search" and b.parent_run_id]
+    runs = runs or [b for b in batches if b.design == "ablation" and b.parent_run_id]
+    if not runs:
+        return "not logged to MLflow: the study has no parent run (no search batch in its store)"
+    parent = runs[-1].parent_run_id
+    experiment = runs[-1].settings.get("experiment") or "Default"
     from bench.tracking import Tracker
 
     try:

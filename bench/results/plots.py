@@ -22,8 +22,13 @@ def _search_view(study: optuna.Study) -> optuna.Study:
     import optuna
 
     view = optuna.create_study(direction=study.direction, study_name=study.study_name)
-    view.add_trials([t for t in study.get_trials(deepcopy=False)
-                     if t.distributions and t.state.name in _FINISHED])
+    view.add_trials(
+        [
+            t
+            for t in study.get_trials(deepcopy=False)
+            if t.distributions and t.state.name in _FINISHED
+        ]
+    )
     return view
 
 
@@ -62,8 +67,11 @@ def _wall_time(study: optuna.Study, metric: str, maximize: bool):
     ax.scatter(series.index, series.values, s=12, color="tab:blue", alpha=0.6, label="trial")
     best = series.cummax() if maximize else series.cummin()
     best.plot(ax=ax, drawstyle="steps-post", color="tab:red", label="best so far")
-    ax.set(xlabel="wall time since the first trial started (minutes)", ylabel=metric,
-           title="Best so far against wall time")
+    ax.set(
+        xlabel="wall time since the first trial started (minutes)",
+        ylabel=metric,
+        title="Best so far against wall time",
+    )
     ax.legend()
     return ax
 
@@ -86,8 +94,13 @@ def _learning_curves(study: optuna.Study, frame: pd.DataFrame, top_k: int):
         for ax, key in zip(axes, ("loss", "accuracy"), strict=True):
             for col, style in ((key, "-"), (f"val_{key}", "--")):
                 if col in curves:
-                    curves[col].plot(ax=ax, style=style, color=f"C{i}", marker=".",
-                                     label=f"trial {n} {'val' if style == '--' else 'train'}")
+                    curves[col].plot(
+                        ax=ax,
+                        style=style,
+                        color=f"C{i}",
+                        marker=".",
+                        label=f"trial {n} {'val' if style == '--' else 'train'}",
+                    )
     for ax, key in zip(axes, ("loss", "accuracy"), strict=True):
         ax.set(xlabel="epoch", ylabel=key, title=f"{key}: train (solid) and validation (dashed)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -107,15 +120,17 @@ def _confusion(study: optuna.Study):
     matrix = np.asarray(cm["matrix"])
     _, ax = plt.subplots(figsize=(8, 7))
     ConfusionMatrixDisplay(matrix, display_labels=cm["classes"]).plot(
-        ax=ax, cmap="Blues", xticks_rotation=45, colorbar=False)
+        ax=ax, cmap="Blues", xticks_rotation=45, colorbar=False
+    )
     acc = np.trace(matrix) / max(1, matrix.sum())
     ax.grid(False)
     ax.set_title(f"Champion (trial {cm['trial']}) on the test set: accuracy {acc:.4f}")
     return ax
 
 
-def draw_plots(study: optuna.Study, frame: pd.DataFrame, out: Path,
-               top_k: int) -> tuple[list[tuple[str, Path]], list[str]]:
+def draw_plots(
+    study: optuna.Study, frame: pd.DataFrame, out: Path, top_k: int
+) -> tuple[list[tuple[str, Path]], list[str]]:
     """Write each plot as a PNG into ``out``; a plot the study cannot support becomes a note.
 
     Args:
@@ -140,26 +155,64 @@ def draw_plots(study: optuna.Study, frame: pd.DataFrame, out: Path,
     view = _search_view(study)
     common = _common_params(view)
     n_search = len(view.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-    few = (f"needs >= 2 completed sampled trials with varying parameters (has {n_search})"
-           if n_search < 2 or not common else None)
+    few = (
+        f"needs >= 2 completed sampled trials with varying parameters (has {n_search})"
+        if n_search < 2 or not common
+        else None
+    )
     fanova = FanovaImportanceEvaluator(seed=0)  # seeded: the same study, the same picture
     plots = [  # (title, file, draw, figure size or None, why it cannot be drawn or None)
-        ("Optimization history", "history.png",
-         lambda: ov.plot_optimization_history(study, target_name=metric), (8, 4.5), None),
-        ("Best so far against wall time", "wall_time.png",
-         lambda: _wall_time(study, metric, maximize), None, None),
-        ("Parameter importances (fANOVA)", "importances.png",
-         lambda: ov.plot_param_importances(view, evaluator=fanova, params=common,
-                                            target_name=metric), (8, 4.5), few),
-        ("Parallel coordinates", "parallel.png",
-         lambda: ov.plot_parallel_coordinate(view, params=common, target_name=metric), (12, 5),
-         few),
-        ("Slices", "slice.png", lambda: ov.plot_slice(view, params=common, target_name=metric),
-         (3.2 * max(1, len(common)), 3.6), few),
-        (f"Learning curves of the top {top_k}", "learning_curves.png",
-         lambda: _learning_curves(study, frame, top_k), None, None),
-        ("Champion confusion matrix (test set)", "confusion_matrix.png",
-         lambda: _confusion(study), None, None),
+        (
+            "Optimization history",
+            "history.png",
+            lambda: ov.plot_optimization_history(study, target_name=metric),
+            (8, 4.5),
+            None,
+        ),
+        (
+            "Best so far against wall time",
+            "wall_time.png",
+            lambda: _wall_time(study, metric, maximize),
+            None,
+            None,
+        ),
+        (
+            "Parameter importances (fANOVA)",
+            "importances.png",
+            lambda: ov.plot_param_importances(
+                view, evaluator=fanova, params=common, target_name=metric
+            ),
+            (8, 4.5),
+            few,
+        ),
+        (
+            "Parallel coordinates",
+            "parallel.png",
+            lambda: ov.plot_parallel_coordinate(view, params=common, target_name=metric),
+            (12, 5),
+            few,
+        ),
+        (
+            "Slices",
+            "slice.png",
+            lambda: ov.plot_slice(view, params=common, target_name=metric),
+            (3.2 * max(1, len(common)), 3.6),
+            few,
+        ),
+        (
+            f"Learning curves of the top {top_k}",
+            "learning_curves.png",
+            lambda: _learning_curves(study, frame, top_k),
+            None,
+            None,
+        ),
+        (
+            "Champion confusion matrix (test set)",
+            "confusion_matrix.png",
+            lambda: _confusion(study),
+            None,
+            None,
+        ),
     ]
     images, notes = [], []
     for title, name, draw, size, skip in plots:
@@ -177,4 +230,3 @@ def draw_plots(study: optuna.Study, frame: pd.DataFrame, out: Path,
             continue
         images.append((title, out / name))
     return images, notes
-

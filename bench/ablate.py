@@ -1,0 +1,599 @@
+"""``python -m bench.ablate``: a controlled, seeded one-factor-at-a-time study around a base.
+
+Every factor (a parameter the space searches) is varied alone around a base configuration (the
+study's champion by default), and every cell trains with the same seeds, the full epoch budget,
+early stopping and no pruning. Cells are jobs on the engine's workers, so an ablation runs in
+parallel (``--jobs``), resumes after Ctrl-C or a kill, and is tracked as one MLflow parent run with
+a nested run per cell x seed. The outcome is "What matters": paired differences to the base with
+confidence intervals, in words (:mod:`bench.results.what_matters`).
+
+Everything a user can get wrong is checked before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+from bench.cli import Parser, bounded_int
+from bench.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, BenchError, redact
+
+log = logging.getLogger("bench")
+# Measured here: one 55,000-image epoch of a 784-300-100-10 MLP takes about 1.2 s on 2 cores.
+REFERENCE_UNITS = [300, 100]
+REFERENCE_EPOCH_SECONDS = 1.2
+REFERENCE_TRAIN = 55_000
+BASE_FILE_KEYS = ("params", "train", "name", "description")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = Parser(
+        prog="python -m bench.ablate",
+        description="Controlled one-factor-at-a-time comparisons around a base configuration: "
+        "every level of every factor trains with the same seeds; effects with 95%% intervals.",
+    )
+    p.add_argument(
+        "--study-name",
+        help="the study (default: the storage's only study, else <dataset>-<space file stem>)",
+    )
+    p.add_argument(
+        "--storage",
+        help="Optuna storage: a journal file path (default optuna-studies.log) or a database URL",
+    )
+    p.add_argument(
+        "--tracking-uri",
+        help="MLflow tracking URI (default MLFLOW_TRACKING_URI or sqlite:///mlflow.db)",
+    )
+    base = p.add_mutually_exclusive_group()
+    base.add_argument(
+        "--base-trial",
+        type=bounded_int(0, 10**9),
+        metavar="N",
+        help="base configuration: the study's completed trial N (default: the study's champion)",
+    )
+    base.add_argument(
+        "--base-config",
+        metavar="FILE",
+        help="base configuration: a YAML file with params: (the keys of a "
+        "baselines.yaml entry) and optional train: overrides",
+    )
+    p.add_argument(
+        "--factors",
+        help="comma-separated parameters to vary (default: every "
+        "searched one: normalization, optimizer, n_layers, units, dropout, l2, "
+        "learning_rate, lr_schedule, batch_size)",
+    )
+    p.add_argument(
+        "--seeds",
+        type=bounded_int(2, 50),
+        default=3,
+        help="seeds per cell, the same for every cell (default 3, at least 2)",
+    )
+    p.add_argument(
+        "--space",
+        help="search-space YAML or built-in name (default: the study's latest search's, else mlp)",
+    )
+    p.add_argument("--dataset", help="dataset (default: the study's search's, else fashion-mnist)")
+    p.add_argument("--data-dir", help="folder with the dataset's IDX files (default: the search's)")
+    p.add_argument(
+        "--max-epochs",
+        type=bounded_int(1, 10_000),
+        help="override the epoch budget (default: the search's)",
+    )
+    p.add_argument(
+        "--experiment", help="MLflow experiment (default: the search's, else <dataset>-mlp)"
+    )
+    p.add_argument(
+        "--jobs",
+        type=bounded_int(1, 256),
+        help="worker processes on this machine (default: one per usable CPU, or GPU)",
+    )
+    p.add_argument(
+        "--threads",
+        type=bounded_int(1, 1024),
+        help="TensorFlow threads per worker (default: usable CPUs / jobs)",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the cells and an estimated time; train nothing, write nothing",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument(
+        "--verbose", action="store_true", help="let TensorFlow's start-up messages through"
+    )
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from bench.logs import setup_logging
+
+    setup_logging(verbose=args.verbose)
+    from bench.engine.interrupts import Interrupts
+
+    interrupts = Interrupts()
+    interrupts.install()
+    try:
+        return _run(args, interrupts)
+    except BenchError as exc:
+        print(f"error: {redact(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(
+            "interrupted while starting; rerun the same command to continue where it stopped",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+
+
+# ---------------------------------------------------------------- reading, without writing
+
+
+def _store_exists(storage: str) -> bool:
+    from bench.engine.store import store_url
+
+    url = store_url(storage)
+    if not url.startswith("sqlite:///"):
+        return True  # a database server: the job store lives in it
+    return Path(url.removeprefix("sqlite:///")).is_file()
+
+
+def _storage_exists(storage: str) -> bool:
+    from bench import optuna_adapter as opt
+
+    if opt.is_journal(storage):
+        return Path(storage).is_file()
+    if storage.startswith("sqlite:///"):
+        return Path(storage.removeprefix("sqlite:///")).is_file()
+    return True
+
+
+class StudyView:
+    """What a study already holds, read without writing: its search batches, jobs and trials."""
+
+    def __init__(self, storage: str, name: str | None):
+        from bench import optuna_adapter as opt
+
+        self.storage = storage
+        self.names = opt.study_names(storage) if _storage_exists(storage) else []
+        self.name = name
+        self.store = None
+        if _store_exists(storage) and _storage_exists(storage):
+            from bench.engine.store import JobStore
+
+            self.store = JobStore(storage)
+
+    @property
+    def exists(self) -> bool:
+        return self.name in self.names
+
+    def search_batch(self):
+        if self.store is None or not self.exists:
+            return None
+        return self.store.latest_batch(self.name, "search")
+
+    def jobs(self, purposes=("search", "baseline", "reeval")):
+        if self.store is None or not self.exists:
+            return []
+        out = []
+        for b in self.store.batches(self.name):
+            if b.design in ("search", "reeval"):
+                out += [j for j in self.store.jobs(b.id) if j.purpose in purposes]
+        return out
+
+    def study(self):
+        from bench import optuna_adapter as opt
+
+        return opt.load_study(self.name, self.storage)
+
+
+def _read_base_file(path: str) -> tuple[dict, dict]:
+    """``(config, train)`` of a ``--base-config`` file; unknown keys are errors."""
+    import yaml
+
+    from bench.errors import SpaceError
+    from bench.space import parse_space
+
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise BenchError(f"--base-config {path}: cannot read it ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise BenchError(f"--base-config {path}: not valid YAML ({first})") from None
+    if not isinstance(data, dict):
+        raise BenchError(f"--base-config {path}: needs a mapping with a 'params:' mapping")
+    import difflib
+
+    for key in data:
+        if key not in BASE_FILE_KEYS:
+            near = difflib.get_close_matches(str(key), BASE_FILE_KEYS, n=1, cutoff=0.5)
+            hint = (
+                f"; did you mean '{near[0]}'?" if near else f"; valid keys: {list(BASE_FILE_KEYS)}"
+            )
+            raise BenchError(f"--base-config {path}: unknown key '{key}'{hint}")
+    if not isinstance(data.get("params"), dict):
+        raise BenchError(f"--base-config {path}: needs a 'params:' mapping of parameter values")
+    doc = {
+        "baselines": [{"name": "base", "params": data["params"], "train": data.get("train") or {}}]
+    }
+    try:
+        b = parse_space(doc, f"--base-config {path}").baselines[0]
+    except SpaceError as exc:
+        raise BenchError(str(exc).replace("baselines[0].", "")) from None
+    return b.config, dict(b.train)
+
+
+def _train_of(job) -> dict:
+    return {k: v for k, v in (job.spec.train or {}).items() if k != "schedule_epochs"}
+
+
+def _champion(view: StudyView, maximize: bool) -> tuple[dict, dict, str]:
+    """The study's champion configuration: its latest search's chosen source, else its best."""
+    batch = view.search_batch()
+    jobs = view.jobs()
+    source = (batch.summary or {}).get("source") if batch is not None else None
+    if source and batch is not None:
+        for j in view.store.jobs(batch.id):
+            if j.key == source and j.result is not None:
+                return (
+                    j.result.config,
+                    _train_of(j),
+                    f"champion of search batch {batch.number} ({source})",
+                )
+    done = [
+        j
+        for j in jobs
+        if j.purpose in ("search", "baseline")
+        and j.state == "done"
+        and j.result
+        and j.result.status == "completed"
+        and j.result.value is not None
+    ]
+    if done:
+        sign = 1 if maximize else -1
+        best = max(done, key=lambda j: (sign * j.result.value, -j.id))
+        name = f"trial {best.trial_number}" if best.trial_number is not None else best.key
+        return best.result.config, _train_of(best), f"best completed {name}"
+    from bench import optuna_adapter as opt
+    from bench.records import TRIAL_BASELINE, TRIAL_CONFIG
+
+    trials = [
+        t
+        for t in opt.trials(view.study(), ("COMPLETE",))
+        if t.user_attrs.get(TRIAL_CONFIG) and t.value is not None
+    ]
+    if not trials:
+        raise BenchError(
+            f"study '{view.name}' has no completed trial to take a base "
+            "configuration from; give --base-config FILE or run bench.search first"
+        )
+    sign = 1 if maximize else -1
+    best = max(trials, key=lambda t: (sign * t.value, -t.number))
+    train = (best.user_attrs.get(TRIAL_BASELINE) or {}).get("train") or {}
+    return best.user_attrs[TRIAL_CONFIG], dict(train), f"best completed trial {best.number}"
+
+
+def _base_trial(view: StudyView, number: int) -> tuple[dict, dict, str]:
+    from bench import optuna_adapter as opt
+    from bench.records import TRIAL_BASELINE, TRIAL_CONFIG
+
+    found = [t for t in opt.trials(view.study()) if t.number == number]
+    if not found:
+        raise BenchError(f"--base-trial {number}: study '{view.name}' has no trial {number}")
+    t = found[0]
+    if t.state != "COMPLETE" or not t.user_attrs.get(TRIAL_CONFIG):
+        raise BenchError(
+            f"--base-trial {number}: the trial did not complete ({t.state.lower()}); "
+            "choose a completed trial"
+        )
+    train = (t.user_attrs.get(TRIAL_BASELINE) or {}).get("train") or {}
+    return t.user_attrs[TRIAL_CONFIG], dict(train), f"trial {number}"
+
+
+def seconds_per_mac(view: StudyView, n_train: int) -> tuple[float, str]:
+    """Seconds per epoch, training sample and forward multiply-accumulate, measured if possible.
+
+    From the study's finished jobs (``train_seconds / epochs_run / n_train / dense_macs``, the
+    median), else the constant measured on this project's 2-core machine.
+    """
+    from bench.designs.ablation_plan import dense_macs
+
+    rates = []
+    for j in view.jobs():
+        r = j.result
+        if r is None or not r.epochs_run or not r.train_seconds or not r.config:
+            continue
+        try:
+            rates.append(r.train_seconds / r.epochs_run / n_train / dense_macs(r.config))
+        except (KeyError, TypeError, ZeroDivisionError):
+            continue
+    if len(rates) >= 1:
+        return statistics.median(rates), f"calibrated on {len(rates)} finished job(s)"
+    ref = dense_macs({"units": REFERENCE_UNITS})
+    return REFERENCE_EPOCH_SECONDS / REFERENCE_TRAIN / ref, "a 2-core CPU reference"
+
+
+def identity(
+    base: dict,
+    train: dict,
+    factors: list[str],
+    seeds: list[int],
+    space_hash: str,
+    dataset: str,
+    max_epochs: int,
+) -> str:
+    blob = json.dumps(
+        {
+            "base": base,
+            "train": train,
+            "factors": factors,
+            "seeds": seeds,
+            "space": space_hash,
+            "dataset": dataset,
+            "max_epochs": max_epochs,
+        },
+        sort_keys=True,
+    )
+    return "ablation-" + hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _fmt_minutes(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+# ---------------------------------------------------------------- the command
+
+
+def _run(args: argparse.Namespace, interrupts) -> int:
+    from bench import data
+    from bench import optuna_adapter as opt
+    from bench.cli import check_name
+    from bench.designs.ablation import plan_to_settings
+    from bench.designs.ablation_plan import plan as make_plan
+    from bench.resources import plan_workers, usable_cpus, visible_gpus
+    from bench.space import load_space, resolve_space
+    from bench.tracking import check_uri, resolve_uri
+
+    storage = args.storage or opt.DEFAULT_STORAGE
+    if args.study_name:
+        check_name("--study-name", args.study_name)
+    base_file = None
+    if args.base_config:
+        base_file = _read_base_file(args.base_config)
+    view = StudyView(storage, args.study_name)
+    if view.name is None and len(view.names) == 1:
+        view.name = view.names[0]
+    search = view.search_batch()
+    s = search.settings if search is not None else {}
+    if args.base_config is None and not view.exists:
+        where = f"study '{view.name}'" if view.name else f"{redact(storage)}"
+        known = ", ".join(view.names) or "none"
+        raise BenchError(
+            f"{where}: no such study to take a base configuration from (studies: "
+            f"{known}); give --study-name, or --base-config FILE"
+        )
+    space_path = str(Path(resolve_space(args.space or s.get("space") or "mlp")).resolve())
+    max_epochs = args.max_epochs or s.get("max_epochs")
+    space = load_space(space_path).with_overrides(max_epochs=max_epochs)
+    dataset_name = args.dataset or s.get("dataset") or "fashion-mnist"
+    data_dir = args.data_dir or s.get("data_dir")
+    study_name = check_name("--study-name", view.name or f"{dataset_name}-{Path(space_path).stem}")
+    view.name = study_name
+    maximize = space.direction == "maximize"
+    if base_file is not None:
+        (config, train), source = base_file, f"--base-config {args.base_config}"
+    elif args.base_trial is not None:
+        config, train, source = _base_trial(view, args.base_trial)
+    else:
+        config, train, source = _champion(view, maximize)
+    factors = [f.strip() for f in args.factors.split(",") if f.strip()] if args.factors else None
+    if factors is not None and not factors:
+        raise BenchError("--factors: name at least one parameter, e.g. normalization,optimizer")
+    seeds = list(range(args.seeds))
+    plan = make_plan(space, config, factors, seeds)
+    dataset = data.load_dataset(dataset_name, data_dir)
+    spec_train = {**space.train.__dict__, **train}
+    data.check_validation_size(dataset, spec_train["validation_size"], space.path)
+    uri = resolve_uri(args.tracking_uri)
+    check_uri(uri)
+    budget = int(spec_train["max_epochs"])
+    n_jobs = len(plan.cells) * len(plan.seeds)
+    workers = plan_workers(args.jobs, args.threads, n_jobs, usable_cpus(), visible_gpus())
+    n_train = len(dataset.y_train) - int(spec_train["validation_size"])
+    rate, how = seconds_per_mac(view, n_train)
+    import numpy as np
+
+    from bench.designs.ablation_plan import dense_macs
+
+    n_inputs = int(np.prod(dataset.image_shape))
+    estimate = (
+        plan.estimate_seconds(
+            rate * dense_macs(plan.base.config, n_inputs, dataset.n_classes),
+            budget,
+            n_train=n_train,
+            n_inputs=n_inputs,
+            n_classes=dataset.n_classes,
+        )
+        / workers.jobs
+    )
+    print(f"study '{study_name}': ablation around {source}", file=sys.stderr)
+    for line in plan.describe():
+        print(line, file=sys.stderr)
+    print(
+        f"each job: up to {budget} epochs, early stopping (patience {spec_train['patience']}), "
+        f"no pruning; dataset {dataset.name}, {n_train} training images",
+        file=sys.stderr,
+    )
+    print(
+        f"estimated time: at most about {_fmt_minutes(estimate)} on {workers.jobs} worker(s) "
+        f"(full budget, {how}; early stopping usually ends sooner)",
+        file=sys.stderr,
+    )
+    if args.dry_run:
+        return EXIT_OK
+
+    resolved = list(plan.factors)
+    ident = identity(
+        plan.base.config, train, resolved, seeds, space.search_hash, dataset.name, budget
+    )
+    experiment = check_name(
+        "--experiment", args.experiment or s.get("experiment") or f"{dataset.name}-mlp"
+    )
+    settings = {
+        "space": space_path,
+        "dataset": dataset_name,
+        "data_dir": data_dir,
+        "experiment": experiment,
+        "model_name": s.get("model_name") or f"{dataset.name}-mlp",
+        "seed": int(s.get("seed", 0)),  # the search's: the same validation split
+        "max_epochs": max_epochs,
+        "metric": space.metric,
+        "base_source": source,
+        "factors": resolved,
+        "seeds": seeds,
+        "plan": plan_to_settings(plan, train),
+    }
+    from bench.engine.store import JobStore
+    from bench.tracking import Tracker
+
+    opt.open_study(study_name, storage, space, settings["seed"], allow_space_change=True)
+    store = JobStore(storage)
+    tracker = Tracker(uri, experiment)
+    batch, created = open_ablation_batch(
+        store, study_name, ident, settings, space, dataset, tracker, storage
+    )
+    if batch.state == "done":
+        print(
+            f"ablation batch {batch.number} of study '{study_name}' is already complete; "
+            "its results:",
+            file=sys.stderr,
+        )
+        print_results(batch.summary or {})
+        return EXIT_OK
+    from bench.search import run_batch
+
+    code = run_batch(
+        args,
+        interrupts,
+        store,
+        batch,
+        created,
+        tracker,
+        uri,
+        storage,
+        workers,
+        space,
+        None,
+        purposes=("ablation",),
+    )
+    record = store.get_batch(batch.id)
+    if record.state == "done":
+        print()
+        print_results(record.summary or {})
+    return code
+
+
+def open_ablation_batch(store, study_name, ident, settings, space, dataset, tracker, storage):
+    from bench.designs.ablation import AblationDesign
+    from bench.designs.ablation_plan import fmt_level
+    from bench.engine import open_batch
+
+    plan = settings["plan"]
+    base = plan["cells"][0]["config"]
+
+    def start_parent(batch) -> str:
+        run_id = tracker.start_parent(
+            f"{study_name}-ablation-{batch.number}",
+            {
+                "design": "ablation",
+                "dataset": dataset.name,
+                "space": Path(settings["space"]).name,
+                "metric": space.metric,
+                "storage": storage,
+                "seeds": len(settings["seeds"]),
+                "cells": len(plan["cells"]),
+                "factors": ",".join(settings["factors"]),
+                "base_source": settings["base_source"],
+                **{f"base.{k}": fmt_level(v) for k, v in base.items()},
+                **{f"train.{k}": v for k, v in space.train.__dict__.items()},
+                **{f"base_train.{k}": v for k, v in plan["train"].items()},
+            },
+            {
+                "study_name": study_name,
+                "batch": batch.number,
+                "bench_batch": f"{study_name}:{batch.number}",
+                "design": "ablation",
+                "role": "ablation",
+                "base": settings["base_source"],
+                "base_config": json.dumps(base, sort_keys=True)[:4000],
+                "factors": ",".join(settings["factors"]),
+                "seeds": ",".join(map(str, settings["seeds"])),
+                "space_hash": space.search_hash,
+                "dataset_digest": dataset.digest,
+                "ablation_identity": ident,
+            },
+        )
+        tracker.safe(tracker.log_artifact, run_id, settings["space"], "space")
+        return run_id
+
+    def find_parent(batch):
+        found = tracker.find_runs({"bench_batch": f"{study_name}:{batch.number}"})
+        return found[0] if found else None
+
+    def initial(stored: dict):
+        return AblationDesign(stored, space.direction == "maximize").initial_jobs()
+
+    return open_batch(
+        store,
+        study_name,
+        "ablation",
+        ident,
+        settings,
+        initial,
+        start_parent,
+        find_parent,
+        tracker.delete_run,
+        join_done=True,
+    )
+
+
+def results_of(summary: dict[str, Any]):
+    """The what_matters results of a finished ablation batch's summary (recomputed from its
+    records, so the text and plot come from the same code as a fresh analysis)."""
+    from bench.results.what_matters import analyse
+
+    recs = summary.get("records") or []
+    if not recs or not any(r.get("factor") == "base" for r in recs):
+        return []
+    return analyse(recs, base_levels=summary.get("base_levels") or None)
+
+
+def print_results(summary: dict[str, Any]) -> None:
+    from bench.results.what_matters import text
+
+    if summary.get("error"):
+        print(f"no analysis: {summary['error']}")
+        return
+    results = results_of(summary)
+    print(text(results), end="")
+
+
+def console() -> None:
+    """Console-script entry point (``pip install`` puts it on PATH)."""
+    from bench.cli import run
+
+    run(main)
+
+
+if __name__ == "__main__":
+    console()

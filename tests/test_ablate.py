@@ -1,0 +1,221 @@
+"""bench.ablate end to end on digits (a few seconds per cell), resume after SIGINT, bad input."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import cli_env, run_module
+
+BASE = """\
+params:
+  normalization: standard
+  n_layers: 1
+  units: 16
+  optimizer: adam
+  learning_rate: 0.01
+  batch_size: 64
+train:
+  max_epochs: 3
+  patience: 2
+  validation_size: 300
+  steps_per_execution: 4
+  jit_compile: false
+"""
+STUDY = "digits-smoke"
+
+
+def _args(folder: Path) -> list[str]:
+    return [
+        "--base-config", "base.yaml", "--space", "smoke", "--dataset", "digits",
+        "--factors", "normalization", "--seeds", "2", "--jobs", "1", "--threads", "1",
+        "--tracking-uri", f"sqlite:///{folder / 'mlflow.db'}",
+    ]  # fmt: skip
+
+
+def _jobs(folder: Path):
+    from bench.engine.store import JobStore
+
+    store = JobStore(str(folder / "optuna-studies.log"))
+    batch = store.latest_batch(STUDY, "ablation")
+    jobs = store.jobs(batch.id) if batch else []
+    store.dispose()
+    return batch, jobs
+
+
+def _done(folder: Path) -> int:
+    if not (folder / "optuna-studies.log.jobs.db").is_file():
+        return 0
+    try:
+        return sum(1 for j in _jobs(folder)[1] if j.state == "done")
+    except Exception:  # noqa: BLE001 - the store may be mid-creation
+        return 0
+
+
+@pytest.mark.slow
+def test_ablation_resumes_after_sigint_and_tracks_every_cell(tmp_path):
+    (tmp_path / "base.yaml").write_text(BASE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.ablate", *_args(tmp_path)],
+        cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.time() + 300
+    while _done(tmp_path) < 1 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, "finished before it could be interrupted: " + proc.stderr.read()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "rerun the same command to resume" in err
+    assert "Traceback" not in err
+    batch, jobs = _jobs(tmp_path)
+    before = {j.key: (j.id, j.run_id, j.result.train_seconds) for j in jobs if j.state == "done"}
+    assert 1 <= len(before) < 6
+    assert len(jobs) == 6  # every cell x seed was enqueued when the batch opened
+
+    proc2 = run_module("bench.ablate", *_args(tmp_path), cwd=tmp_path, timeout=600)
+    assert proc2.returncode == 0, proc2.stderr[-3000:]
+    assert f"joining ablation batch {batch.number}" in proc2.stderr
+    assert "What matters" in proc2.stdout and "normalization: effect" in proc2.stdout
+    batch2, jobs2 = _jobs(tmp_path)
+    assert batch2.id == batch.id and batch2.state == "done"
+    assert len(jobs2) == 6 and all(j.state == "done" for j in jobs2)
+    after = {j.key: (j.id, j.run_id, j.result.train_seconds) for j in jobs2}
+    assert {k: after[k] for k in before} == before  # finished cells were not trained again
+    assert sorted(after) == sorted(
+        f"cell-{c}-s{s}"
+        for c in ("base", "normalization=minmax", "normalization=per_pixel")
+        for s in (0, 1)
+    )
+    summary = batch2.summary
+    assert summary["finished"] == 6 and summary["headlines"][0].startswith("normalization:")
+
+    # MLflow: one parent per ablation, tagged; one finished nested run per cell x seed
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("digits-mlp")
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    parents = [r for r in runs if r.data.tags.get("role") == "ablation"]
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["factors"] == "normalization"
+    assert parent.data.tags["seeds"] == "0,1"
+    assert parent.data.tags["base"] == "--base-config base.yaml"
+    children = [
+        r for r in runs
+        if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+        and r.info.status == "FINISHED"
+    ]  # fmt: skip
+    cells = sorted((r.data.params["factor"], r.data.params["level"], r.data.params["seed"])
+                   for r in children)  # fmt: skip
+    assert cells == sorted(
+        (f, lv, s)
+        for f, lv in (("base", "base"), ("normalization", "minmax"),
+                      ("normalization", "per_pixel"))
+        for s in ("0", "1")
+    )  # fmt: skip
+    assert all("test_accuracy" in r.data.metrics for r in children)
+
+    # the same command once more: nothing trains, the results are printed
+    proc3 = run_module("bench.ablate", *_args(tmp_path), cwd=tmp_path, timeout=300)
+    assert proc3.returncode == 0, proc3.stderr[-2000:]
+    assert "already complete" in proc3.stderr and "What matters" in proc3.stdout
+    assert len(_jobs(tmp_path)[1]) == 6
+
+
+def _study(folder: Path, name: str = "searched", complete: bool = True) -> None:
+    """A study with one completed and one pruned trial (no job store), or an empty one."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+    from optuna.trial import TrialState
+
+    storage = JournalStorage(JournalFileBackend(str(folder / "optuna-studies.log")))
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
+    if not complete:
+        return
+    config = {"normalization": "standard", "n_layers": 1, "units": [16], "activation": ["relu"],
+              "dropout": [0.0], "l2": 0.0, "optimizer": "adam", "learning_rate": 0.01,
+              "batch_size": 64, "lr_schedule": "constant"}  # fmt: skip
+    dist = {"normalization": CategoricalDistribution(["minmax", "standard"])}
+    for state, value in ((TrialState.COMPLETE, 0.9), (TrialState.PRUNED, None)):
+        study.add_trial(optuna.trial.create_trial(
+            state=state, value=value, params={"normalization": "standard"}, distributions=dist,
+            user_attrs={"bench.config": config}, intermediate_values={0: 0.5},
+        ))  # fmt: skip
+
+
+BAD = [
+    # (files to write, study to create, args, message)
+    ({}, None, ["--factors", "normalisation"], "did you mean 'normalization'?"),
+    ({}, None, ["--factors", "batch_size"], "single level"),
+    ({}, None, ["--seeds", "1"], "--seeds: must be from 2"),
+    ({"bad.yaml": "parms: {units: 16}\n"}, None, ["--base-config", "bad.yaml"],
+     "unknown key 'parms'; did you mean 'params'?"),
+    ({"bad.yaml": "params: {unitz: 16}\n"}, None, ["--base-config", "bad.yaml"],
+     "unknown key 'unitz'; did you mean 'units'?"),
+    ({}, "searched", ["--study-name", "searched", "--base-trial", "7"], "has no trial 7"),
+    ({}, "searched", ["--study-name", "searched", "--base-trial", "1"], "did not complete"),
+    ({}, "empty", ["--study-name", "empty"], "has no completed trial"),
+    ({}, None, ["--study-name", "nope"], "no such study"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("files, study, args, message", BAD)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, files, study, args, message):
+    (tmp_path / "base.yaml").write_text(BASE)
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    if study:
+        _study(tmp_path, study, complete=study != "empty")
+    if "--base-config" not in args and "--study-name" not in args:
+        args = ["--base-config", "base.yaml", *args]
+    common = ["--space", "smoke", "--dataset", "digits"]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    proc = run_module("bench.ablate", *common, *args, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
+    (tmp_path / "base.yaml").write_text(BASE)
+    proc = run_module("bench.ablate", *_args(tmp_path), "--dry-run", cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "3 cells (1 shared base + 2), 2 seeds (0, 1) -> 6 jobs" in proc.stderr
+    assert "minmax | standard* | per_pixel" in proc.stderr
+    assert "estimated time" in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base.yaml"]
+
+
+def test_design_jobs_are_paired_and_deterministic():
+    from bench.designs.ablation import AblationDesign, plan_to_settings
+    from bench.designs.ablation_plan import plan
+    from bench.space import load_space
+
+    space = load_space("smoke")
+    config = {"normalization": "standard", "n_layers": 1, "units": 16, "dropout": 0.0,
+              "l2": 1e-5, "optimizer": "adam", "learning_rate": 0.01}  # fmt: skip
+    p = plan(space, config, ["normalization", "optimizer"], [0, 1])
+    settings = {"plan": plan_to_settings(p, {"max_epochs": 2})}
+    specs = AblationDesign(settings).initial_jobs()
+    assert len(specs) == len(p.cells) * 2 == 8
+    assert [s.key for s in specs[:4]] == [
+        "cell-base-s0", "cell-normalization=minmax-s0", "cell-normalization=per_pixel-s0",
+        "cell-optimizer=momentum-s0",
+    ]  # fmt: skip
+    assert all(s.purpose == "ablation" and s.train == {"max_epochs": 2} for s in specs)
+    assert {s.seed for s in specs} == {0, 1}
+    assert specs[1].info == {"factor": "normalization", "level": "minmax", "is_base": False}
+    assert specs[1].config["normalization"] == "minmax" and specs[1].config["units"] == [16]
+    assert AblationDesign(settings).initial_jobs() == specs
+    assert AblationDesign(settings).next_jobs([], 3) == []

@@ -64,9 +64,7 @@ def bounded_int(low: int, high: int, what: str = "") -> Callable[[str], int]:
         except ValueError:
             raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
         if not low <= value <= high:
-            raise argparse.ArgumentTypeError(
-                f"must be from {low} to {high}{what}, got {value}"
-            )
+            raise argparse.ArgumentTypeError(f"must be from {low} to {high}{what}, got {value}")
         return value
 
     return parse

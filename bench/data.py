@@ -111,8 +111,10 @@ def read_idx(path: str | Path) -> np.ndarray:
         raise DataError(
             f"{path}: corrupt gzip file ({exc}); delete it and fetch it again"
         ) from None
+    if not raw:
+        raise DataError(f"{path}: the file is empty; delete it and fetch it again")
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES or raw[3] == 0:
-        head = raw[:4].hex() or "empty"
+        head = raw[:4].hex()
         raise DataError(
             f"{path}: not an IDX file (magic number 0x{head}, expected "
             "0x0000TTNN with a known type TT and NN dimensions)"
@@ -213,8 +215,18 @@ def _assemble(name: str, arrays: dict[str, np.ndarray], source: str, digest: str
                 f"{source}: {len(x)} {part} images but {len(y)} {part} labels; "
                 "the image and label files do not belong together"
             )
+        if len(x) == 0:
+            raise DataError(
+                f"{source}: the {part} files hold no images; fetch the dataset again or point "
+                "--data-dir at complete files"
+            )
         if x.dtype != np.uint8:
             raise DataError(f"{source}: {part} images are {x.dtype}; the models take uint8 pixels")
+        if y.dtype != np.uint8:  # IDX labels are unsigned bytes (type 0x08)
+            raise DataError(
+                f"{source}: {part} labels are {y.dtype}; IDX label files hold unsigned bytes "
+                "(type 0x08): write the class numbers as uint8"
+            )
     if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:]:
         raise DataError(
             f"{source}: train images are {arrays['x_train'].shape[1:]} but test images "
@@ -225,7 +237,19 @@ def _assemble(name: str, arrays: dict[str, np.ndarray], source: str, digest: str
         raise DataError(f"{source}: labels must be >= 0, found {labels.min()}")
     n_classes = int(labels.max()) + 1
     classes = {"fashion-mnist": FASHION_CLASSES, "mnist": DIGIT_CLASSES}.get(name)
+    if classes is not None and n_classes > len(classes):
+        raise DataError(
+            f"{source}: found label {n_classes - 1}, but {name} has {len(classes)} classes "
+            f"(labels 0 to {len(classes) - 1}); the label files are not {name}'s"
+        )
     if classes is None or len(classes) != n_classes:
+        missing = sorted(set(range(n_classes)) - set(np.unique(labels).tolist()))
+        if missing:
+            raise DataError(
+                f"{source}: labels run to {n_classes - 1} but class(es) "
+                f"{', '.join(map(str, missing[:5]))}{' ...' if len(missing) > 5 else ''} never "
+                "occur; number the classes 0 to K-1 without gaps"
+            )
         classes = tuple(str(i) for i in range(n_classes))
     return Dataset(
         name,

@@ -94,15 +94,16 @@ def border_median(gray: np.ndarray, width: int = 1) -> float:
     import numpy as np
 
     w = max(1, min(width, min(gray.shape) // 2 or 1))
-    ring = np.concatenate([gray[:w].ravel(), gray[-w:].ravel(),
-                           gray[w:-w, :w].ravel(), gray[w:-w, -w:].ravel()])
+    ring = np.concatenate(
+        [gray[:w].ravel(), gray[-w:].ravel(), gray[w:-w, :w].ravel(), gray[w:-w, -w:].ravel()]
+    )
     return float(np.median(ring))
 
 
 def needs_inversion(gray: np.ndarray, width: int = 1) -> bool:
     """True when the border is lighter than the centre (step 3 of the module docstring)."""
     h, w = gray.shape
-    centre = gray[h // 4: h - h // 4, w // 4: w - w // 4]
+    centre = gray[h // 4 : h - h // 4, w // 4 : w - w // 4]
     return border_median(gray, width) > float(centre.mean())
 
 
@@ -148,7 +149,7 @@ def convert_image(path: str | Path, size: tuple[int, int] = DEFAULT_SIZE) -> np.
 
 @dataclass
 class Champion:
-    """A loaded pyfunc model, the image size it takes and its class names."""
+    """A loaded model (anything with ``predict(images)``), its input size and class names."""
 
     model: object
     size: tuple[int, int]
@@ -164,13 +165,17 @@ def _first_line(exc: BaseException) -> str:
 
 def _check_store(model_uri: str, tracking_uri: str) -> None:
     """Registry and run URIs need the store; MLflow would create a missing sqlite file empty."""
-    if not model_uri.startswith(("models:/", "runs:/")) or not tracking_uri.startswith("sqlite:///"):
+    if not model_uri.startswith(("models:/", "runs:/")) or not tracking_uri.startswith(
+        "sqlite:///"
+    ):
         return
-    db = Path(tracking_uri[len("sqlite:///"):])
+    db = Path(tracking_uri[len("sqlite:///") :])
     if not db.is_file():
-        raise BenchError(f"--tracking-uri {redact(tracking_uri)}: no tracking database at "
-                         f"{db.resolve()}; run python -m bench.search here first, or point "
-                         "--tracking-uri (or MLFLOW_TRACKING_URI) at the store holding the model")
+        raise BenchError(
+            f"--tracking-uri {redact(tracking_uri)}: no tracking database at "
+            f"{db.resolve()}; run python -m bench.search here first, or point "
+            "--tracking-uri (or MLFLOW_TRACKING_URI) at the store holding the model"
+        )
 
 
 @contextlib.contextmanager
@@ -205,7 +210,7 @@ def _quiet() -> Iterator[None]:
 
 def _registry_tags(client, model_uri: str) -> dict[str, str]:
     """Tags of the registered version a ``models:/NAME@ALIAS`` or ``models:/NAME/N`` URI names."""
-    ref = model_uri[len("models:/"):].strip("/")
+    ref = model_uri[len("models:/") :].strip("/")
     if "@" in ref:
         name, alias = ref.split("@", 1)
         return dict(client.get_model_version_by_alias(name, alias).tags)
@@ -226,26 +231,67 @@ def _tag_classes(tags: dict[str, str]) -> tuple[str, ...] | None:
             names = None
         if isinstance(names, list) and names and all(isinstance(n, str) for n in names):
             return tuple(names)
-    return {"fashion-mnist": FASHION_CLASSES, "mnist": DIGIT_CLASSES,
-            "digits": DIGIT_CLASSES}.get(tags.get("dataset", ""))
+    return {"fashion-mnist": FASHION_CLASSES, "mnist": DIGIT_CLASSES, "digits": DIGIT_CLASSES}.get(
+        tags.get("dataset", "")
+    )
 
 
-def _input_size(model) -> tuple[int, int]:
-    schema = model.metadata.get_input_schema()
+class _KerasModel:
+    """A Keras model loaded in Keras' safe mode, behind the pyfunc ``predict`` interface."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def predict(self, images):
+        return self.model.predict(images, verbose=0)
+
+
+def _input_size(schema) -> tuple[int, int]:
     if schema is None or not schema.is_tensor_spec():
         return DEFAULT_SIZE
     shape = tuple(schema.inputs[0].shape)
     if len(shape) != 3 or any(int(d) < 1 for d in shape[1:]):
-        raise BenchError(f"the model takes input of shape {shape}; bench.predict feeds "
-                         "(N, height, width) images")
+        raise BenchError(
+            f"the model takes input of shape {shape}; bench.predict feeds (N, height, width) images"
+        )
     return int(shape[1]), int(shape[2])
 
 
-def load_champion(model_uri: str, tracking_uri: str) -> Champion:
-    """Load a pyfunc model and find its input size and class names.
+def _load(model_uri: str, trust_model: bool):
+    """Load the model safely, or refuse: returns (model with ``predict``, input schema).
+
+    A Keras-flavour model (what bench logs) loads through ``mlflow.keras.load_model``, which uses
+    Keras' safe mode: the ``.keras`` file's config is read, no Python code or pickle runs. Any
+    other flavour loads through ``mlflow.pyfunc``, which unpickles Python objects from the store
+    and so runs code that whoever logged the model chose; that needs ``--trust-model``.
+    """
+    import mlflow
+    from mlflow.models import get_model_info
+
+    info = get_model_info(model_uri)
+    schema = info.signature.inputs if info.signature is not None else None
+    if "keras" in info.flavors:
+        return _KerasModel(mlflow.keras.load_model(model_uri)), schema
+    if not trust_model:
+        flavors = ", ".join(sorted(info.flavors)) or "no known"
+        raise BenchError(
+            f"--model {redact(model_uri)}: a model of flavour(s) {flavors}, not keras; loading "
+            "it would unpickle code from the store; pass --trust-model if you trust its author"
+        )
+    return mlflow.pyfunc.load_model(model_uri), schema
+
+
+def load_champion(model_uri: str, tracking_uri: str, trust_model: bool = False) -> Champion:
+    """Load a model and find its input size and class names.
+
+    Args:
+        model_uri: An MLflow model URI (``models:/NAME@ALIAS``, ``runs:/ID/model``, ...).
+        tracking_uri: The tracking store holding it.
+        trust_model: Allow flavours other than keras, which load by unpickling.
 
     Raises:
-        BenchError: the store is missing or unreachable, or the model URI names nothing.
+        BenchError: the store is missing or unreachable, the URI names nothing, or the model is
+            not a Keras model and ``trust_model`` is false.
     """
     _check_store(model_uri, tracking_uri)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -263,16 +309,18 @@ def load_champion(model_uri: str, tracking_uri: str) -> Champion:
         logging.getLogger(noisy).setLevel(logging.CRITICAL)
     mlflow.set_tracking_uri(tracking_uri)
     try:
-        model = mlflow.pyfunc.load_model(model_uri)
-        size = _input_size(model)
+        model, schema = _load(model_uri, trust_model)
+        size = _input_size(schema)
         classes = None
         if model_uri.startswith("models:/"):
             classes = _tag_classes(_registry_tags(MlflowClient(tracking_uri), model_uri))
     except BenchError:
         raise
     except Exception as exc:  # noqa: BLE001 - MLflow, SQLAlchemy, HTTP and IO errors alike
-        raise BenchError(f"--model {redact(model_uri)} (tracking {redact(tracking_uri)}): "
-                         f"cannot load it ({_first_line(exc)})") from None
+        raise BenchError(
+            f"--model {redact(model_uri)} (tracking {redact(tracking_uri)}): "
+            f"cannot load it ({_first_line(exc)})"
+        ) from None
     return Champion(model, size, classes)
 
 
@@ -293,8 +341,10 @@ def predict(champion: Champion, images: np.ndarray) -> np.ndarray:
 
     probs = np.asarray(champion.model.predict(images), dtype=np.float64)
     if probs.ndim != 2 or len(probs) != len(images):
-        raise BenchError(f"the model returned shape {probs.shape} for {len(images)} images; "
-                         "expected one row of class probabilities per image")
+        raise BenchError(
+            f"the model returned shape {probs.shape} for {len(images)} images; "
+            "expected one row of class probabilities per image"
+        )
     return probs
 
 
@@ -302,21 +352,46 @@ def predict(champion: Champion, images: np.ndarray) -> np.ndarray:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="python -m bench.predict",
-                description="Classify images with a model from the MLflow registry (by default "
-                            "the champion). PNG/JPEG files of any size are converted the way "
-                            "Fashion-MNIST was made: grayscale, inverted when the border is "
-                            "lighter than the centre, fitted into the model's input size.")
+    p = Parser(
+        prog="python -m bench.predict",
+        description="Classify images with a model from the MLflow registry (by default "
+        "the champion). PNG/JPEG files of any size are converted the way "
+        "Fashion-MNIST was made: grayscale, inverted when the border is "
+        "lighter than the centre, fitted into the model's input size.",
+    )
     p.add_argument("images", nargs="*", metavar="IMAGE", help="PNG or JPEG files")
-    p.add_argument("--idx", action="append", default=[], metavar="FILE",
-                   help="IDX image file (e.g. t10k-images-idx3-ubyte.gz), pixels used as they are; "
-                        "may be repeated")
-    p.add_argument("--model", default=DEFAULT_MODEL, metavar="URI",
-                   help=f"MLflow model URI (default {DEFAULT_MODEL})")
-    p.add_argument("--tracking-uri", metavar="URI",
-                   help="MLflow tracking URI (default MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
-    p.add_argument("--top", type=positive_int, default=1, metavar="K",
-                   help="print the K most probable classes per image (default 1)")
+    p.add_argument(
+        "--idx",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="IDX image file (e.g. t10k-images-idx3-ubyte.gz), pixels used as they are; "
+        "may be repeated",
+    )
+    p.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        metavar="URI",
+        help=f"MLflow model URI (default {DEFAULT_MODEL})",
+    )
+    p.add_argument(
+        "--tracking-uri",
+        metavar="URI",
+        help="MLflow tracking URI (default MLFLOW_TRACKING_URI or sqlite:///mlflow.db)",
+    )
+    p.add_argument(
+        "--trust-model",
+        action="store_true",
+        help="also load models that are not Keras models (MLflow's python_function and "
+        "others): they are unpickled, which runs code from the store",
+    )
+    p.add_argument(
+        "--top",
+        type=positive_int,
+        default=1,
+        metavar="K",
+        help="print the K most probable classes per image (default 1)",
+    )
     return p
 
 
@@ -334,8 +409,10 @@ def read_idx_images(path: str) -> np.ndarray:
     if images.ndim == 2 and images.shape[0] > 1:
         images = images[None]  # one image stored without the count dimension
     if images.ndim != 3:
-        raise BenchError(f"--idx {path}: holds an array of shape {images.shape}, not images "
-                         "(N, height, width); is it a labels file?")
+        raise BenchError(
+            f"--idx {path}: holds an array of shape {images.shape}, not images "
+            "(N, height, width); is it a labels file?"
+        )
     if images.dtype.name != "uint8":
         raise BenchError(f"--idx {path}: pixels are {images.dtype}; the model takes uint8")
     return images
@@ -343,8 +420,10 @@ def read_idx_images(path: str) -> np.ndarray:
 
 def _check_size(path: str, images: np.ndarray, size: tuple[int, int]) -> None:
     if images.shape[1:] != size:
-        raise BenchError(f"--idx {path}: images are {images.shape[1]}x{images.shape[2]} but the "
-                         f"model takes {size[0]}x{size[1]}")
+        raise BenchError(
+            f"--idx {path}: images are {images.shape[1]}x{images.shape[2]} but the "
+            f"model takes {size[0]}x{size[1]}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -368,7 +447,7 @@ def _run(args: argparse.Namespace) -> int:
     idx_sets = [(p, read_idx_images(p)) for p in args.idx]
     tracking_uri = resolve_uri(args.tracking_uri)
     with _quiet():
-        champion = load_champion(args.model, tracking_uri)
+        champion = load_champion(args.model, tracking_uri, args.trust_model)
         labels = list(args.images)
         batches = [np.stack([fit(g, champion.size) for g in grays])] if grays else []
         for path, images in idx_sets:
@@ -381,7 +460,7 @@ def _run(args: argparse.Namespace) -> int:
         raise BenchError(f"--top {args.top}: the model has only {len(names)} classes")
     lines = []
     for label, row in zip(labels, probs, strict=True):
-        best = np.argsort(-row, kind="stable")[:args.top]
+        best = np.argsort(-row, kind="stable")[: args.top]
         lines.append("\t".join([label, *(f"{names[k]}\t{row[k]:.4f}" for k in best)]))
     try:
         sys.stdout.write("".join(line + "\n" for line in lines))

@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 
 from bench import data
-from tests.conftest import REPO, SPACES, cli_env, run_module
+from bench.space import BUILTIN_DIR
+from tests.conftest import REPO, cli_env, run_module
 
-SMOKE = str(SPACES / "smoke.yaml")
+SMOKE = str(BUILTIN_DIR / "smoke.yaml")
+SECRETS = ("s3cret", "s3/cret", "pa:ss/w?rd#1")  # passwords in the rows below; never printed
 
 
 def _modules_after(code: str) -> set[str]:
@@ -38,8 +40,8 @@ def test_help_and_space_validation_never_import_tensorflow():
     assert "tensorflow" not in mods and "keras" not in mods and "mlflow" not in mods
     mods = _modules_after(
         "from bench.space import load_space\n"
-        f"load_space({str(SPACES / 'mlp.yaml')!r})\n"
-        "import bench.data, bench.study, bench.errors"
+        "load_space('mlp')\n"
+        "import bench.data, bench.cli, bench.errors"
     )
     assert "tensorflow" not in mods and "keras" not in mods
 
@@ -92,6 +94,55 @@ def _write(path, blob):
     path.write_bytes(blob)
 
 
+def _labels(folder, labels):
+    data.write_idx(folder / data.IDX_FILES["y_train"], labels)
+
+
+def _no_train_images(folder):
+    data.write_idx(folder / data.IDX_FILES["x_train"], np.zeros((0, 4, 4), dtype=np.uint8))
+    data.write_idx(folder / data.IDX_FILES["y_train"], np.zeros(0, dtype=np.uint8))
+
+
+def _journal(tmp_path, blob):
+    path = tmp_path / "journal.log"
+    path.write_bytes(blob)
+    return str(path)
+
+
+def _damaged_journal(tmp_path):
+    """A real journal whose second line was cut short with later lines intact (a torn write).
+
+    A journal cut after its last whole line is not damaged: Optuna reads up to there.
+    """
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    good = tmp_path / "good.log"
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = optuna.create_study(
+        study_name="s", storage=JournalStorage(JournalFileBackend(str(good)))
+    )
+    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=2)
+    lines = good.read_bytes().split(b"\n")
+    lines[1] = lines[1][:20]
+    return _journal(tmp_path, b"\n".join(lines))
+
+
+def _baseline(train):
+    return f"baselines:\n  - name: b\n    train: {{{train}}}\n"
+
+
+# "Billion laughs": 9**5 strings from six short lines; printed whole, the error would be megabytes.
+ALIAS_BOMB = """\
+a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]
+b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]
+c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]
+d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]
+e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]
+f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]
+"""
+
+
 BAD_INPUTS = {
     "malformed yaml": (
         lambda t: ["--space", _space(t, "params: [unclosed\n")],
@@ -139,8 +190,109 @@ BAD_INPUTS = {
         lambda t: ["--space", _space(t, "study:\n  pruner: {name: patient}\n")],
         "study.pruner.name: must be one of",
     ),
-    "trials 0": (lambda t: ["--trials", "0"], "--trials: must be >= 1"),
-    "trials negative": (lambda t: ["--trials", "-3"], "--trials: must be >= 1"),
+    "trials 0": (lambda t: ["--trials", "0"], "--trials: must be from 1 to"),
+    "trials negative": (lambda t: ["--trials", "-3"], "--trials: must be from 1 to"),
+    "trials 10**9": (lambda t: ["--trials", "1000000000"], "--trials: must be from 1 to 100000"),
+    "jobs 100000": (lambda t: ["--jobs", "100000"], "--jobs: must be from 1 to 256"),
+    "seed -1": (lambda t: ["--seed", "-1"], "--seed: must be from 0 to"),
+    "seed 2**32-1": (lambda t: ["--seed", "4294967295"], "--seed: must be from 0 to"),
+    "study name escapes": (lambda t: ["--study-name", "../x"], "--study-name '../x'"),
+    "model name with a quote": (lambda t: ["--model-name", "it's"], "--model-name"),
+    "validation split below the class count": (
+        lambda t: ["--space", _space(t, "train:\n  validation_size: 5\n")],
+        "train.validation_size: 5 does not fit digits",
+    ),
+    "yaml alias bomb": (lambda t: ["--space", _space(t, ALIAS_BOMB)], "expands to more than"),
+    "space file too big": (
+        lambda t: ["--space", _space(t, "# " + "x" * (1 << 20) + "\n")],
+        "a space file holds at most",
+    ),
+    "long value is cut": (
+        lambda t: ["--space", _space(t, f"params:\n  optimizer: {'x' * 5000}\n")],
+        "params.optimizer: must be one of",
+    ),
+    "baseline max_epochs 0": (
+        lambda t: ["--space", _space(t, _baseline("max_epochs: 0"))],
+        "baselines[0].train.max_epochs: must be >= 1, got 0",
+    ),
+    "baseline patience -5": (
+        lambda t: ["--space", _space(t, _baseline("patience: -5"))],
+        "baselines[0].train.patience: must be >= 1, got -5",
+    ),
+    "baseline eval_batch_size 0": (
+        lambda t: ["--space", _space(t, _baseline("eval_batch_size: 0"))],
+        "baselines[0].train.eval_batch_size: must be >= 1, got 0",
+    ),
+    "password with a slash": (
+        lambda t: ["--storage", "postgresql://bench:s3/cret@127.0.0.1:1/nodb"],
+        "bench:***@127.0.0.1:1/nodb",
+    ),
+    "password with url characters": (
+        lambda t: ["--storage", "postgresql://bench:pa:ss/w?rd#1@127.0.0.1:1/nodb"],
+        "bench:***@127.0.0.1:1/nodb",
+    ),
+    "corrupt journal": (
+        lambda t: ["--storage", _damaged_journal(t)],
+        "the journal file",
+    ),
+    "journal not json": (
+        lambda t: ["--storage", _journal(t, b"\x00\xff garbage\n" * 3)],
+        "journal.log",
+    ),
+    "empty idx file": (
+        lambda t: [
+            "--dataset",
+            "idx",
+            "--data-dir",
+            _idx_dir(t / "d", lambda f: _write(f / data.IDX_FILES["y_test"], b"")),
+        ],
+        "the file is empty",
+    ),
+    "idx with no images": (
+        lambda t: [
+            "--dataset",
+            "idx",
+            "--data-dir",
+            _idx_dir(t / "d", _no_train_images),
+        ],
+        "hold no images",
+    ),
+    "float labels": (
+        lambda t: [
+            "--dataset",
+            "idx",
+            "--data-dir",
+            _idx_dir(t / "d", lambda f: _labels(f, np.arange(40, dtype=np.float32) % 2)),
+        ],
+        "train labels are float32",
+    ),
+    "int32 labels": (
+        lambda t: [
+            "--dataset",
+            "idx",
+            "--data-dir",
+            _idx_dir(t / "d", lambda f: _labels(f, np.arange(40, dtype=np.int32) % 2)),
+        ],
+        "train labels are int32",
+    ),
+    "label beyond the class count": (
+        lambda t: [
+            "--dataset",
+            "mnist",
+            "--data-dir",
+            _idx_dir(t / "d", lambda f: _labels(f, np.r_[np.arange(39) % 2, 10].astype(np.uint8))),
+        ],
+        "found label 10, but mnist has 10 classes",
+    ),
+    "label with gaps": (
+        lambda t: [
+            "--dataset",
+            "idx",
+            "--data-dir",
+            _idx_dir(t / "d", lambda f: _labels(f, np.r_[np.arange(39) % 2, 200].astype(np.uint8))),
+        ],
+        "never occur",
+    ),
     "unreadable space": (
         lambda t: ["--space", str(t / "nope.yaml")],
         "cannot read the search-space file",
@@ -241,7 +393,9 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, case):
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, proc.stderr
     assert message in lines[0]
-    assert "Traceback" not in proc.stderr and "s3cret" not in proc.stderr
+    assert len(lines[0]) < 500, lines[0]  # values in messages are cut, never dumped whole
+    assert "Traceback" not in proc.stderr
+    assert not any(secret in proc.stderr + proc.stdout for secret in SECRETS)
     assert list(work.iterdir()) == []  # nothing written
 
 
@@ -259,3 +413,58 @@ def test_unreachable_database_message_redacts_the_password(tmp_path):
     assert proc.returncode == 2
     assert "hunter2" not in proc.stderr + proc.stdout
     assert "bench:***@127.0.0.1" in proc.stderr
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_one_database_for_mlflow_and_optuna_is_one_line(tmp_path):
+    """MLflow and Optuna both keep their schema version in ``alembic_version``: one database
+    cannot hold both, and the search must say so instead of every worker dying."""
+    import os
+    import uuid
+
+    from tests.servers import free_port, kill_group, start_mlflow_server
+
+    base = os.environ.get("BENCH_TEST_POSTGRES_URL")
+    if not base:
+        if os.environ.get("CI"):
+            pytest.fail("BENCH_TEST_POSTGRES_URL is not set; .ci/run must provide PostgreSQL")
+        pytest.skip("no PostgreSQL: set BENCH_TEST_POSTGRES_URL=postgresql://user@host:5432/db")
+    psycopg = pytest.importorskip("psycopg")
+    name = f"bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = base.rsplit("/", 1)[0] + "/" + name
+    try:
+        server = start_mlflow_server(tmp_path, url, free_port())  # creates MLflow's tables
+        kill_group(server)
+        work = tmp_path / "work"
+        work.mkdir()
+        proc = run_module(
+            "bench.search", "--dataset", "digits", "--space", SMOKE, "--trials", "1",
+            "--storage", url, cwd=work,
+        )  # fmt: skip
+        assert proc.returncode == 2, proc.stderr
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and "its own database" in lines[0], proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert list(work.iterdir()) == []
+    finally:
+        with psycopg.connect(base, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.mark.parametrize(
+    "password", ["s3cret", "s3/cret", "pa:ss/w?rd#1", "a%40b", "x/:/"], ids=repr
+)
+def test_redact_masks_any_password_before_cutting(password):
+    from bench.errors import redact
+
+    url = f"postgresql://bench:{password}@db.example:5432/optuna"
+    text = f"cannot connect to {url} (timeout)"
+    assert password not in redact(text)
+    assert "postgresql://bench:***@db.example:5432/optuna" in redact(text)
+    assert password not in redact(text, limit=30) and len(redact(text, limit=30)) == 30
+    assert redact("http://127.0.0.1:5000/#/experiments/1/runs") == (
+        "http://127.0.0.1:5000/#/experiments/1/runs"
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import re
 
 import numpy as np
 import pytest
@@ -50,7 +51,7 @@ def test_idx_header_is_big_endian_like_the_published_files(tmp_path):
         (b"\x00\x00\x08\x01\x00\x00\x00\x05\x01\x02", "declares shape (5,)"),
         (b"\x12\x34\x08\x01\x00\x00\x00\x01\x01", "not an IDX file (magic number 0x12340801"),
         (b"\x00\x00\x07\x01\x00\x00\x00\x01\x01", "not an IDX file"),
-        (b"", "magic number 0xempty"),
+        (b"", "the file is empty"),
         (b"\x00\x00\x08\x03\x00\x00", "truncated IDX header"),
     ],
 )
@@ -100,6 +101,66 @@ def test_mismatched_counts_and_shapes(tmp_path):
     data.write_idx(folder / data.IDX_FILES["x_train"], np.zeros(60, dtype=np.uint8))
     with pytest.raises(DataError, match=r"expected \(N, H\[, W\]\) images"):
         data.load_dataset("idx", str(folder))
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda f: (f / data.IDX_FILES["y_test"]).write_bytes(b""), "the file is empty"),
+        (
+            lambda f: (
+                data.write_idx(f / data.IDX_FILES["x_train"], np.zeros((0, 6, 5), np.uint8)),
+                data.write_idx(f / data.IDX_FILES["y_train"], np.zeros(0, np.uint8)),
+            ),
+            "hold no images",
+        ),
+        (
+            lambda f: data.write_idx(
+                f / data.IDX_FILES["y_train"], (np.arange(60) % 3).astype(np.float32)
+            ),
+            "train labels are float32",
+        ),
+        (
+            lambda f: data.write_idx(
+                f / data.IDX_FILES["y_test"], (np.arange(20) % 3).astype(np.int32)
+            ),
+            "test labels are int32",
+        ),
+        (
+            lambda f: data.write_idx(
+                f / data.IDX_FILES["y_train"], np.r_[np.arange(59) % 3, 250].astype(np.uint8)
+            ),
+            "class(es) 3, 4, 5, 6, 7 ... never occur",
+        ),
+    ],
+    ids=["empty file", "no images", "float labels", "int32 labels", "label gap"],
+)
+def test_damaged_label_and_image_files(tmp_path, mutate, message):
+    folder = tmp_path / "bad"
+    _write_set(folder)
+    mutate(folder)
+    with pytest.raises(DataError, match=re.escape(message)):
+        data.load_dataset("idx", str(folder))
+
+
+def test_label_beyond_a_named_datasets_classes(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    folder = tmp_path / "mnist"
+    _write_set(folder, classes=10)
+    data.write_idx(
+        folder / data.IDX_FILES["y_test"], np.r_[np.arange(19) % 10, 10].astype(np.uint8)
+    )
+    with pytest.raises(DataError, match="found label 10, but mnist has 10 classes"):
+        data.load_dataset("mnist", str(folder), allow_download=False)
+
+
+def test_validation_size_must_hold_every_class():
+    ds = data.load_dataset("digits")
+    data.check_validation_size(ds, 10, "s.yaml")
+    with pytest.raises(DataError, match="use a value from 10 to"):
+        data.check_validation_size(ds, 9, "s.yaml")
+    with pytest.raises(DataError, match="use a value from 10 to"):
+        data.check_validation_size(ds, len(ds.x_train), "s.yaml")
 
 
 def test_fashion_checksums_are_verified(tmp_path, monkeypatch):

@@ -115,14 +115,17 @@ def test_fit_targets_the_models_input_size():
 
 
 def test_help_imports_neither_tensorflow_nor_mlflow():
-    code = ("import sys, runpy\n"
-            "sys.argv = ['bench.predict', '--help']\n"
-            "try:\n    runpy.run_module('bench.predict', run_name='__main__')\n"
-            "except SystemExit as e:\n    assert e.code == 0, e.code\n"
-            "heavy = sorted(m for m in ('tensorflow', 'keras', 'mlflow') if m in sys.modules)\n"
-            "print('HEAVY', heavy)\n")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-                          timeout=60)
+    code = (
+        "import sys, runpy\n"
+        "sys.argv = ['bench.predict', '--help']\n"
+        "try:\n    runpy.run_module('bench.predict', run_name='__main__')\n"
+        "except SystemExit as e:\n    assert e.code == 0, e.code\n"
+        "heavy = sorted(m for m in ('tensorflow', 'keras', 'mlflow') if m in sys.modules)\n"
+        "print('HEAVY', heavy)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stderr
     assert "IDX image file" in proc.stdout
     assert proc.stdout.strip().endswith("HEAVY []")
@@ -146,22 +149,25 @@ def inputs(tmp_path):
     Image.fromarray(noise).save(tmp_path / "ok.png")
     (tmp_path / "notes.png").write_text("not a picture", encoding="utf-8")
     whole = (tmp_path / "ok.png").read_bytes()
-    (tmp_path / "cut.png").write_bytes(whole[:len(whole) // 2])  # a download that broke off
+    (tmp_path / "cut.png").write_bytes(whole[: len(whole) // 2])  # a download that broke off
     write_idx(tmp_path / "labels-idx1-ubyte", np.arange(5, dtype=np.uint8))
     return tmp_path
 
 
-@pytest.mark.parametrize(("args", "expected"), [
-    (["missing.png"], "missing.png: no such file"),
-    (["ok.png", "notes.png"], "notes.png: not an image"),
-    (["cut.png"], "cut.png: damaged image"),
-    ([], "nothing to classify"),
-    (["--idx", "labels-idx1-ubyte"], "not images (N, height, width)"),
-    (["--idx", "notes.png"], "not an IDX file"),
-    (["--idx", "nowhere-idx3-ubyte"], "--idx nowhere-idx3-ubyte: no such file"),
-    (["ok.png", "--top", "0"], "--top: must be >= 1"),
-    (["ok.png", "--tracking-uri", "sqlite:///absent.db"], "no tracking database at"),
-])
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["missing.png"], "missing.png: no such file"),
+        (["ok.png", "notes.png"], "notes.png: not an image"),
+        (["cut.png"], "cut.png: damaged image"),
+        ([], "nothing to classify"),
+        (["--idx", "labels-idx1-ubyte"], "not images (N, height, width)"),
+        (["--idx", "notes.png"], "not an IDX file"),
+        (["--idx", "nowhere-idx3-ubyte"], "--idx nowhere-idx3-ubyte: no such file"),
+        (["ok.png", "--top", "0"], "--top: must be >= 1"),
+        (["ok.png", "--tracking-uri", "sqlite:///absent.db"], "no tracking database at"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(inputs, args, expected):
     proc = run_module("bench.predict", *args, cwd=inputs, timeout=120, **QUIET_MLFLOW)
     line = _one_error_line(proc)
@@ -170,8 +176,9 @@ def test_bad_input_is_one_line_and_exit_2(inputs, args, expected):
 
 
 def test_no_store_in_the_current_folder_is_explained(inputs):
-    line = _one_error_line(run_module("bench.predict", "ok.png", cwd=inputs, timeout=120,
-                                      **QUIET_MLFLOW))
+    line = _one_error_line(
+        run_module("bench.predict", "ok.png", cwd=inputs, timeout=120, **QUIET_MLFLOW)
+    )
     assert "no tracking database" in line and "mlflow.db" in line
     assert not (inputs / "mlflow.db").exists()
 
@@ -181,11 +188,97 @@ def test_password_in_tracking_uri_is_never_printed(inputs):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     uri = f"http://alice:s3cret-pw@127.0.0.1:{port}"
-    proc = run_module("bench.predict", "ok.png", "--tracking-uri", uri, cwd=inputs, timeout=180,
-                      MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", **QUIET_MLFLOW)
+    proc = run_module(
+        "bench.predict",
+        "ok.png",
+        "--tracking-uri",
+        uri,
+        cwd=inputs,
+        timeout=180,
+        MLFLOW_HTTP_REQUEST_MAX_RETRIES="0",
+        **QUIET_MLFLOW,
+    )
     line = _one_error_line(proc)
     assert "s3cret-pw" not in proc.stderr + proc.stdout
     assert "alice:***@127.0.0.1" in line
+
+
+# ---------------------------------------------------------------- untrusted flavours
+
+_LOG_PYFUNC = """
+import sys, mlflow, numpy as np
+class Constant(mlflow.pyfunc.PythonModel):  # pickled by value: loading it runs this class
+    def predict(self, context, model_input, params=None):
+        return np.full((len(model_input), 10), 0.1)
+mlflow.set_tracking_uri(sys.argv[1])
+with mlflow.start_run():
+    info = mlflow.pyfunc.log_model(name="model", python_model=Constant())
+mlflow.register_model(info.model_uri, "pickled")
+"""
+
+
+def test_a_pickled_model_loads_only_with_trust_model(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    subprocess.run(
+        [sys.executable, "-c", _LOG_PYFUNC, uri],
+        cwd=tmp_path,
+        env=cli_env(**QUIET_MLFLOW),
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    write_idx(tmp_path / "images-idx3-ubyte", np.zeros((2, 28, 28), dtype=np.uint8))
+    args = ("--idx", "images-idx3-ubyte", "--model", "models:/pickled/1", "--tracking-uri", uri)
+    refused = run_module("bench.predict", *args, cwd=tmp_path, timeout=300, **QUIET_MLFLOW)
+    line = _one_error_line(refused)
+    assert "python_function" in line and "--trust-model" in line
+    trusted = run_module(
+        "bench.predict", *args, "--trust-model", cwd=tmp_path, timeout=300, **QUIET_MLFLOW
+    )
+    assert trusted.returncode == 0, trusted.stderr
+    assert len(trusted.stdout.splitlines()) == 2
+
+
+_LOG_KERAS = """
+import sys, keras, mlflow, numpy as np
+from mlflow.models import infer_signature
+model = keras.Sequential([keras.Input((8, 8)), keras.layers.Flatten(),
+                          keras.layers.Dense(3, activation="softmax")])
+x = np.zeros((1, 8, 8), dtype=np.uint8)
+mlflow.set_tracking_uri(sys.argv[1])
+with mlflow.start_run():
+    info = mlflow.keras.log_model(model, name="model",
+                                  signature=infer_signature(x, model.predict(x, verbose=0)))
+mlflow.register_model(info.model_uri, "tiny")
+"""
+
+
+def test_a_keras_model_loads_in_safe_mode_without_trust(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    subprocess.run(
+        [sys.executable, "-c", _LOG_KERAS, uri],
+        cwd=tmp_path,
+        env=cli_env(**QUIET_MLFLOW),
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    write_idx(tmp_path / "images-idx3-ubyte", np.zeros((2, 8, 8), dtype=np.uint8))
+    proc = run_module(
+        "bench.predict",
+        "--idx",
+        "images-idx3-ubyte",
+        "--model",
+        "models:/tiny/1",
+        "--tracking-uri",
+        uri,
+        cwd=tmp_path,
+        timeout=300,
+        **QUIET_MLFLOW,
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = [line.split("\t") for line in proc.stdout.splitlines()]
+    assert len(rows) == 2 and all(row[1] in ("0", "1", "2") for row in rows), proc.stdout
 
 
 # ---------------------------------------------------------------- the CLI on the champion (slow)
@@ -237,8 +330,9 @@ def _confident(probs: np.ndarray, count: int) -> list[int]:
 
 @pytest.mark.slow
 @needs_fashion
-def test_pngs_and_idx_are_classified_like_the_pyfunc_model(fashion_search, test_images, reference,
-                                                           tmp_path):
+def test_pngs_and_idx_are_classified_like_the_pyfunc_model(
+    fashion_search, test_images, reference, tmp_path
+):
     picks = _confident(reference, 5)
     files = []
     for n, i in enumerate(picks):
@@ -255,15 +349,22 @@ def test_pngs_and_idx_are_classified_like_the_pyfunc_model(fashion_search, test_
     idx_file = tmp_path / "first-30-idx3-ubyte.gz"
     write_idx(idx_file, test_images[:30])
 
-    proc = run_module("bench.predict", *(str(tmp_path / f) for f in files), "--idx", str(idx_file),
-                      cwd=fashion_search, timeout=300, **QUIET_MLFLOW)
+    proc = run_module(
+        "bench.predict",
+        *(str(tmp_path / f) for f in files),
+        "--idx",
+        str(idx_file),
+        cwd=fashion_search,
+        timeout=300,
+        **QUIET_MLFLOW,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = _parse(proc.stdout)
     assert len(rows) == len(files) + 30
     for row, name, i in zip(rows, files, picks, strict=False):
         assert row[0] == str(tmp_path / name)
         assert row[1] == FASHION_CLASSES[int(reference[i].argmax())], (name, row)
-    for k, row in enumerate(rows[len(files):]):
+    for k, row in enumerate(rows[len(files) :]):
         assert row[0] == f"{idx_file}[{k}]"
         best = int(reference[k].argmax())
         assert row[1] == FASHION_CLASSES[best]
@@ -272,13 +373,23 @@ def test_pngs_and_idx_are_classified_like_the_pyfunc_model(fashion_search, test_
 
 @pytest.mark.slow
 @needs_fashion
-def test_top_k_lists_the_most_probable_classes_in_order(fashion_search, test_images, reference,
-                                                        tmp_path):
+def test_top_k_lists_the_most_probable_classes_in_order(
+    fashion_search, test_images, reference, tmp_path
+):
     idx_file = tmp_path / "three-idx3-ubyte"
     write_idx(idx_file, test_images[:3])
-    proc = run_module("bench.predict", "--idx", str(idx_file), "--top", "3",
-                      "--tracking-uri", f"sqlite:///{fashion_search / 'mlflow.db'}",
-                      cwd=tmp_path, timeout=300, **QUIET_MLFLOW)
+    proc = run_module(
+        "bench.predict",
+        "--idx",
+        str(idx_file),
+        "--top",
+        "3",
+        "--tracking-uri",
+        f"sqlite:///{fashion_search / 'mlflow.db'}",
+        cwd=tmp_path,
+        timeout=300,
+        **QUIET_MLFLOW,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     for k, row in enumerate(_parse(proc.stdout)):
         assert len(row) == 1 + 2 * 3
@@ -289,15 +400,25 @@ def test_top_k_lists_the_most_probable_classes_in_order(fashion_search, test_ima
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("model", "expected"), [
-    ("models:/no-such-model@champion", "Registered Model with name=no-such-model not found"),
-    ("models:/fashion-mnist-mlp@no-such-alias", "alias no-such-alias not found"),
-    ("runs:/0123456789abcdef/model", "Run with id=0123456789abcdef not found"),
-])
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        ("models:/no-such-model@champion", "Registered Model with name=no-such-model not found"),
+        ("models:/fashion-mnist-mlp@no-such-alias", "alias no-such-alias not found"),
+        ("runs:/0123456789abcdef/model", "Run with id=0123456789abcdef not found"),
+    ],
+)
 def test_unknown_model_uri_is_one_line_and_exit_2(fashion_search, tmp_path, model, expected):
     Image.fromarray(np.zeros((28, 28), np.uint8)).save(tmp_path / "blank.png")
-    proc = run_module("bench.predict", str(tmp_path / "blank.png"), "--model", model,
-                      cwd=fashion_search, timeout=300, **QUIET_MLFLOW)
+    proc = run_module(
+        "bench.predict",
+        str(tmp_path / "blank.png"),
+        "--model",
+        model,
+        cwd=fashion_search,
+        timeout=300,
+        **QUIET_MLFLOW,
+    )
     line = _one_error_line(proc)
     assert expected in line and model in line
 
@@ -307,10 +428,20 @@ def test_unknown_model_uri_is_one_line_and_exit_2(fashion_search, tmp_path, mode
 def test_reader_closing_the_pipe_early_is_not_an_error(fashion_search):
     # 10,000 lines are more than a pipe holds, so the write meets the closed pipe.
     env = cli_env(**QUIET_MLFLOW)
-    proc = subprocess.Popen([sys.executable, "-m", "bench.predict", "--idx",
-                             str(FASHION_DIR / "t10k-images-idx3-ubyte.gz")],
-                            cwd=fashion_search, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bench.predict",
+            "--idx",
+            str(FASHION_DIR / "t10k-images-idx3-ubyte.gz"),
+        ],
+        cwd=fashion_search,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     first = proc.stdout.readline()  # like `| head -n 1`
     proc.stdout.close()
     _, err = proc.communicate(timeout=300)

@@ -19,8 +19,12 @@ STARTUP_SECONDS = 120  # loading TensorFlow and the model on a busy 2-core machi
 
 
 def post_json(url: str, body: dict) -> tuple[int, dict]:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
     try:
         with urllib.request.urlopen(request, timeout=60) as resp:
             return resp.status, json.loads(resp.read())
@@ -45,11 +49,27 @@ def test_served_champion_answers_like_the_pyfunc_model(fashion_search, tmp_path)
     log = tmp_path / "serve.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [*mlflow_command(), "models", "serve", "-m", CHAMPION, "--env-manager", "local",
-             "--host", "127.0.0.1", "-p", str(port)],
-            cwd=fashion_search, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            env=cli_env(MLFLOW_TRACKING_URI=store, MLFLOW_DISABLE_TELEMETRY="true",
-                        DO_NOT_TRACK="true"))
+            [
+                *mlflow_command(),
+                "models",
+                "serve",
+                "-m",
+                CHAMPION,
+                "--env-manager",
+                "local",
+                "--host",
+                "127.0.0.1",
+                "-p",
+                str(port),
+            ],
+            cwd=fashion_search,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=cli_env(
+                MLFLOW_TRACKING_URI=store, MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="true"
+            ),
+        )
     try:
         base = f"http://127.0.0.1:{port}"
         wait_until_up(proc, f"{base}/ping", log, STARTUP_SECONDS)

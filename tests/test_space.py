@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
 
 from bench.errors import SpaceError
+from bench.space import BUILTIN_DIR as SPACES
 from bench.space import (
     CategoricalParam,
     FixedParam,
@@ -17,7 +20,6 @@ from bench.space import (
     parse_space,
     suggest,
 )
-from tests.conftest import SPACES
 
 
 @pytest.mark.parametrize("path", sorted(SPACES.glob("*.yaml")), ids=lambda p: p.name)
@@ -249,3 +251,71 @@ def test_any_text_file_parses_or_raises_space_error(tmp_path_factory, text):
 def test_round_trip_of_shipped_space_through_yaml():
     doc = yaml.safe_load((SPACES / "mlp.yaml").read_text())
     assert parse_space(doc).search_hash == load_space(SPACES / "mlp.yaml").search_hash
+
+
+# ---------------------------------------------------------------- hostile files
+
+
+def test_built_in_spaces_load_by_name():
+    from bench.space import builtin_names, resolve_space
+
+    assert {"mlp", "smoke", "baselines"} <= set(builtin_names())
+    assert load_space("smoke").path == str(SPACES / "smoke.yaml")
+    assert resolve_space("smoke.yaml") == "smoke.yaml"  # a file name stays a path
+
+
+def test_alias_bomb_is_refused_before_it_is_walked(tmp_path):
+    rows = ["a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    rows += [
+        f"{c}: &{c} [{', '.join([f'*{p}'] * 9)}]"
+        for p, c in zip("abcdefgh", "bcdefghi", strict=True)
+    ]
+    path = tmp_path / "bomb.yaml"
+    path.write_text("\n".join(rows) + "\n")  # 9**9 strings if expanded
+    with pytest.raises(SpaceError, match="expands to more than 10,000 nodes") as err:
+        load_space(path)
+    assert len(str(err.value)) < 300
+
+
+def test_shared_aliases_below_the_cap_still_load(tmp_path):
+    path = tmp_path / "ok.yaml"
+    path.write_text("params:\n  units: &u {type: int, low: 8, high: 64}\n  batch_size: 32\n")
+    assert load_space(path).params["units"].high == 64
+
+
+def test_oversized_file_is_refused(tmp_path):
+    path = tmp_path / "big.yaml"
+    path.write_text("# " + "x" * (1 << 20))
+    with pytest.raises(SpaceError, match="holds at most 1,048,576"):
+        load_space(path)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "params:\n  optimizer: " + "x" * 10_000 + "\n",
+        "description: [" + ", ".join(["1"] * 5000) + "]\n",
+        "params:\n  " + "k" * 900 + ": 1\n",
+    ],
+    ids=["long string", "long list", "long key"],
+)
+def test_values_in_messages_are_cut(text):
+    with pytest.raises(SpaceError) as err:
+        parse_space(yaml.safe_load(text), "s.yaml")
+    assert len(str(err.value)) < 400
+
+
+@pytest.mark.parametrize(
+    ("train", "message"),
+    [
+        ("max_epochs: 0", "baselines[0].train.max_epochs: must be >= 1, got 0"),
+        ("patience: -5", "baselines[0].train.patience: must be >= 1, got -5"),
+        ("eval_batch_size: 0", "baselines[0].train.eval_batch_size: must be >= 1, got 0"),
+        ("min_delta: -0.1", "baselines[0].train.min_delta: must be >= 0"),
+        ("jit_compile: sometimes", "baselines[0].train.jit_compile: must be true, false or auto"),
+    ],
+)
+def test_baseline_train_overrides_follow_the_train_rules(train, message):
+    doc = yaml.safe_load(f"baselines:\n  - name: b\n    train: {{{train}}}\n")
+    with pytest.raises(SpaceError, match=re.escape(message)):
+        parse_space(doc, "s.yaml")

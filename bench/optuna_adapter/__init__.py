@@ -67,9 +67,12 @@ def make_storage(url: str | None):
         if not folder.is_dir() or not os.access(folder, os.W_OK):
             raise BenchError(f"--storage {shown}: folder {folder} is missing or not writable")
         try:
-            return JournalStorage(
+            storage = JournalStorage(
                 JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path)))
             )
+            # the journal is replayed lazily; read it now so a corrupt line is reported here
+            optuna.get_all_study_summaries(storage, include_best_trial=False)
+            return storage
         except OSError as exc:
             raise BenchError(
                 f"--storage {shown}: cannot open the journal ({exc.strerror})"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import reprlib
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,20 @@ from bench.space._types import (
     Space,
     TrainSpec,
 )
+
+MAX_FILE_BYTES = 1 << 20  # a search space is a page of YAML; 1 MiB leaves room for comments
+MAX_NODES = 10_000  # YAML nodes after alias expansion: an "alias bomb" expands to billions
+SHOWN_CHARS = 80  # a value quoted in an error message is cut to this length
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxtuple = 2, 6, 4, 6
+_REPR.maxstring = _REPR.maxother = SHOWN_CHARS
+
+
+def _show(value: Any) -> str:
+    """``repr(value)`` for an error message, bounded in time and length however big ``value`` is."""
+    text = _REPR.repr(value)
+    return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 1] + "…"
 
 
 def _check_value(name: str, value: Any) -> str | None:
@@ -96,6 +111,7 @@ def _parse_baseline(ctx: _Ctx, i: int, data: Any, train_kinds: dict) -> Baseline
     train = ctx.keys(f"{where}.train", data.get("train") or {}, tuple(train_kinds))
     for key, value in train.items():
         _typed(ctx, f"{where}.train.{key}", value, train_kinds[key][0], train_kinds[key][1])
+    _check_train(ctx, f"{where}.train", train)
     published = data.get("published_test_accuracy")
     if published is not None:
         _typed(ctx, f"{where}.published_test_accuracy", published, (int, float), "a number")
@@ -113,6 +129,27 @@ _DIST_KEYS = {
 }
 
 
+_AT_LEAST_ONE = (
+    "max_epochs",
+    "patience",
+    "validation_size",
+    "steps_per_execution",
+    "eval_batch_size",
+)
+
+
+def _check_train(ctx: _Ctx, where: str, train: dict[str, Any]) -> None:
+    """The range rules of a ``train:`` section, for the space's own and a baseline's overrides."""
+    for key in _AT_LEAST_ONE:
+        if key in train and train[key] < 1:
+            raise ctx.fail(f"{where}.{key}", f"must be >= 1, got {_show(train[key])}")
+    if train.get("min_delta", 0) < 0:
+        raise ctx.fail(f"{where}.min_delta", f"must be >= 0, got {_show(train['min_delta'])}")
+    jit = train.get("jit_compile")
+    if isinstance(jit, str) and jit != "auto":
+        raise ctx.fail(f"{where}.jit_compile", f"must be true, false or auto, got {_show(jit)}")
+
+
 class _Ctx:
     def __init__(self, path: str):
         self.path = path
@@ -122,22 +159,23 @@ class _Ctx:
 
     def keys(self, where: str, data: Any, allowed: tuple[str, ...]) -> dict:
         if not isinstance(data, dict):
-            raise self.fail(where, f"must be a mapping, got {type(data).__name__} {data!r}")
+            raise self.fail(where, f"must be a mapping, got {type(data).__name__} {_show(data)}")
         for key in data:
             if key not in allowed:
-                near = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.5)
+                shown = _show(str(key))[1:-1]  # a key can be as long as a value
+                near = difflib.get_close_matches(str(key)[:100], allowed, n=1, cutoff=0.5)
                 hint = f"; did you mean '{near[0]}'?" if near else f"; valid keys: {list(allowed)}"
-                label = f"{where}.{key}" if where else str(key)
-                raise self.fail(label, f"unknown key '{key}'{hint}")
+                label = f"{where}.{shown}" if where else shown
+                raise self.fail(label, f"unknown key '{shown}'{hint}")
         return data
 
 
 def _typed(ctx: _Ctx, where: str, value: Any, kind: type | tuple, what: str) -> Any:
     ok = isinstance(value, kind) and not (isinstance(value, bool) and bool not in _as_tuple(kind))
     if not ok:
-        raise ctx.fail(where, f"must be {what}, got {type(value).__name__} {value!r}")
+        raise ctx.fail(where, f"must be {what}, got {type(value).__name__} {_show(value)}")
     if isinstance(value, float) and not math.isfinite(value):
-        raise ctx.fail(where, f"must be finite, got {value!r}")
+        raise ctx.fail(where, f"must be finite, got {_show(value)}")
     return value
 
 
@@ -166,10 +204,10 @@ def _parse_param(ctx: _Ctx, name: str, spec: Any) -> Param:
                 raise ctx.fail(where, "a per-layer list must not be empty")
             for i, v in enumerate(spec):
                 if (why := _check_value(name, v)) is not None:
-                    raise ctx.fail(f"{where}[{i}]", f"{why}, got {v!r}")
+                    raise ctx.fail(f"{where}[{i}]", f"{why}, got {_show(v)}")
             return FixedParam(tuple(spec), per_layer=True)
         if (why := _check_value(name, spec)) is not None:
-            raise ctx.fail(where, f"{why}, got {spec!r}")
+            raise ctx.fail(where, f"{why}, got {_show(spec)}")
         return FixedParam(spec)
     if "type" not in spec:
         raise ctx.fail(
@@ -179,7 +217,9 @@ def _parse_param(ctx: _Ctx, name: str, spec: Any) -> Param:
     if kind not in _DIST_KEYS:
         near = difflib.get_close_matches(str(kind), list(_DIST_KEYS), n=1, cutoff=0.5)
         hint = f"; did you mean '{near[0]}'?" if near else ""
-        raise ctx.fail(f"{where}.type", f"must be int, float or categorical, got {kind!r}{hint}")
+        raise ctx.fail(
+            f"{where}.type", f"must be int, float or categorical, got {_show(kind)}{hint}"
+        )
     ctx.keys(where, spec, _DIST_KEYS[kind])
     per_layer = _typed(
         ctx, f"{where}.per_layer", spec.get("per_layer", False), bool, "true or false"
@@ -189,12 +229,12 @@ def _parse_param(ctx: _Ctx, name: str, spec: Any) -> Param:
     if kind == "categorical":
         choices = spec.get("choices")
         if not isinstance(choices, list) or not choices:
-            raise ctx.fail(f"{where}.choices", f"must be a non-empty list, got {choices!r}")
+            raise ctx.fail(f"{where}.choices", f"must be a non-empty list, got {_show(choices)}")
         for i, c in enumerate(choices):
             if (why := _check_value(name, c)) is not None:
-                raise ctx.fail(f"{where}.choices[{i}]", f"{why}, got {c!r}")
+                raise ctx.fail(f"{where}.choices[{i}]", f"{why}, got {_show(c)}")
         if len(set(map(repr, choices))) != len(choices):
-            raise ctx.fail(f"{where}.choices", f"must not repeat a value, got {choices!r}")
+            raise ctx.fail(f"{where}.choices", f"must not repeat a value, got {_show(choices)}")
         return CategoricalParam(tuple(choices), per_layer=per_layer)
     num = int if kind == "int" else (int, float)
     what = "an integer" if kind == "int" else "a number"
@@ -208,16 +248,22 @@ def _parse_param(ctx: _Ctx, name: str, spec: Any) -> Param:
     if step is not None:
         step = _typed(ctx, f"{where}.step", step, num, what)
     if low > high:
-        raise ctx.fail(where, f"`low <= high` must hold, but got (low={low}, high={high})")
+        raise ctx.fail(
+            where, f"`low <= high` must hold, but got (low={_show(low)}, high={_show(high)})"
+        )
     if log and low <= 0:
-        raise ctx.fail(where, f"`low > 0` must hold for a log distribution, but got low={low}")
+        raise ctx.fail(
+            where, f"`low > 0` must hold for a log distribution, but got low={_show(low)}"
+        )
     if log and step is not None and not (kind == "int" and step == 1):
-        raise ctx.fail(where, f"`step` cannot be combined with `log: true`, but got step={step}")
+        raise ctx.fail(
+            where, f"`step` cannot be combined with `log: true`, but got step={_show(step)}"
+        )
     if step is not None and step <= 0:
-        raise ctx.fail(f"{where}.step", f"must be > 0, got {step}")
+        raise ctx.fail(f"{where}.step", f"must be > 0, got {_show(step)}")
     for label, v in (("low", low), ("high", high)):
         if (why := _check_value(name, v)) is not None:
-            raise ctx.fail(f"{where}.{label}", f"{why}, got {v!r}")
+            raise ctx.fail(f"{where}.{label}", f"{why}, got {_show(v)}")
     if kind == "int":
         return IntParam(low, high, step or 1, log, per_layer)
     return FloatParam(
@@ -242,16 +288,18 @@ def parse_space(data: Any, path: str = "<space>") -> Space:
     data = ctx.keys("", data, _TOP_KEYS) if data is not None else ctx.keys("", {}, _TOP_KEYS)
     version = data.get("version", 1)
     if version != 1:
-        raise ctx.fail("version", f"only version 1 is supported, got {version!r}")
+        raise ctx.fail("version", f"only version 1 is supported, got {_show(version)}")
     description = _typed(ctx, "description", data.get("description", ""), str, "a string")
 
     study = ctx.keys("study", data.get("study") or {}, _STUDY_KEYS)
     metric = study.get("metric", "val_accuracy")
     if metric not in METRICS:
-        raise ctx.fail("study.metric", f"must be one of {list(METRICS)}, got {metric!r}")
+        raise ctx.fail("study.metric", f"must be one of {list(METRICS)}, got {_show(metric)}")
     direction = study.get("direction", METRICS[metric])
     if direction != METRICS[metric]:
-        raise ctx.fail("study.direction", f"{metric} must be {METRICS[metric]}d, got {direction!r}")
+        raise ctx.fail(
+            "study.direction", f"{metric} must be {METRICS[metric]}d, got {_show(direction)}"
+        )
     sampler = _struct(
         ctx,
         "study.sampler",
@@ -266,7 +314,7 @@ def parse_space(data: Any, path: str = "<space>") -> Space:
     )
     if sampler.name not in SAMPLERS:
         raise ctx.fail(
-            "study.sampler.name", f"must be one of {list(SAMPLERS)}, got {sampler.name!r}"
+            "study.sampler.name", f"must be one of {list(SAMPLERS)}, got {_show(sampler.name)}"
         )
     pruner = _struct(
         ctx,
@@ -282,7 +330,9 @@ def parse_space(data: Any, path: str = "<space>") -> Space:
         },
     )
     if pruner.name not in PRUNERS:
-        raise ctx.fail("study.pruner.name", f"must be one of {list(PRUNERS)}, got {pruner.name!r}")
+        raise ctx.fail(
+            "study.pruner.name", f"must be one of {list(PRUNERS)}, got {_show(pruner.name)}"
+        )
     if pruner.reduction_factor < 2 or pruner.min_resource < 1:
         raise ctx.fail("study.pruner", "needs reduction_factor >= 2 and min_resource >= 1")
     if sampler.n_startup_trials < 0 or pruner.n_startup_trials < 0 or pruner.n_warmup_steps < 0:
@@ -298,21 +348,7 @@ def parse_space(data: Any, path: str = "<space>") -> Space:
         "eval_batch_size": (int, "an integer"),
     }
     train = _struct(ctx, "train", data.get("train"), TrainSpec, train_kinds)
-    for key in (
-        "max_epochs",
-        "patience",
-        "validation_size",
-        "steps_per_execution",
-        "eval_batch_size",
-    ):
-        if getattr(train, key) < 1:
-            raise ctx.fail(f"train.{key}", f"must be >= 1, got {getattr(train, key)}")
-    if train.min_delta < 0:
-        raise ctx.fail("train.min_delta", f"must be >= 0, got {train.min_delta}")
-    if isinstance(train.jit_compile, str) and train.jit_compile != "auto":
-        raise ctx.fail(
-            "train.jit_compile", f"must be true, false or auto, got {train.jit_compile!r}"
-        )
+    _check_train(ctx, "train", train.__dict__)
 
     raw_params = data.get("params") or {}
     ctx.keys("params", raw_params, tuple(PARAM_DEFAULTS))
@@ -335,11 +371,11 @@ def parse_space(data: Any, path: str = "<space>") -> Space:
             )
     raw_baselines = data.get("baselines") or []
     if not isinstance(raw_baselines, list):
-        raise ctx.fail("baselines", f"must be a list of configurations, got {raw_baselines!r}")
+        raise ctx.fail("baselines", f"must be a list of configurations, got {_show(raw_baselines)}")
     baselines = tuple(_parse_baseline(ctx, i, b, train_kinds) for i, b in enumerate(raw_baselines))
     names = [b.name for b in baselines]
     if len(set(names)) != len(names):
-        raise ctx.fail("baselines", f"names must be unique, got {names}")
+        raise ctx.fail("baselines", f"names must be unique, got {_show(names)}")
     return Space(
         path, version, metric, direction, sampler, pruner, train, params, description, baselines
     )
@@ -353,6 +389,12 @@ def load_space(path: str | Path) -> Space:
     """
     path = str(path)
     try:
+        size = Path(path).stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise SpaceError(
+                f"{path}: the search-space file is {size:,} bytes; a space file holds at most "
+                f"{MAX_FILE_BYTES:,} (is it the right file?)"
+            )
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
@@ -361,10 +403,54 @@ def load_space(path: str | Path) -> Space:
             "pass an existing YAML file with --space"
         ) from None
     try:
-        data = yaml.safe_load(text)
+        data = _safe_load_bounded(text, path)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
         problem = getattr(exc, "problem", None) or "malformed YAML"
         raise SpaceError(f"{path}: {where}: {problem} (the file is not valid YAML)") from None
     return parse_space(data, path)
+
+
+def _expanded_nodes(node: yaml.Node, memo: dict[int, int], limit: int) -> int:
+    """How many nodes ``node`` stands for once every alias is expanded (stops past ``limit``)."""
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    memo[key] = limit + 1  # a node met again while being counted: a cycle, count it as too many
+    total = 1
+    if isinstance(node, yaml.SequenceNode):
+        children = node.value
+    elif isinstance(node, yaml.MappingNode):
+        children = [part for pair in node.value for part in pair]
+    else:
+        children = []
+    for child in children:
+        total += _expanded_nodes(child, memo, limit)
+        if total > limit:
+            break
+    memo[key] = total
+    return total
+
+
+def _safe_load_bounded(text: str, path: str) -> Any:
+    """``yaml.safe_load``, refusing documents whose aliases expand past :data:`MAX_NODES`.
+
+    PyYAML shares an aliased node instead of copying it, so a 300-byte "billion laughs" file
+    loads fast, but anything that walks or prints the result (validation, an error message)
+    would expand it; the expanded size is counted on the node graph before construction.
+    """
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        n = _expanded_nodes(node, {}, MAX_NODES)
+        if n > MAX_NODES:
+            raise SpaceError(
+                f"{path}: the YAML expands to more than {MAX_NODES:,} nodes through its "
+                "aliases (&anchor/*alias); write the values out instead"
+            )
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()

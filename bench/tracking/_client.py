@@ -257,9 +257,9 @@ class Tracker:
         Returns:
             MLflow's ``ModelInfo`` (``model_uri``, ``model_id``).
         """
-        import keras
+        from importlib.metadata import version
+
         import numpy as np
-        import tensorflow as tf
         from mlflow.models import ModelSignature
         from mlflow.types import Schema, TensorSpec
 
@@ -269,8 +269,8 @@ class Tracker:
         )
         requirements = [
             f"mlflow=={self.mlflow.__version__}",
-            f"keras=={keras.__version__}",
-            f"tensorflow=={tf.__version__}",
+            f"keras=={version('keras')}",  # metadata: the tracking layer never imports Keras
+            f"tensorflow=={version('tensorflow')}",
             f"numpy=={np.__version__}",
         ]
         with self.mlflow.start_run(run_id=run_id, nested=True):
@@ -283,7 +283,20 @@ class Tracker:
         return self.mlflow.keras.load_model(model_uri)
 
     def register(self, model_uri: str, name: str, tags: dict[str, Any]):
-        return self.mlflow.register_model(model_uri, name, tags=_clean(tags))
+        """Register ``model_uri`` as a new version of ``name``, without MLflow's own prints.
+
+        ``register_model`` announces "Successfully registered model" and "Created version" on
+        MLflow's event stream; bench prints its own summary line, so the stream is off meanwhile.
+        """
+        from mlflow.utils import logging_utils
+
+        was_enabled = getattr(logging_utils.MLFLOW_LOGGING_STREAM, "enabled", True)
+        logging_utils.disable_logging()
+        try:
+            return self.mlflow.register_model(model_uri, name, tags=_clean(tags))
+        finally:
+            if was_enabled:
+                logging_utils.enable_logging()
 
     def find_version(self, name: str, tags: dict[str, str]):
         """The registered version of ``name`` carrying all ``tags``, or None."""

@@ -87,7 +87,7 @@ def check_name(flag: str, name: str) -> str:
     if not name or name.startswith(".") or bad or len(name) > 200:
         shown = "".join(bad)[:20]
         raise BenchError(
-            f"{flag} {name!r}: use 1-200 letters, digits and . _ - + (not starting with a dot)"
-            + (f"; found {shown!r}" if bad else "")
+            f"{flag} {name[:60]!r}{'...' if len(name) > 60 else ''}: use 1-200 letters, digits "
+            "and . _ - + (not starting with a dot)" + (f"; found {shown!r}" if bad else "")
         )
     return name

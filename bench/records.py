@@ -42,6 +42,7 @@ TRIAL_REASON = "bench.reason"
 TRIAL_TEST_ACCURACY = "bench.test_accuracy"
 # Keys bench writes as Optuna study user attributes.
 STUDY_SPACE = "bench.space_hash"
+STUDY_CONFUSION = "bench.confusion_matrix"  # the registered model's test confusion matrix
 
 
 @dataclass(frozen=True)

@@ -534,8 +534,8 @@ def log_artifacts(batches: list[Batch], uri: str, files: list[Path]) -> str:
         for path in files:
             tracker.log_artifact(parent, str(path), "report")
     except Exception as exc:  # noqa: BLE001 - the files on disk are the report; MLflow is a copy
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        return f"not logged to MLflow ({redact(uri)}): {redact(first)}"
+        first = (redact(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return f"not logged to MLflow ({redact(uri)}): {redact(first, limit=200)}"
     return f"logged {len(files)} file(s) to MLflow run {parent} under report/ ({redact(uri)})"
 
 

@@ -10,6 +10,7 @@ result is mirrored, so no peer reaps a job whose result is still being written.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -34,6 +35,7 @@ from bench.records import (
     REGISTER,
     RUNNING,
     SEARCH,
+    STUDY_CONFUSION,
     TRIAL_BASELINE,
     TRIAL_BATCH,
     TRIAL_CONFIG,
@@ -316,8 +318,8 @@ class Worker:
                     self.tracker.safe(self.tracker.end_run, run_id, "KILLED")
             raise
         except Exception as exc:  # noqa: BLE001 - a failing configuration fails alone
-            lines = str(exc).strip().splitlines()
-            reason = redact(f"{type(exc).__name__}: {lines[0][:300] if lines else ''}")
+            lines = redact(exc).strip().splitlines()
+            reason = redact(f"{type(exc).__name__}: {lines[0] if lines else ''}", limit=300)
             log.warning("job %s failed: %s", job.key, reason)
             with self.interrupts.critical():
                 if live:
@@ -360,7 +362,11 @@ class Worker:
             param_count=result.param_count,
             train_flops=result.training_flops,
             config=config,
-            history={k: [round(v, 6) for v in vals] for k, vals in result.history.items()},
+            # a diverged run's history holds NaN/inf, which JSON (the job store) cannot hold
+            history={
+                k: [round(v, 6) if math.isfinite(v) else None for v in vals]
+                for k, vals in result.history.items()
+            },
             reason=result.reason,
         )
         if status == COMPLETED and job.purpose in TEST_SCORED:
@@ -381,6 +387,7 @@ class Worker:
                 )
                 out.model_uri = info.model_uri
             out.registered = self._register(job, out)
+            self._store_confusion(job, result.model)
         kill_point("record")
         if live:
             live.set_attrs(_trial_attrs(job, out))
@@ -430,6 +437,21 @@ class Worker:
             dataset_digest=self.dataset.digest,
         )
 
+    def _store_confusion(self, job: Job, model) -> None:
+        """The registered model's test confusion matrix, for bench.report (reported only)."""
+        from bench.training import confusion
+
+        opt.set_study_attr(
+            self.study,
+            STUDY_CONFUSION,
+            {
+                "job": job.key,
+                "source": job.spec.info.get("source"),
+                "classes": list(self.dataset.class_names),
+                "matrix": confusion(model, self.dataset),
+            },
+        )
+
     def _run_register(self, job: Job) -> None:
         """Register the chosen search run's own model (``--no-refit``)."""
         from bench.training import evaluate
@@ -452,6 +474,7 @@ class Worker:
         )
         with self.interrupts.critical():
             out.registered = self._register(job, out)
+            self._store_confusion(job, model)
             if self.store.finish(job.id, self.token, DONE, out):
                 self.sync(self.store.get_job(job.id))
 

@@ -77,7 +77,7 @@ def make_storage(url: str | None):
             raise BenchError(
                 f"--storage {shown}: cannot open the journal ({exc.strerror})"
             ) from None
-        except ValueError as exc:  # a corrupt or truncated line (JSONDecodeError is a ValueError)
+        except (ValueError, KeyError, TypeError) as exc:  # a torn line, or one missing fields
             raise BenchError(
                 f"--storage {shown}: the journal file {path.resolve()} is corrupt "
                 f"({_first_line(exc)}); keep a copy, then cut it after its last complete "

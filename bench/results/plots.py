@@ -124,7 +124,8 @@ def _confusion(study: optuna.Study):
     )
     acc = np.trace(matrix) / max(1, matrix.sum())
     ax.grid(False)
-    ax.set_title(f"Champion (trial {cm['trial']}) on the test set: accuracy {acc:.4f}")
+    who = cm.get("source") or (f"trial {cm['trial']}" if "trial" in cm else "registered model")
+    ax.set_title(f"Champion ({who}) on the test set: accuracy {acc:.4f}")
     return ax
 
 

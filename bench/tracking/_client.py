@@ -352,8 +352,9 @@ def _clean(tags: dict[str, Any]) -> dict[str, str]:
 
 
 def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:300]}" if text else type(exc).__name__
+    """The first line of an error, secrets masked before it is cut."""
+    text = redact(exc).strip().splitlines()
+    return redact(f"{type(exc).__name__}: {text[0]}", limit=300) if text else type(exc).__name__
 
 
 def _is_locked(exc: BaseException) -> bool:

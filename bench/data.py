@@ -404,3 +404,24 @@ def check_validation_size(ds: Dataset, size: int, where: str) -> None:
             f"{where}: train.validation_size: {size} does not fit {ds.name}'s {n} training "
             f"images and {ds.n_classes} classes; use a value from {ds.n_classes} to {n // 2}"
         )
+
+
+def fold_splits(ds: Dataset, k: int, seed: int) -> list[Split]:
+    """K stratified, seeded folds of the training images: each fold validates once.
+
+    Raises:
+        DataError: a class with fewer images than folds.
+    """
+    counts = np.bincount(ds.y_train, minlength=ds.n_classes)
+    if counts.min() < k:
+        raise DataError(
+            f"train.cv_folds: {k} folds need at least {k} images of every class; "
+            f"{ds.name}'s class {int(counts.argmin())} has {int(counts.min())}; use fewer folds"
+        )
+    from sklearn.model_selection import StratifiedKFold
+
+    folds = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    return [
+        Split(ds.x_train[tr], ds.y_train[tr], ds.x_train[va], ds.y_train[va])
+        for tr, va in folds.split(np.zeros(len(ds.y_train)), ds.y_train)
+    ]

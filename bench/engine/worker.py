@@ -295,20 +295,8 @@ class Worker:
                 return live.should_prune()
             return False
 
-        from bench.training import train
-
         try:
-            result = train(
-                config,
-                spec,
-                self._split(job),
-                self.dataset.n_classes,
-                job.spec.seed,
-                on_epoch,
-                metric=self.space.metric,
-                tensorboard_dir=self._tb_dir(job),
-                schedule_epochs=job.spec.train.get("schedule_epochs"),
-            )
+            result = self._fit(job, config, spec, on_epoch)
         except KeyboardInterrupt:
             with self.interrupts.critical():
                 self.store.release(job.id, self.token, "interrupted by the user (SIGINT/SIGTERM)")
@@ -333,6 +321,50 @@ class Worker:
             return
         with self.interrupts.critical():
             self._record(job, live, result, config)
+
+    def _fit(self, job: Job, config: dict, spec, on_epoch):
+        """Train the job; with ``train.cv_folds: K`` score it as the mean over K folds.
+
+        The hook (tracking, pruning) sees the first fold's epochs; the other folds run only when
+        the first completed. The returned model is the first fold's.
+        """
+        from bench import data
+        from bench.training import COMPLETED as DONE_STATUS
+        from bench.training import train
+
+        def fit(split, hook):
+            return train(
+                config,
+                spec,
+                split,
+                self.dataset.n_classes,
+                job.spec.seed,
+                hook,
+                metric=self.space.metric,
+                tensorboard_dir=self._tb_dir(job),
+                schedule_epochs=job.spec.train.get("schedule_epochs"),
+            )
+
+        if spec.cv_folds <= 1 or job.spec.split == ALL:
+            return fit(self._split(job), on_epoch)
+        key = ("folds", spec.cv_folds, int(self.batch.settings["seed"]))
+        if key not in self._splits:
+            self._splits[key] = data.fold_splits(self.dataset, spec.cv_folds, key[2])
+        folds = self._splits[key]
+        first = fit(folds[0], on_epoch)
+        if first.status != DONE_STATUS:
+            return first
+        rest = [fit(f, None) for f in folds[1:]]
+        runs = [first, *rest]
+        bad = [r for r in rest if r.status != DONE_STATUS]
+        if bad:
+            return bad[0]
+        first.history[f"cv_{self.space.metric}"] = [r.value for r in runs]
+        first.value = sum(r.value for r in runs) / len(runs)
+        first.train_seconds = sum(r.train_seconds for r in runs)
+        first.samples_trained = sum(r.samples_trained for r in runs)
+        first.best_epoch = sorted(r.best_epoch for r in runs)[(len(runs) - 1) // 2]
+        return first
 
     def _configure(self, job: Job):
         """The job's configuration; a first-attempt search job asks Optuna for a fresh trial."""

@@ -135,6 +135,7 @@ _AT_LEAST_ONE = (
     "validation_size",
     "steps_per_execution",
     "eval_batch_size",
+    "cv_folds",
 )
 
 
@@ -143,6 +144,9 @@ def _check_train(ctx: _Ctx, where: str, train: dict[str, Any]) -> None:
     for key in _AT_LEAST_ONE:
         if key in train and train[key] < 1:
             raise ctx.fail(f"{where}.{key}", f"must be >= 1, got {_show(train[key])}")
+    if train.get("cv_folds", 1) > 20:
+        shown = _show(train["cv_folds"])
+        raise ctx.fail(f"{where}.cv_folds", f"must be 1 (off) to 20, got {shown}")
     if train.get("min_delta", 0) < 0:
         raise ctx.fail(f"{where}.min_delta", f"must be >= 0, got {_show(train['min_delta'])}")
     jit = train.get("jit_compile")
@@ -346,6 +350,7 @@ def parse_space(data: Any, path: str = "<space>") -> Space:
         "steps_per_execution": (int, "an integer"),
         "jit_compile": ((bool, str), "true, false or auto"),
         "eval_batch_size": (int, "an integer"),
+        "cv_folds": (int, "an integer"),
     }
     train = _struct(ctx, "train", data.get("train"), TrainSpec, train_kinds)
     _check_train(ctx, "train", train.__dict__)

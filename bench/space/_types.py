@@ -97,6 +97,7 @@ class TrainSpec:
     steps_per_execution: int = 32  # amortises Python/dispatch overhead, the main CPU cost
     jit_compile: bool | str = "auto"  # "auto": XLA where Keras supports it
     eval_batch_size: int = 2048  # evaluation has no gradients; big batches are cheapest
+    cv_folds: int = 1  # K > 1: score a job as the mean over K stratified folds (K times the cost)
 
 
 @dataclass(frozen=True)

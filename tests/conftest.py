@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SPACES = REPO / "search_spaces"
+SPACES = REPO / "bench" / "space" / "builtin"
 
 
 @pytest.fixture(autouse=True)

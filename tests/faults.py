@@ -1,4 +1,9 @@
-"""Helpers for tests that run real searches as subprocesses and interfere with them."""
+"""Helpers for tests that run real searches as subprocesses and interfere with them.
+
+They read what a search left behind the way a user's tools would: the job store
+(:class:`bench.engine.store.JobStore`), the Optuna study through the public API, and MLflow through
+``MlflowClient``.
+"""
 
 from __future__ import annotations
 
@@ -24,6 +29,9 @@ params:
   batch_size: 16
   learning_rate: {type: float, low: 1.0e-3, high: 1.0e-2, log: true}
 """
+JOURNAL = "optuna-studies.log"
+EXPERIMENT = "digits-mlp"
+MODEL = "digits-mlp"
 
 
 def slow_space(folder: Path) -> str:
@@ -50,13 +58,33 @@ def stderr_of(folder: Path) -> str:
     return (folder / "search.err").read_text()
 
 
+def job_store(folder: Path, storage: str | None = None):
+    from bench.engine.store import JobStore
+
+    return JobStore(storage or str(folder / JOURNAL))
+
+
+def batches(folder: Path, study: str, storage: str | None = None):
+    return job_store(folder, storage).batches(study)
+
+
+def jobs_of(folder: Path, study: str, number: int = 1, storage: str | None = None):
+    """The jobs of batch ``number`` of ``study`` ([] before it exists)."""
+    store = job_store(folder, storage)
+    try:
+        found = [b for b in store.batches(study) if b.number == number]
+        return store.jobs(found[0].id) if found else []
+    finally:
+        store.dispose()
+
+
 def load_study(folder: Path, name: str, storage: str | None = None):
     import optuna
 
-    from bench.study import make_storage
+    from bench.optuna_adapter import make_storage
 
     return optuna.load_study(
-        study_name=name, storage=make_storage(storage or str(folder / "optuna-studies.log"))
+        study_name=name, storage=make_storage(storage or str(folder / JOURNAL))
     )
 
 
@@ -64,6 +92,17 @@ def trials_of(folder: Path, name: str, storage: str | None = None):
     return sorted(
         load_study(folder, name, storage).get_trials(deepcopy=False), key=lambda t: t.number
     )
+
+
+def mlflow_runs(folder: Path, tracking_uri: str | None = None, experiment: str = EXPERIMENT):
+    """``(client, runs)`` of the experiment in the folder's sqlite store (or ``tracking_uri``)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri or f"sqlite:///{folder}/mlflow.db")
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return client, []
+    return client, client.search_runs([exp.experiment_id], max_results=5000)
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
@@ -80,11 +119,9 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-def running_mid_trial(folder: Path, name: str, min_finished: int = 1, storage: str | None = None):
-    """A RUNNING trial with at least one epoch done, once ``min_finished`` trials finished."""
-    trials = trials_of(folder, name, storage)
-    finished = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
-    running = [
-        t for t in trials if t.state.name == "RUNNING" and 0 < len(t.intermediate_values) <= 10
-    ]
-    return running[0] if len(finished) >= min_finished and running else None
+def running_mid_job(folder: Path, study: str, min_done: int = 1, storage: str | None = None):
+    """A search job that is training (its run exists), once ``min_done`` jobs are done."""
+    jobs = jobs_of(folder, study, storage=storage)
+    done = [j for j in jobs if j.state == "done"]
+    running = [j for j in jobs if j.state == "running" and j.run_id and j.purpose == "search"]
+    return running[0] if len(done) >= min_done and running else None

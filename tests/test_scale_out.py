@@ -1,23 +1,28 @@
-"""Scale-out: independent workers share one PostgreSQL study and one MLflow tracking server.
+"""Scale-out: independent workers on two "hosts" share one PostgreSQL study, its job store (two
+``bench_*`` tables in the same database) and one MLflow tracking server.
 
 Needs the PostgreSQL server named by ``BENCH_TEST_POSTGRES_URL`` (``.ci/run`` sets it; in CI its
-absence is a failure, elsewhere the tests skip). Each test gets fresh databases.
+absence is a failure, elsewhere the tests skip). Each test gets fresh databases. The second host is
+a worker in its own UTS namespace (``unshare --uts``, another host name), when root can make one.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import subprocess
+import sys
 import uuid
 
 import pytest
 
-from bench import study as st
-from tests.conftest import run_module
+from tests.conftest import cli_env, run_module
 from tests.faults import (
     free_port,
+    jobs_of,
     kill_group,
-    running_mid_trial,
+    running_mid_job,
     slow_space,
     start_mlflow_server,
     start_search,
@@ -27,6 +32,8 @@ from tests.faults import (
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 STUDY = "digits-slow"
+OTHER_HOST = "bench-other-host"
+FAST_LEASE = {"BENCH_LEASE_SECONDS": "3"}
 
 
 @pytest.fixture
@@ -62,182 +69,173 @@ def cluster(tmp_path, pg):
     kill_group(server)
 
 
+def _can_fake_a_host() -> bool:
+    return bool(shutil.which("unshare")) and os.geteuid() == 0
+
+
 def _worker_args(cluster, trials: int, space: str) -> list[str]:
     """What one machine runs to join the cluster's study and tracking server."""
-    return [
-        "--dataset",
-        "digits",
-        "--space",
-        space,
-        "--trials",
-        str(trials),
-        "--jobs",
-        "1",
-        "--storage",
-        cluster["storage"],
-        "--tracking-uri",
-        cluster["tracking"],
-    ]
+    return ["--dataset", "digits", "--space", space, "--trials", str(trials), "--jobs", "1",
+            "--storage", cluster["storage"], "--tracking-uri", cluster["tracking"]]  # fmt: skip
 
 
-def _workers(cluster, n: int, trials: int, space: str, **env):
-    args = _worker_args(cluster, trials, space)
-    folders = []
-    for i in range(n):  # separate folders: nothing shared but the database and the server
-        folder = cluster["folder"] / f"machine-{i}"
-        folder.mkdir()
-        folders.append(folder)
-    return [start_search(f, *args, **env) for f in folders], folders
-
-
-def _check_totals(cluster, trials: int, extra_failed: int = 0):
-    from mlflow import MlflowClient
-
-    study_trials = trials_of(cluster["folder"], STUDY, cluster["storage"])
-    finished = [t for t in study_trials if t.state.name in ("COMPLETE", "PRUNED")]
-    assert len(finished) == trials
-    numbers = [t.number for t in study_trials]
-    assert len(numbers) == len(set(numbers))
-    assert len([t for t in study_trials if t.state.name == "FAIL"]) == extra_failed
-    client = MlflowClient(cluster["tracking"])
-    exp = client.get_experiment_by_name("digits-mlp")
-    runs = client.search_runs([exp.experiment_id], max_results=1000)
-    parents = [r for r in runs if r.data.tags.get("role") == "study"]
-    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
-    assert len(children) == trials + extra_failed
-    finished_runs = [r for r in children if r.info.status in ("FINISHED", "KILLED")]
-    assert sorted(int(r.data.tags["trial_number"]) for r in finished_runs) == sorted(
-        t.number for t in finished
-    )
-    versions = client.search_model_versions("name = 'digits-mlp'")
-    assert len(versions) == 1  # registered once, by the last worker to finish
-    assert str(client.get_model_version_by_alias("digits-mlp", "champion").version) == str(
-        versions[0].version
-    )
-    return study_trials, children
-
-
-def test_three_workers_share_one_study_one_parent_run_and_register_once(cluster):
-    procs, folders = _workers(cluster, 3, 6, slow_space(cluster["folder"]))
-    try:
-        codes = [p.wait(timeout=900) for p in procs]
-    finally:
-        for p in procs:
-            kill_group(p)
-    assert codes == [0, 0, 0], [(f / "search.err").read_text()[-2000:] for f in folders]
-    trials, _ = _check_totals(cluster, 6)
-    owners = {t.user_attrs[st.OWNER_ATTR]["pid"] for t in trials}
-    assert len(owners) >= 2  # the work really was shared
-    joined = sum("joining batch 1" in (f / "search.err").read_text() for f in folders)
-    assert joined == 2
-
-
-def test_a_killed_worker_is_retried_by_the_others_and_totals_hold(cluster):
-    procs, folders = _workers(cluster, 3, 6, slow_space(cluster["folder"]))
-    try:
-        victim = wait_for(
-            lambda: running_mid_trial(cluster["folder"], STUDY, 0, cluster["storage"]),
-            300,
-            "a trial mid-training",
-        )
-        pid = victim.user_attrs[st.OWNER_ATTR]["pid"]
-        os.kill(pid, signal.SIGKILL)
-        codes = {p.pid: p.wait(timeout=900) for p in procs}
-    finally:
-        for p in procs:
-            kill_group(p)
-    assert codes.pop(pid) == -signal.SIGKILL
-    assert set(codes.values()) == {0}
-    trials, children = _check_totals(cluster, 6, extra_failed=1)
-    dead = {t.number: t for t in trials}[victim.number]
-    assert dead.state.name == "FAIL" and "died" in dead.user_attrs[st.REASON_ATTR]
-    retry = [t for t in trials if t.system_attrs.get("failed_trial") == victim.number]
-    assert len(retry) == 1 and retry[0].params == dead.params
-    assert {int(r.data.tags["trial_number"]): r.info.status for r in children}[
-        victim.number
-    ] == "FAILED"
-
-
-def test_a_silent_machine_is_failed_by_heartbeat_and_retried(cluster):
-    """A worker on another host (own UTS namespace) goes silent; the heartbeat catches it."""
-    import shutil
-
-    if not shutil.which("unshare") or os.geteuid() != 0:
-        pytest.skip("needs root and unshare to give a worker another hostname")
-    env = {"BENCH_HEARTBEAT_INTERVAL": "1", "BENCH_GRACE_PERIOD": "4"}
-    space = slow_space(cluster["folder"])
-    (procs, folders) = _workers(cluster, 1, 4, space, **env)
-    other = cluster["folder"] / "other-host"
-    other.mkdir()
-    import subprocess
-    import sys
-
-    from tests.conftest import cli_env
-
-    args = [*_worker_args(cluster, 4, space), "--quiet"]
-    remote = subprocess.Popen(
+def _start_on_other_host(folder, args, **env) -> subprocess.Popen:
+    """``python -m bench.search`` with another host name (its own UTS namespace)."""
+    return subprocess.Popen(
         [
             "unshare",
             "--uts",
             "sh",
             "-c",
-            'hostname bench-other-host && exec "$@"',
+            f'hostname {OTHER_HOST} && exec "$@"',
             "sh",
             sys.executable,
             "-m",
             "bench.search",
+            "--quiet",
             *args,
-        ],
-        cwd=other,
+        ],  # fmt: skip
+        cwd=folder,
         env=cli_env(**env),
-        stdout=subprocess.DEVNULL,
-        stderr=open(other / "search.err", "w"),  # noqa: SIM115 - closed with the process
+        stdout=open(folder / "search.out", "w"),  # noqa: SIM115 - closed with the process
+        stderr=open(folder / "search.err", "w"),  # noqa: SIM115
         start_new_session=True,
     )
+
+
+def _two_hosts(cluster, trials: int, space: str, **env):
+    """One worker here and one on the other host; separate folders: only the servers are shared."""
+    args = _worker_args(cluster, trials, space)
+    folders = []
+    for name in ("machine-0", "machine-1"):
+        folder = cluster["folder"] / name
+        folder.mkdir()
+        folders.append(folder)
+    here = start_search(folders[0], *args, **env)
+    if _can_fake_a_host():
+        there = _start_on_other_host(folders[1], args, **env)
+    else:
+        there = start_search(folders[1], *args, **env)
+    return [here, there], folders
+
+
+def _jobs(cluster):
+    return jobs_of(cluster["folder"], STUDY, storage=cluster["storage"])
+
+
+def _check_totals(cluster, trials: int):
+    """N search jobs done, N finished trials, nothing RUNNING, one parent run, one registration."""
+    from mlflow import MlflowClient
+
+    jobs = _jobs(cluster)
+    search = [j for j in jobs if j.purpose == "search"]
+    assert sum(j.state == "done" for j in search) == trials, [(j.key, j.state) for j in search]
+    study_trials = trials_of(cluster["folder"], STUDY, cluster["storage"])
+    finished = [t for t in study_trials if t.state.name in ("COMPLETE", "PRUNED")]
+    assert len(finished) == trials
+    assert not [t.number for t in study_trials if t.state.name in ("RUNNING", "WAITING")]
+    client = MlflowClient(cluster["tracking"])
+    exp = client.get_experiment_by_name("digits-mlp")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
+    parents = [r for r in runs if r.data.tags.get("role") == "study"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    for j in jobs:
+        if j.state == "done":
+            run = [r for r in children if r.info.run_id == j.run_id]
+            assert run and run[0].info.status in ("FINISHED", "KILLED")
+    versions = client.search_model_versions("name = 'digits-mlp'")
+    assert len(versions) == 1  # registered once, by whichever worker ran the refit
+    champion = client.get_model_version_by_alias("digits-mlp", "champion")
+    assert str(champion.version) == str(versions[0].version)
+    return jobs, children
+
+
+def test_two_hosts_share_one_study_one_parent_run_and_register_once(cluster):
+    procs, folders = _two_hosts(cluster, 6, slow_space(cluster["folder"]))
+    try:
+        codes = [p.wait(timeout=900) for p in procs]
+    finally:
+        for p in procs:
+            kill_group(p)
+    assert codes == [0, 0], [(f / "search.err").read_text()[-2000:] for f in folders]
+    jobs, _ = _check_totals(cluster, 6)
+    pids = {(j.owner or {}).get("pid") for j in jobs if j.purpose == "search"}
+    assert len(pids) == 2  # the work really was shared
+    if _can_fake_a_host():
+        assert OTHER_HOST in {(j.owner or {}).get("host") for j in jobs}
+    joined = sum("joining search batch 1" in (f / "search.err").read_text() for f in folders)
+    assert joined == 1
+
+
+def test_a_killed_worker_is_retried_by_the_other_host_and_totals_hold(cluster):
+    procs, folders = _two_hosts(cluster, 6, slow_space(cluster["folder"]), **FAST_LEASE)
+    try:
+        victim = wait_for(
+            lambda: running_mid_job(cluster["folder"], STUDY, 0, cluster["storage"]),
+            300,
+            "a job mid-training",
+        )
+        pid = victim.owner["pid"]
+        os.kill(pid, signal.SIGKILL)
+        codes = {p.pid: p.wait(timeout=900) for p in procs}
+    finally:
+        for p in procs:
+            kill_group(p)
+    # with --jobs 1 the search process trains itself (unshare and sh exec into it): it is the victim
+    assert sorted(codes.values()) == [-signal.SIGKILL, 0]
+    jobs, children = _check_totals(cluster, 6)
+    redone = {j.id: j for j in jobs}[victim.id]
+    assert redone.state == "done" and redone.attempts == 2
+    attempts = [r for r in children if r.data.tags.get("job_key") == victim.key]
+    dead = [r for r in attempts if r.info.status == "FAILED"]  # the dead attempt's run
+    assert len(dead) == 1 and "died" in dead[0].data.tags["state_reason"]
+    trials = trials_of(cluster["folder"], STUDY, cluster["storage"])
+    assert [t.number for t in trials if t.state.name == "FAIL"] == [victim.trial_number]
+
+
+def test_a_silent_machine_loses_its_job_by_lease_and_the_other_retries_it(cluster):
+    """A worker on another host stops (SIGSTOP: no lease renewal, no exit); its lease runs out."""
+    if not _can_fake_a_host():
+        pytest.skip("needs root and unshare to give a worker another host name")
+    space = slow_space(cluster["folder"])
+    args = _worker_args(cluster, 4, space)
+    other = cluster["folder"] / "other-host"
+    other.mkdir()
+    remote = _start_on_other_host(other, args, **FAST_LEASE)
+    here_folder = cluster["folder"] / "here"
+    here_folder.mkdir()
+    here = None
     try:
 
-        def remote_trial():
-            for t in trials_of(cluster["folder"], STUDY, cluster["storage"]):
-                owner = t.user_attrs.get(st.OWNER_ATTR, {})
-                if (
-                    t.state.name == "RUNNING"
-                    and owner.get("host") == "bench-other-host"
-                    and t.intermediate_values
-                ):
-                    return t
+        def remote_job():
+            for j in _jobs(cluster):
+                if j.state == "running" and j.run_id and (j.owner or {}).get("host") == OTHER_HOST:
+                    return j
             return None
 
-        victim = wait_for(remote_trial, 300, "a trial running on the other host")
-        os.killpg(remote.pid, signal.SIGSTOP)  # the machine goes silent: no heartbeat, no exit
-        assert procs[0].wait(timeout=900) == 0, (folders[0] / "search.err").read_text()[-2000:]
+        victim = wait_for(remote_job, 300, "a job running on the other host")
+        os.killpg(remote.pid, signal.SIGSTOP)  # the machine goes silent
+        here = start_search(here_folder, *args, **FAST_LEASE)
+        assert here.wait(timeout=900) == 0, (here_folder / "search.err").read_text()[-2000:]
     finally:
         kill_group(remote)
-        kill_group(procs[0])
+        if here is not None:
+            kill_group(here)
+    jobs = {j.id: j for j in _jobs(cluster)}
+    assert jobs[victim.id].state == "done" and jobs[victim.id].attempts == 2
     trials = trials_of(cluster["folder"], STUDY, cluster["storage"])
-    by_number = {t.number: t for t in trials}
-    assert by_number[victim.number].state.name == "FAIL"
-    retry = [t for t in trials if t.system_attrs.get("failed_trial") == victim.number]
-    assert len(retry) == 1 and retry[0].state.name in ("COMPLETE", "PRUNED")
     assert len([t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]) == 4
+    assert not [t.number for t in trials if t.state.name == "RUNNING"]
 
 
 def test_password_in_the_storage_url_never_reaches_logs_or_mlflow(tmp_path, pg):
     url = pg().replace("postgresql://postgres@", "postgresql://postgres:Sup3rS3cret@")
     proc = run_module(
-        "bench.search",
-        "--dataset",
-        "digits",
-        "--space",
-        str(slow_space(tmp_path)),
-        "--trials",
-        "1",
-        "--max-epochs",
-        "1",
-        "--storage",
-        url,
-        cwd=tmp_path,
-    )
+        "bench.search", "--dataset", "digits", "--space", str(slow_space(tmp_path)),
+        "--trials", "1", "--max-epochs", "1", "--jobs", "1", "--storage", url, cwd=tmp_path,
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Sup3rS3cret" not in proc.stdout + proc.stderr
     assert "postgres:***@" in proc.stderr

@@ -1,22 +1,23 @@
-"""Component: a real study on scikit-learn's digits, tracked into a temporary sqlite MLflow store.
+"""Component: real searches on scikit-learn's digits, tracked into a temporary sqlite MLflow store.
 
-The slots are enqueued with chosen parameters so that pruning is certain: a good configuration
-first, then one whose learning rate is far too small, which the median pruner stops.
+One search (a subprocess, like a user) is shared by the tests that read what it left: the job
+store, the Optuna trials, the MLflow runs and the registered champion. A batch of fixed
+configurations is run by an in-process :class:`bench.engine.worker.Worker` to show that a
+diverging and a raising configuration fail alone.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import yaml
 
 pytest.importorskip("keras")
 
-from bench import study as st  # noqa: E402
-from bench.data import load_dataset  # noqa: E402
-from bench.registry import ALIAS, finalize  # noqa: E402
-from bench.space import parse_space  # noqa: E402
-from bench.tracking import Tracker  # noqa: E402
-from bench.worker import SearchConfig, Worker  # noqa: E402
+from bench.engine.store import JobStore  # noqa: E402
+from bench.records import SEARCH, JobSpec  # noqa: E402
+from tests.conftest import run_module  # noqa: E402
+from tests.faults import jobs_of, mlflow_runs, trials_of  # noqa: E402
 
 SPACE = {
     "version": 1,
@@ -38,134 +39,147 @@ SPACE = {
         "learning_rate": {"type": "float", "low": 1e-6, "high": 0.05, "log": True},
     },
 }
-GOOD, BAD = {"learning_rate": 0.02}, {"learning_rate": 1e-6}
+STUDY = "digits-space"
+MODEL = "digits-mlp"
 
 
-def study_with_slots(tmp_path, space: dict, name: str, slots: list[dict]):
-    """A study whose batch 1 holds the given parameter sets as slots (what open_batch does)."""
-    import yaml
-
-    space_file = tmp_path / "space.yaml"
-    space_file.write_text(yaml.safe_dump(space))
-    cfg = SearchConfig(
-        space_path=str(space_file),
-        dataset="digits",
-        study_name=name,
-        storage=str(tmp_path / "journal.log"),
-        tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
-        experiment="digits-exp",
-        model_name="digits-mlp",
-        seed=0,
-        threads=1,
-    )
-    study = st.open_study(
-        name, st.make_storage(cfg.storage), parse_space(space, str(space_file)), 0
-    )
-    tracker = Tracker(cfg.tracking_uri, cfg.experiment)
-    parent = tracker.start_parent(f"{name}-batch-1", {"n_trials": len(slots)}, {"study_name": name})
-    for params in slots:
-        study.enqueue_trial(params, user_attrs={st.SLOT_ATTR: 1})
-    study.set_user_attr(st.BATCH_ATTR, st.Batch(1, parent, len(slots), "running").record())
-    return cfg, study, tracker, parent
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("digits-search")
+    (folder / "space.yaml").write_text(yaml.safe_dump(SPACE))
+    proc = run_module(
+        "bench.search", "--dataset", "digits", "--space", "space.yaml", "--trials", "4",
+        "--jobs", "1", "--quiet", cwd=folder,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return folder, proc
 
 
-@pytest.fixture
-def search(tmp_path):
-    return study_with_slots(tmp_path, SPACE, "digits-test", [GOOD, BAD])
+def test_every_job_is_recorded_in_the_store_optuna_and_mlflow(searched):
+    folder, _ = searched
+    jobs = jobs_of(folder, STUDY)
+    search = [j for j in jobs if j.purpose == SEARCH]
+    assert len(search) == 4 and all(j.state == "done" and j.synced for j in search)
+    assert [j.spec.seed for j in search] == [0, 1, 2, 3]  # job seeds are seed + job index
+
+    trials = {t.number: t for t in trials_of(folder, STUDY)}
+    client, runs = mlflow_runs(folder)
+    by_id = {r.info.run_id: r for r in runs}
+    for j in search:
+        t = trials[j.trial_number]
+        r = j.result
+        run = by_id[j.run_id]
+        assert t.state.name == {"completed": "COMPLETE", "pruned": "PRUNED"}[r.status]
+        assert t.user_attrs["bench.config"] == r.config == j.spec.config
+        assert t.user_attrs["bench.mlflow_run_id"] == j.run_id
+        assert run.data.tags["trial_number"] == str(j.trial_number)
+        assert run.data.tags["purpose"] == SEARCH and run.data.tags["state"] == r.status
+        assert run.info.status == {"completed": "FINISHED", "pruned": "KILLED"}[r.status]
+        if r.status == "pruned":
+            assert r.reason.startswith("pruned at epoch")
+            assert run.data.tags["state_reason"].startswith("pruned at epoch")
+        else:
+            assert t.value == pytest.approx(r.value)
+            assert run.data.metrics["best_val_accuracy"] == pytest.approx(r.value)
+        for key in ("normalization", "units_0", "optimizer", "batch_size", "max_epochs",
+                    "patience", "seed", "learning_rate"):  # fmt: skip
+            assert key in run.data.params, key
+        assert run.data.params["seed"] == str(j.spec.seed)
+        assert float(run.data.params["learning_rate"]) == pytest.approx(r.config["learning_rate"])
+        history = client.get_metric_history(j.run_id, "val_accuracy")
+        assert [m.step for m in history] == list(range(r.epochs_run))
+        for key in ("loss", "accuracy", "val_loss"):
+            assert len(client.get_metric_history(j.run_id, key)) == len(history)
+        assert {"epochs_run", "train_seconds", "param_count"} <= set(run.data.metrics)
 
 
-def test_two_trial_study_is_tracked_pruned_and_registered(search, tmp_path):
-    cfg, study, tracker, parent = search
-    worker = Worker(cfg, 1)
-    assert worker.run() == "done"
-    summary = worker.finalize_if_last()
+def test_one_parent_run_per_batch_holds_every_job_run(searched):
+    folder, _ = searched
+    store = JobStore(str(folder / "optuna-studies.log"))
+    (batch,) = store.batches(STUDY)
+    assert batch.state == "done"
+    client, runs = mlflow_runs(folder)
+    parents = [r for r in runs if r.data.tags.get("role") == "study"]
+    assert [p.info.run_id for p in parents] == [batch.parent_run_id]
+    assert parents[0].info.status == "FINISHED"
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == batch.parent_run_id]
+    assert sorted(r.info.run_id for r in children) == sorted(j.run_id for j in store.jobs(batch.id))
+    assert parents[0].data.metrics["test_accuracy"] == pytest.approx(batch.summary["test_accuracy"])
 
-    trials = sorted(study.trials, key=lambda t: t.number)
-    assert [t.state.name for t in trials] == ["COMPLETE", "PRUNED"]
-    assert trials[1].user_attrs[st.REASON_ATTR].startswith("pruned at epoch")
-    assert trials[0].user_attrs["bench.model_uri"].startswith("models:/")
-    assert "bench.model_uri" not in trials[1].user_attrs  # no model for a non-improving trial
 
-    client = tracker.client
-    runs = client.search_runs([tracker.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")
-    by_number = {int(r.data.tags["trial_number"]): r for r in runs}
-    assert sorted(by_number) == [0, 1]
-    good, bad = by_number[0], by_number[1]
-    assert good.info.status == "FINISHED" and good.data.tags["optuna_state"] == "COMPLETE"
-    assert bad.info.status == "KILLED" and bad.data.tags["optuna_state"] == "PRUNED"
-    assert bad.data.tags["state_reason"].startswith("pruned at epoch")
-    assert float(good.data.params["learning_rate"]) == pytest.approx(0.02)
-    for key in (
-        "normalization",
-        "units_0",
-        "optimizer",
-        "batch_size",
-        "max_epochs",
-        "patience",
-        "seed",
-    ):
-        assert key in good.data.params
-    assert good.data.params["seed"] == "0" and bad.data.params["seed"] == "1"
-    assert good.data.tags["dataset_digest"] == worker.dataset.digest
-    history = client.get_metric_history(good.info.run_id, "val_accuracy")
-    assert [m.step for m in history] == list(range(trials[0].user_attrs["bench.epochs"]))
-    for key in ("loss", "accuracy", "val_loss", "learning_rate"):
-        assert len(client.get_metric_history(good.info.run_id, key)) == len(history)
-    assert {"best_val_accuracy", "epochs_run", "train_seconds", "param_count"} <= set(
-        good.data.metrics
-    )
-
-    # registry: version with the test numbers, alias champion, parent run finished with test metrics
-    version = client.get_model_version_by_alias("digits-mlp", ALIAS)
-    assert str(version.version) == summary["registered"] == "1"
-    assert float(version.tags["test_accuracy"]) == pytest.approx(summary["test_accuracy"])
-    assert (
-        version.tags["trial_number"] == "0"
-        and version.tags["previous_champion_test_accuracy"] == "none"
-    )
-    parent_run = client.get_run(parent)
-    assert parent_run.info.status == "FINISHED"
-    assert parent_run.data.metrics["test_accuracy"] == pytest.approx(summary["test_accuracy"])
-    assert st.current_batch(study).state == "done"
-
-    # the registered model takes raw uint8 pixels and returns probabilities
+def test_the_refit_champion_is_registered_and_serves_probabilities(searched):
     import mlflow
 
+    from bench.data import load_dataset
+
+    folder, proc = searched
+    jobs = jobs_of(folder, STUDY)
+    (refit,) = [j for j in jobs if j.purpose == "refit"]
+    summary = JobStore(str(folder / "optuna-studies.log")).batches(STUDY)[0].summary
+    best = max((j for j in jobs if j.purpose == SEARCH and j.result.status == "completed"),
+               key=lambda j: (j.result.value, -j.id))  # fmt: skip
+    assert refit.spec.config == best.result.config  # chosen by validation score
+    assert refit.spec.split == "all" and refit.result.epochs_run == best.result.best_epoch + 1
+    assert summary["source"] == best.key and summary["refit"] is True
+
+    client, _ = mlflow_runs(folder)
+    version = client.get_model_version_by_alias(MODEL, "champion")
+    assert str(version.version) == str(summary["version"]) == "1"
+    assert version.tags["study_name"] == STUDY and version.tags["batch"] == "1"
+    assert float(version.tags["test_accuracy"]) == pytest.approx(summary["test_accuracy"])
+    assert float(version.tags["selection_score"]) == pytest.approx(best.result.value)
+    assert version.tags["promoted"] == "true"
+    assert f"registered {MODEL} version 1" in proc.stdout
+
+    mlflow.set_tracking_uri(f"sqlite:///{folder}/mlflow.db")
     ds = load_dataset("digits")
-    model = mlflow.pyfunc.load_model("models:/digits-mlp@champion")
-    probs = np.asarray(model.predict(ds.x_test))
+    model = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
+    probs = np.asarray(model.predict(ds.x_test))  # raw uint8 pixels in, probabilities out
     assert probs.shape == (len(ds.x_test), 10)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-4)
     accuracy = float((probs.argmax(axis=1) == ds.y_test).mean())
     assert accuracy == pytest.approx(summary["test_accuracy"], abs=1e-6)
-    confusion = study.user_attrs["bench.confusion_matrix"]
-    assert np.trace(confusion["matrix"]) == round(accuracy * len(ds.y_test))
 
 
-def test_champion_moves_only_when_test_accuracy_improves(search):
-    cfg, study, tracker, parent = search
-    worker = Worker(cfg, 1)
-    worker.run()
-    first = worker.finalize_if_last()
-    client = tracker.client
-    # a second registration of a worse model must not take the alias
-    champion = client.get_model_version_by_alias("digits-mlp", ALIAS)
-    client.set_model_version_tag("digits-mlp", champion.version, "test_accuracy", "0.9999")
-    client.delete_model_version_tag(
-        "digits-mlp", champion.version, "trial_number"
-    )  # forces re-registration
-    second = finalize(study, st.current_batch(study), tracker, worker.dataset, cfg, worker.space)
-    assert second["registered"] == "2" and second["promoted"] is False
-    assert (
-        str(client.get_model_version_by_alias("digits-mlp", ALIAS).version) == first["registered"]
-    )
-    v2 = client.get_model_version("digits-mlp", "2")
-    assert v2.tags["previous_champion_test_accuracy"] == "0.9999" and v2.tags["promoted"] == "false"
+def test_champion_moves_only_when_the_validation_score_is_not_worse(searched):
+    from bench.tracking import Tracker
+    from bench.tracking.registry import register_champion
+
+    folder, _ = searched
+    tracker = Tracker(f"sqlite:///{folder}/mlflow.db", "digits-mlp")
+    champion = tracker.champion(MODEL)
+    uri = f"models:/{MODEL}/{champion.version}"
+    score = float(champion.tags["selection_score"])
+    digest = champion.tags["dataset_digest"]
+
+    worse = register_champion(tracker, uri, MODEL, {"study_name": "x", "batch": 1, "job": "a"},
+                              {}, score - 0.1, digest)  # fmt: skip
+    assert worse["promoted"] is False and worse["champion_version"] == str(champion.version)
+    again = register_champion(tracker, uri, MODEL, {"study_name": "x", "batch": 1, "job": "a"},
+                              {}, score - 0.1, digest)  # fmt: skip
+    assert again["version"] == worse["version"]  # same identity: the same version, not a new one
+    better = register_champion(tracker, uri, MODEL, {"study_name": "x", "batch": 1, "job": "b"},
+                               {}, score + 0.01, digest)  # fmt: skip
+    assert better["promoted"] is True
+    assert str(tracker.champion(MODEL).version) == better["version"]
+    other_data = register_champion(tracker, uri, MODEL, {"study_name": "y", "batch": 1, "job": "c"},
+                                   {}, 0.0, "another-dataset")  # fmt: skip
+    assert other_data["promoted"] is True  # scores on another dataset are not comparable
+    assert len(tracker.client.search_model_versions(f"name='{MODEL}'")) == 4
 
 
-def test_diverging_and_raising_trials_fail_alone_and_the_study_goes_on(tmp_path):
+def test_diverging_and_raising_configurations_fail_alone_and_the_batch_goes_on(
+    workdir, monkeypatch
+):
+    from bench.engine import open_batch
+    from bench.engine.worker import Worker, WorkerSettings
+    from bench.space import load_space
+    from bench.tracking import Tracker
+
+    monkeypatch.setenv("BENCH_LEASE_SECONDS", "30")
     space = {
         **SPACE,
+        "study": {"pruner": {"name": "none"}},
         "params": {
             "n_layers": 2,
             "batch_size": 64,
@@ -175,36 +189,57 @@ def test_diverging_and_raising_trials_fail_alone_and_the_study_goes_on(tmp_path)
             "learning_rate": {"type": "float", "low": 1e-4, "high": 1e30, "log": True},
         },
     }
-    space["study"] = {"pruner": {"name": "none"}}
-    slots = [  # raw pixels with a huge SGD step diverge; a 10^6 x 10^6 layer cannot be allocated
-        {"normalization": "none", "optimizer": "sgd", "learning_rate": 1e30, "units": 16},
-        {"normalization": "minmax", "optimizer": "adam", "learning_rate": 1e-2, "units": 1_000_000},
-        {"normalization": "minmax", "optimizer": "adam", "learning_rate": 1e-2, "units": 16},
-    ]
-    cfg, study, tracker, parent = study_with_slots(tmp_path, space, "faulty", slots)
+    (workdir / "faulty.yaml").write_text(yaml.safe_dump(space))
+    loaded = load_space(workdir / "faulty.yaml")
+    base = {"activation": ["relu", "relu"], "batch_size": 64, "dropout": [0.0, 0.0], "l2": 0.0,
+            "lr_schedule": "constant", "n_layers": 2}  # fmt: skip
+    configs = [  # raw pixels with a huge SGD step diverge; a 10^6 x 10^6 layer cannot be allocated
+        {**base, "normalization": "none", "optimizer": "sgd", "learning_rate": 1e30,
+         "units": [16, 16]},
+        {**base, "normalization": "minmax", "optimizer": "adam", "learning_rate": 1e-2,
+         "units": [1_000_000, 1_000_000]},
+        {**base, "normalization": "minmax", "optimizer": "adam", "learning_rate": 1e-2,
+         "units": [16, 16]},
+    ]  # fmt: skip
+    storage = str(workdir / "journal.log")
+    uri = f"sqlite:///{workdir}/mlflow.db"
+    settings = {"space": str(loaded.path), "dataset": "digits", "data_dir": None,
+                "experiment": "digits-exp", "model_name": MODEL, "seed": 0, "max_epochs": None,
+                "n_trials": 3, "register": False, "refit": True, "reeval_top_k": 0,
+                "reeval_seeds": 0, "baselines": [], "max_failures": 1}  # fmt: skip
+    tracker = Tracker(uri, "digits-exp")
+    specs = [JobSpec(key=f"search-{i:04d}", purpose=SEARCH, seed=i, config=c)
+             for i, c in enumerate(configs)]  # fmt: skip
+    store = JobStore(storage)
+    from bench import optuna_adapter as opt
 
-    worker = Worker(cfg, 1)
+    opt.open_study("faulty", storage, loaded, 0)
+    batch, created = open_batch(
+        store, "faulty", "search", "search", settings, lambda s: specs,
+        lambda b: tracker.start_parent("faulty-batch-1", {}, {"role": "study"}),
+        lambda b: None, tracker.delete_run,
+    )  # fmt: skip
+    assert created
+    worker = Worker(WorkerSettings(storage=storage, tracking_uri=uri, batch_id=batch.id, threads=2))
     assert worker.run() == "done"
-    trials = sorted(study.trials, key=lambda t: t.number)
-    diverged, oom, good = trials[:3]
-    assert diverged.state.name == "PRUNED"
-    assert (
-        "loss became" in diverged.user_attrs[st.REASON_ATTR]
-        or "non-finite" in diverged.user_attrs[st.REASON_ATTR]
-    )
-    assert diverged.user_attrs["bench.epochs"] <= 1
-    assert oom.state.name == "FAIL" and "ResourceExhausted" in oom.user_attrs[st.REASON_ATTR]
-    assert good.state.name == "COMPLETE"
-    replacement = trials[3:]  # the failed configuration's slot was replaced by a fresh one
-    assert len(replacement) == 1 and replacement[0].state.name in ("COMPLETE", "PRUNED", "FAIL")
-    runs = {
-        int(r.data.tags["trial_number"]): r
-        for r in tracker.client.search_runs(
-            [tracker.experiment_id], f"tags.mlflow.parentRunId = '{parent}'"
-        )
-    }
-    assert runs[0].info.status == "FAILED" and runs[0].data.tags["optuna_state"] == "PRUNED"
-    assert (
-        runs[1].info.status == "FAILED" and "ResourceExhausted" in runs[1].data.tags["state_reason"]
-    )
-    assert runs[2].info.status == "FINISHED"
+
+    jobs = {j.key: j for j in store.jobs(batch.id)}
+    diverged, oom, good = (jobs[f"search-{i:04d}"] for i in range(3))
+    assert diverged.state == "done" and diverged.result.status == "diverged"
+    assert "loss became" in diverged.result.reason or "non-finite" in diverged.result.reason
+    assert diverged.result.epochs_run <= 1
+    assert oom.state == "failed" and "ResourceExhausted" in oom.reason
+    assert good.state == "done" and good.result.status == "completed"
+    replacement = jobs.get("search-0001+")  # the failed configuration is replaced by a fresh one
+    assert replacement is not None and replacement.spec.config != oom.spec.config
+    assert replacement.state in ("done", "failed")
+    assert store.get_batch(batch.id).state == "done"
+
+    runs = {r.info.run_id: r for r in mlflow_runs(workdir, uri, "digits-exp")[1]}
+    assert runs[diverged.run_id].info.status == "FAILED"
+    assert runs[diverged.run_id].data.tags["state"] == "diverged"
+    assert runs[oom.run_id].info.status == "FAILED"
+    assert "ResourceExhausted" in runs[oom.run_id].data.tags["state_reason"]
+    assert runs[good.run_id].info.status == "FINISHED"
+    states = {t.number: t.state for t in opt.trials(opt.load_study("faulty", storage))}
+    assert "RUNNING" not in states.values()

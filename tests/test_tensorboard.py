@@ -27,18 +27,20 @@ def test_tensorboard_logs_each_trials_epochs(workdir):
     if importlib.util.find_spec("tensorboard") is None and not os.environ.get("CI"):
         pytest.skip("--tensorboard needs the tensorboard package: pip install tensorboard")
     proc = run_module("bench.search", "--dataset", "digits", "--space", str(SPACES / "smoke.yaml"),
-                      "--trials", "1", "--tensorboard", "tb", "--quiet", cwd=workdir, timeout=600,
-                      MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="true")
+                      "--trials", "1", "--jobs", "1", "--tensorboard", "tb", "--quiet",
+                      cwd=workdir, timeout=600, MLFLOW_DISABLE_TELEMETRY="true",
+                      DO_NOT_TRACK="true")  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    trial_dir = workdir / "tb" / STUDY / "trial-0"
-    assert sorted(p.name for p in (workdir / "tb" / STUDY).iterdir()) == ["trial-0"], \
-        "a trial failed and was replaced; see the search's stderr:\n" + proc.stderr[-2000:]
+    trial_dir = workdir / "tb" / STUDY / "search-0000"  # one folder per job, named by its key
+    assert sorted(p.name for p in (workdir / "tb" / STUDY).iterdir()) == ["refit", "search-0000"], (
+        "a job failed and was replaced; see the search's stderr:\n" + proc.stderr[-2000:]
+    )
     for part in ("train", "validation"):
         assert list((trial_dir / part).glob("events.out.tfevents.*")), f"no event file in {part}/"
 
     import optuna
 
-    from bench.study import make_storage
+    from bench.optuna_adapter import make_storage
 
     storage = make_storage(str(workdir / "optuna-studies.log"))
     study = optuna.load_study(study_name=STUDY, storage=storage)
@@ -51,6 +53,9 @@ def test_tensorboard_logs_each_trials_epochs(workdir):
 
 
 @pytest.mark.slow
-def test_tensorboard_is_off_by_default(fashion_search):
-    assert not (fashion_search / "tensorboard").exists()
-    assert not any(p.name.startswith("events.out.tfevents") for p in fashion_search.rglob("*"))
+def test_tensorboard_is_off_by_default(workdir):
+    proc = run_module("bench.search", "--dataset", "digits", "--space", "smoke", "--trials", "1",
+                      "--jobs", "1", "--no-register", "--quiet", cwd=workdir)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not (workdir / "tensorboard").exists()
+    assert not any(p.name.startswith("events.out.tfevents") for p in workdir.rglob("*"))

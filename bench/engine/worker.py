@@ -155,6 +155,7 @@ class Worker:
     def finish_batch(self, jobs: list[Job]) -> None:
         summary = self.design.summary(jobs)
         if self.store.finish_batch(self.batch.id, summary) and self.batch.parent_run_id:
+            self._close_stale_runs(jobs)
             metrics = {
                 k: summary[k]
                 for k in ("test_accuracy", "selection_score", "val_test_gap")
@@ -163,6 +164,23 @@ class Worker:
             if metrics:
                 self.tracker.safe(self.tracker.log_metrics, self.batch.parent_run_id, metrics)
             self.tracker.safe(self.tracker.end_run, self.batch.parent_run_id, "FINISHED")
+
+    def _close_stale_runs(self, jobs: list[Job]) -> None:
+        """Close job runs a tracking outage left RUNNING although every job is recorded.
+
+        A job is marked synced even when the tracking store was down as it finished (the job
+        store is the source of truth, and waiting for MLflow would stall the batch), so its run
+        may still say RUNNING; once the batch is complete nothing under its parent should.
+        """
+        stale = self.tracker.safe(
+            self.tracker.find_runs, {"mlflow.parentRunId": self.batch.parent_run_id}, "RUNNING"
+        )
+        recorded = {j.run_id: j for j in jobs if j.run_id and j.state in (DONE, FAILED)}
+        for run_id in stale or []:
+            if run_id in recorded:
+                self.sync(recorded[run_id])  # idempotent: Optuna is already up to date
+            else:  # an attempt whose worker died before recording its run on the job
+                self.tracker.safe(self.tracker.end_run, run_id, "FAILED")
 
     # ------------------------------------------------------------ recovery
 

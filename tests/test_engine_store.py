@@ -1,0 +1,367 @@
+"""Unit: the job store's compare-and-set rules, owner liveness, and continuing an opening batch.
+
+No TensorFlow, no Optuna, no MLflow: a temporary SQLite file per test.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from bench.engine import open_batch
+from bench.engine.owner import is_dead, new_owner
+from bench.engine.store import JobStore, store_url
+from bench.records import DONE, FAILED, RUNNING, WAITING, JobResult, JobSpec
+from tests.conftest import cli_env
+
+LEASE = 30.0
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = JobStore(str(tmp_path / "journal.log"))
+    yield s
+    s.dispose()
+
+
+def _batch(store, study="s", design="search", identity="search"):
+    b = store.create_batch(study, design, identity, {"seed": 0})
+    assert b is not None and b.state == "opening"
+    return b
+
+
+def _specs(n, prefix="search"):
+    return [JobSpec(key=f"{prefix}-{i:04d}", purpose="search", seed=i) for i in range(n)]
+
+
+def _owner():
+    o = new_owner()
+    return o.pop("token"), o
+
+
+def _result(value=0.9):
+    return JobResult("completed", value, 1, 2, 0.5, 100, 1.0, {"units": [8]})
+
+
+def test_store_lives_beside_a_journal_or_inside_a_database(tmp_path):
+    assert store_url(str(tmp_path / "j.log")) == f"sqlite:///{tmp_path}/j.log.jobs.db"
+    url = "postgresql://u@h:5432/db"
+    assert store_url(url) == url
+
+
+def test_add_jobs_is_idempotent_by_key_and_keeps_order(store):
+    b = _batch(store)
+    assert store.add_jobs(b.id, _specs(3)) == 3
+    assert store.add_jobs(b.id, _specs(3)) == 0
+    assert store.add_jobs(b.id, _specs(5)) == 2
+    jobs = store.jobs(b.id)
+    assert [j.key for j in jobs] == [f"search-{i:04d}" for i in range(5)]
+    assert {j.state for j in jobs} == {WAITING}
+    assert jobs[0].spec == _specs(1)[0]  # the spec round-trips through the store
+
+
+def test_add_jobs_from_two_stores_at_once_inserts_each_key_once(tmp_path):
+    path = str(tmp_path / "journal.log")
+    a, b = JobStore(path), JobStore(path)
+    batch = _batch(a)
+    specs = _specs(20)
+    added = []
+    threads = [threading.Thread(target=lambda s=s: added.append(s.add_jobs(batch.id, specs)))
+               for s in (a, b)]  # fmt: skip
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(added) == 20
+    assert sorted(j.key for j in a.jobs(batch.id)) == sorted(s.key for s in specs)
+
+
+def test_take_is_exclusive_across_stores_and_threads(tmp_path):
+    path = str(tmp_path / "journal.log")
+    stores = [JobStore(path) for _ in range(4)]
+    batch = _batch(stores[0])
+    stores[0].add_jobs(batch.id, _specs(24))
+    taken: list[tuple[int, str]] = []
+    lock = threading.Lock()
+
+    def worker(s: JobStore):
+        token, owner = _owner()
+        while (job := s.take(batch.id, token, owner, LEASE)) is not None:
+            assert job.state == RUNNING and job.owner["token"] == token
+            with lock:
+                taken.append((job.id, token))
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in stores for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ids = [i for i, _ in taken]
+    assert len(ids) == 24 and len(set(ids)) == 24  # every job once, none twice
+    jobs = stores[0].jobs(batch.id)
+    assert all(j.state == RUNNING and j.attempts == 1 for j in jobs)
+    for job_id, token in taken:
+        assert stores[0].get_job(job_id).owner["token"] == token
+
+
+def test_take_returns_none_when_nothing_waits(store):
+    b = _batch(store)
+    token, owner = _owner()
+    assert store.take(b.id, token, owner, LEASE) is None
+
+
+def test_finish_release_heartbeat_only_by_the_owner(store):
+    b = _batch(store)
+    store.add_jobs(b.id, _specs(2))
+    mine, me = _owner()
+    other, _ = _owner()
+    job = store.take(b.id, mine, me, LEASE)
+
+    assert not store.heartbeat(job.id, other, LEASE)
+    assert store.heartbeat(job.id, mine, LEASE)
+    assert not store.update_owned(job.id, other, trial_number=7)
+    assert store.update_owned(job.id, mine, trial_number=3)
+    assert store.get_job(job.id).trial_number == 3
+
+    assert not store.finish(job.id, other, DONE, _result())
+    assert not store.release(job.id, other, "not mine")
+    assert store.get_job(job.id).state == RUNNING
+
+    assert store.finish(job.id, mine, DONE, _result(0.8))
+    done = store.get_job(job.id)
+    assert done.state == DONE and done.result == _result(0.8)
+    assert not store.finish(job.id, mine, FAILED, None)  # finished once
+    assert not store.release(job.id, mine, "too late")
+
+    second = store.take(b.id, mine, me, LEASE)
+    assert store.release(second.id, mine, "interrupted")
+    again = store.get_job(second.id)
+    assert again.state == WAITING and again.owner["token"] is None and again.reason == "interrupted"
+    assert store.take(b.id, other, me, LEASE).id == second.id  # it is taken again
+    assert store.get_job(second.id).attempts == 2
+
+
+def test_reap_only_while_the_dead_owners_token_is_on_the_job(store):
+    b = _batch(store)
+    store.add_jobs(b.id, _specs(1))
+    dead, owner = _owner()
+    job = store.take(b.id, dead, owner, LEASE)
+    seen = store.get_job(job.id)
+
+    assert store.reap(seen, WAITING, "worker died")  # the first reaper wins
+    assert not store.reap(seen, WAITING, "worker died")  # a second reaper with the same view
+    assert store.get_job(job.id).state == WAITING
+
+    alive, owner2 = _owner()
+    retaken = store.take(b.id, alive, owner2, LEASE)
+    assert not store.reap(seen, WAITING, "stale view")  # the new owner keeps its job
+    assert store.get_job(retaken.id).owner["token"] == alive
+    # an owner that was merely slow cannot record after being reaped
+    assert not store.finish(job.id, dead, DONE, _result())
+
+    # the reaper's view is stale when the owner finished in between: nothing happens
+    view = store.get_job(retaken.id)
+    assert store.finish(retaken.id, alive, DONE, _result())
+    assert not store.reap(view, FAILED, "too late")
+    assert store.get_job(retaken.id).state == DONE
+
+
+def test_take_over_sync_of_an_unsynced_result_is_exclusive(store):
+    b = _batch(store)
+    store.add_jobs(b.id, _specs(1))
+    dead, owner = _owner()
+    job = store.take(b.id, dead, owner, LEASE)
+    store.finish(job.id, dead, DONE, _result())
+    view = store.get_job(job.id)
+    a, oa = _owner()
+    c, oc = _owner()
+    assert store.take_over_sync(view, a, oa, LEASE)
+    assert not store.take_over_sync(view, c, oc, LEASE)
+    store.mark_synced(job.id, a)
+    synced = store.get_job(job.id)
+    assert synced.synced and synced.state == DONE and synced.result == _result()
+
+
+def test_finish_batch_is_true_once(tmp_path):
+    path = str(tmp_path / "journal.log")
+    stores = [JobStore(path) for _ in range(4)]
+    b = _batch(stores[0])
+    assert not stores[0].finish_batch(b.id, {"x": 1})  # still opening: not finishable
+    assert stores[0].set_batch_state(b.id, "running", expect="opening")
+    assert not stores[0].set_batch_state(b.id, "running", expect="opening")
+    results = []
+    threads = [
+        threading.Thread(target=lambda s=s, i=i: results.append(s.finish_batch(b.id, {"by": i})))
+        for i, s in enumerate(stores)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [False, False, False, True]
+    done = stores[0].get_batch(b.id)
+    assert done.state == "done" and list(done.summary) == ["by"]
+
+
+def test_create_batch_race_returns_none_for_the_loser(tmp_path, monkeypatch):
+    path = str(tmp_path / "journal.log")
+    a, b = JobStore(path), JobStore(path)
+    # both read the same highest number before either inserts: the loser's insert collides
+    first = a.create_batch("s", "search", "search", {})
+    assert first.number == 1
+    import sqlalchemy as sa
+
+    real_connect = b.engine.connect
+    calls = []
+
+    class StaleMax:
+        """The loser's first connection reads the highest number as it was before batch 1."""
+
+        def __init__(self, conn):
+            self.conn = conn
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.conn.close()
+
+        def execute(self, query):
+            return self.conn.execute(sa.text("SELECT 0"))
+
+    def connect():
+        calls.append(1)
+        conn = real_connect()
+        return StaleMax(conn) if len(calls) == 1 else conn
+
+    monkeypatch.setattr(b.engine, "connect", connect)
+    assert b.create_batch("s", "search", "search", {}) is None
+    monkeypatch.undo()
+    assert [x.number for x in a.batches("s")] == [1]
+    assert b.create_batch("s", "search", "search", {}).number == 2  # a fresh look succeeds
+    assert a.create_batch("other", "search", "search", {}).number == 1  # numbers are per study
+
+
+def test_set_parent_run_keeps_the_first(store):
+    b = _batch(store)
+    assert store.set_parent_run(b.id, "run-a") == "run-a"
+    assert store.set_parent_run(b.id, "run-b") == "run-a"
+
+
+# ---------------------------------------------------------------- owner liveness
+
+
+def test_owner_alive_while_its_process_lives_and_lease_holds():
+    me = new_owner()
+    assert not is_dead(me, time.time() + 60)
+    assert not is_dead(me, None)
+
+
+def test_owner_dead_when_lease_is_in_the_past():
+    me = new_owner()  # this very process, alive
+    assert is_dead(me, time.time() - 1)
+    assert is_dead(me, 100.0, now=101.0)
+    assert is_dead(None, time.time() + 60)  # no owner at all
+
+
+def test_owner_dead_at_once_when_its_pid_is_gone():
+    code = "import json; from bench.engine.owner import new_owner; print(json.dumps(new_owner()))"
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=cli_env()
+    )
+    gone = json.loads(proc.stdout)
+    assert is_dead(gone, time.time() + 60)  # the lease holds, but the process is gone
+
+
+def test_owner_with_reused_pid_is_dead():
+    me = new_owner()
+    assert is_dead({**me, "start": "0"}, time.time() + 60)  # same PID, another start time
+
+
+def test_owner_in_another_pid_namespace_is_judged_by_its_lease_only():
+    me = new_owner()
+    other = {**me, "pid": 999_999_999, "pidns": "pid:[1]"}  # a PID we cannot see from here
+    assert not is_dead(other, time.time() + 60)
+    assert is_dead(other, time.time() - 1)
+    other_host = {**me, "pid": 999_999_999, "boot": "another-kernel"}
+    assert not is_dead(other_host, time.time() + 60)
+
+
+# ---------------------------------------------------------------- opening a batch
+
+
+def _open(store, calls, specs=3, identity="search", join_done=False):
+    def start_parent(batch):
+        calls.append(("start", batch.number))
+        return f"run-{batch.number}-{len(calls)}"
+
+    return open_batch(
+        store,
+        "s",
+        "search",
+        identity,
+        {"n": specs},
+        lambda settings: _specs(settings["n"]),
+        start_parent,
+        lambda batch: None,
+        lambda run_id: calls.append(("drop", run_id)),
+        join_done=join_done,
+    )
+
+
+def test_open_batch_creates_then_joins_then_opens_the_next(store):
+    calls = []
+    b1, created = _open(store, calls)
+    assert created and b1.number == 1 and b1.state == "running" and b1.parent_run_id
+    assert len(store.jobs(b1.id)) == 3
+    again, created = _open(store, calls)
+    assert not created and again.id == b1.id and calls == [("start", 1)]
+    assert store.finish_batch(b1.id, {})
+    b2, created = _open(store, calls)
+    assert created and b2.number == 2
+
+
+def test_open_batch_continues_an_opening_batch_left_by_a_dead_opener(store):
+    # a dead opener got as far as the row, its parent run and one job
+    dead = store.create_batch("s", "search", "search", {"n": 3})
+    store.set_parent_run(dead.id, "run-of-the-dead")
+    store.add_jobs(dead.id, _specs(1))
+    calls = []
+    batch, created = _open(store, calls)
+    assert not created and batch.id == dead.id and batch.number == 1
+    assert batch.state == "running" and batch.parent_run_id == "run-of-the-dead"
+    assert calls == []  # no second parent run
+    assert [j.key for j in store.jobs(batch.id)] == [s.key for s in _specs(3)]
+    assert [b.number for b in store.batches("s")] == [1]
+
+
+def test_open_batch_adopts_a_parent_run_the_dead_opener_created(store):
+    store.create_batch("s", "search", "search", {"n": 2})
+    batch, created = open_batch(
+        store, "s", "search", "search", {"n": 2}, lambda st: _specs(st["n"]),
+        lambda b: pytest.fail("a second parent run was started"),
+        lambda b: "found-run", lambda r: None,
+    )  # fmt: skip
+    assert batch.parent_run_id == "found-run" and batch.state == "running"
+
+
+def test_open_batch_from_two_threads_opens_one_batch(tmp_path):
+    path = str(tmp_path / "journal.log")
+    out = []
+
+    def go():
+        s = JobStore(path)
+        out.append(_open(s, [])[0])
+
+    threads = [threading.Thread(target=go) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len({b.id for b in out}) == 1
+    assert len(JobStore(path).jobs(out[0].id)) == 3

@@ -1,0 +1,157 @@
+"""The Optuna adapter: its functions on a temporary journal storage, and no internal studies.
+
+Unit tests need no TensorFlow. The last test runs two real searches and a re-evaluation and checks
+that Optuna (and so optuna-dashboard) lists only the study the user named.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from bench import optuna_adapter as opt
+from bench.errors import BenchError
+from bench.records import STUDY_SPACE, TRIAL_JOB
+from bench.space import load_space
+from tests.conftest import run_module
+
+
+@pytest.fixture
+def space():
+    return load_space("smoke")
+
+
+@pytest.fixture
+def journal(tmp_path):
+    return str(tmp_path / "optuna-studies.log")
+
+
+def test_open_study_records_the_space_and_refuses_another(journal, space, tmp_path):
+    study = opt.open_study("s", journal, space, seed=0)
+    assert opt.study_attrs(study)[STUDY_SPACE] == space.search_hash
+    assert opt.direction(study) == space.direction
+    again = opt.open_study("s", journal, space)  # same space: loads it
+    assert again.study_name == "s"
+
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(
+        Path(space.path).read_text(encoding="utf-8").replace("high: 64", "high: 128")
+    )
+    other = load_space(changed)
+    with pytest.raises(BenchError, match="different search space"):
+        opt.open_study("s", journal, other)
+    opt.open_study("s", journal, other, allow_space_change=True)
+    assert opt.study_attrs(opt.load_study("s", journal))[STUDY_SPACE] == other.search_hash
+
+
+def test_load_study_names_the_studies_there_are(journal, space):
+    opt.open_study("mine", journal, space)
+    with pytest.raises(BenchError, match="no such study.*mine"):
+        opt.load_study("missing", journal)
+    assert opt.study_names(journal) == ["mine"]
+
+
+def test_storage_errors_are_one_line_bench_errors(tmp_path):
+    with pytest.raises(BenchError, match="not writable|missing"):
+        opt.make_storage(str(tmp_path / "no-such-folder" / "j.log"))
+    bad = tmp_path / "corrupt.log"
+    # a damaged line followed by a good one (a torn last line alone is skipped by Optuna)
+    bad.write_text('{"op_code": 0, "worker_id": "x"\n{"op_code": 99}\n')
+    with pytest.raises(BenchError, match="corrupt"):
+        opt.open_study("s", str(bad), load_space("smoke"))
+    with pytest.raises(BenchError, match="malformed|driver"):
+        opt.make_storage("nosuchdialect://x")
+
+
+def test_ask_report_prune_tell_and_read_back(journal, space):
+    study = opt.open_study("s", journal, space, seed=0)
+    live = opt.ask(study, space, seed=1)
+    config = live.suggest(space)
+    assert set(config) >= {"optimizer", "learning_rate", "units"}
+    live.set_attrs({TRIAL_JOB: [1, 1], "bench.note": "x"})
+    live.report(0.5, 0)
+    assert not live.should_prune()  # the first trial is never pruned (n_startup_trials)
+    assert opt.trial_state(study, live.number) == "RUNNING"
+    assert opt.tell(study, live.number, "COMPLETE", 0.9)
+    assert not opt.tell(study, live.number, "FAIL")  # already finished: False, no raise
+    assert opt.trial_state(study, live.number) == "COMPLETE"
+    assert opt.trial_state(study, 99) is None
+    assert opt.best_value(study) == 0.9
+
+    views = opt.trials(study)
+    assert [(v.number, v.state, v.value) for v in views] == [(0, "COMPLETE", 0.9)]
+    assert views[0].user_attrs[TRIAL_JOB] == [1, 1] and views[0].intermediate == {0: 0.5}
+    params, dists = opt.trial_params(study, live.number)
+    assert params == live.params()[0] and set(dists) == set(params)
+
+
+def test_different_seeds_sample_different_configurations(journal, space):
+    study = opt.open_study("s", journal, space, seed=0)
+    a, b = opt.ask(study, space, seed=1), opt.ask(study, space, seed=2)
+    first = a.suggest(space)
+    assert first != b.suggest(space)
+    # the same seed on the same (empty) history draws the same configuration
+    draws = [
+        opt.ask(opt.open_study(name, journal, space, seed=0), space, seed=1).suggest(space)
+        for name in ("t", "u")
+    ]
+    assert draws[0] == draws[1]
+
+
+def test_add_finished_adds_a_trial_with_the_same_parameters(journal, space):
+    study = opt.open_study("s", journal, space, seed=0)
+    live = opt.ask(study, space, seed=1)
+    live.suggest(space)
+    opt.tell(study, live.number, "FAIL")
+    params, dists = opt.trial_params(study, live.number)
+    number = opt.add_finished(study, "COMPLETE", 0.8, params, dists, {TRIAL_JOB: [1, 7]}, {0: 0.7})
+    added = [t for t in opt.trials(study) if t.number == number][0]
+    assert added.state == "COMPLETE" and added.value == 0.8 and added.params == params
+    assert added.intermediate == {0: 0.7}
+    pruned = opt.add_finished(study, "PRUNED", 0.3, None, None, {TRIAL_JOB: [1, 8]})
+    assert opt.trial_state(study, pruned) == "PRUNED"
+    assert [v.state for v in opt.trials(study, ("COMPLETE", "PRUNED"))] == ["COMPLETE", "PRUNED"]
+    assert [v.state for v in opt.trials(study, ("FAIL",))] == ["FAIL"]
+
+
+def test_no_trial_is_ever_enqueued_as_waiting(journal, space):
+    """ask() must never hand one worker a configuration another worker is meant to train."""
+    study = opt.open_study("s", journal, space, seed=0)
+    for seed in range(3):
+        live = opt.ask(study, space, seed)
+        live.suggest(space)
+        opt.tell(study, live.number, "COMPLETE", 0.5 + seed / 10)
+    assert not opt.trials(study, ("WAITING",))
+
+
+def test_adapter_works_on_an_rdb_storage_too(tmp_path, space):
+    url = f"sqlite:///{tmp_path}/optuna.db"
+    study = opt.open_study("s", url, space, seed=0)
+    live = opt.ask(study, space, 0)
+    live.suggest(space)
+    assert opt.tell(study, live.number, "PRUNED")
+    assert opt.study_names(url) == ["s"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("keras") is None, reason="needs Keras to train")
+def test_only_the_users_study_is_listed_after_searches_and_a_reevaluation(tmp_path):
+    import optuna
+
+    search = ["--dataset", "digits", "--space", "smoke", "--trials", "3", "--jobs", "1"]
+    for _ in range(2):
+        proc = run_module("bench.search", *search, "--quiet", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    reeval = run_module(
+        "bench.reevaluate", "--study-name", "digits-smoke", "--top-k", "2", "--seeds", "2",
+        "--jobs", "1", "--quiet", cwd=tmp_path,
+    )  # fmt: skip
+    assert reeval.returncode == 0, reeval.stderr[-3000:]
+    storage = opt.make_storage(str(tmp_path / "optuna-studies.log"))
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+    assert names == ["digits-smoke"]
+    study = optuna.load_study(study_name="digits-smoke", storage=storage)
+    batches = {t.user_attrs.get("bench.batch_id") for t in study.trials}
+    assert {1, 2} <= batches  # both searches are in the one study

@@ -363,6 +363,7 @@ def _run(args: argparse.Namespace, interrupts) -> int:
     from bench.resources import plan_workers, usable_cpus, visible_gpus
     from bench.space import load_space, resolve_space
     from bench.tracking import check_uri, resolve_uri
+    from bench.training import download_dataset
 
     storage = args.storage or opt.DEFAULT_STORAGE
     if args.study_name:
@@ -401,7 +402,7 @@ def _run(args: argparse.Namespace, interrupts) -> int:
         raise BenchError("--factors: name at least one parameter, e.g. normalization,optimizer")
     seeds = list(range(args.seeds))
     plan = make_plan(space, config, factors, seeds)
-    dataset = data.load_dataset(dataset_name, data_dir)
+    dataset = data.load_dataset(dataset_name, data_dir, download=download_dataset)
     spec_train = {**space.train.__dict__, **train}
     data.check_validation_size(dataset, spec_train["validation_size"], space.path)
     uri = resolve_uri(args.tracking_uri)

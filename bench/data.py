@@ -1,7 +1,8 @@
 """Datasets: the IDX reader, checksums, where files are looked for, and the validation split.
 
 NumPy only at import time. scikit-learn is imported by the functions that need it (the ``digits``
-set and the stratified split); Keras only for the last-resort download.
+set and the stratified split). The last-resort download is Keras' own; this layer cannot import
+Keras, so the CLIs pass it in (:func:`bench.training.download_dataset`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import hashlib
 import os
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -294,22 +296,17 @@ def _digits() -> Dataset:
     )
 
 
-def _download(name: str) -> None:
-    """Let Keras fetch the dataset into its cache (only works online)."""
-    import keras
-
-    loader = {"fashion-mnist": keras.datasets.fashion_mnist, "mnist": keras.datasets.mnist}[name]
-    loader.load_data()
-
-
-def load_dataset(name: str, data_dir: str | None = None, *, allow_download: bool = True) -> Dataset:
+def load_dataset(
+    name: str, data_dir: str | None = None, *, download: Callable[[str], None] | None = None
+) -> Dataset:
     """Find, verify and decode a dataset.
 
     Args:
         name: ``fashion-mnist``, ``mnist``, ``digits`` or ``idx`` (any four IDX files in
             ``data_dir``).
         data_dir: Checked first; ``BENCH_DATA_DIR`` when not given.
-        allow_download: Try the Keras download when no local copy is found.
+        download: Called with ``name`` when no local copy is found, to fetch one into the Keras
+            cache (:func:`bench.training.download_dataset`); None: never download.
 
     Returns:
         The decoded dataset.
@@ -339,9 +336,9 @@ def load_dataset(name: str, data_dir: str | None = None, *, allow_download: bool
         return None
 
     found = local()
-    if found is None and allow_download and name != "idx":
+    if found is None and download is not None and name != "idx":
         try:
-            _download(name)
+            download(name)
         except Exception:  # noqa: BLE001 - offline, proxy, disk: all mean "not available"
             pass
         found = local()
@@ -352,7 +349,7 @@ def load_dataset(name: str, data_dir: str | None = None, *, allow_download: bool
         )
         raise DataError(
             f"{name}: dataset files not found (looked in {looked}"
-            f"{'; the Keras download failed' if allow_download and name != 'idx' else ''}); "
+            f"{'; the Keras download failed' if download is not None and name != 'idx' else ''}); "
             f"{how}pass --data-dir DIR holding {', '.join(IDX_FILES.values())}"
         )
     return found

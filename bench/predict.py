@@ -208,18 +208,6 @@ def _quiet() -> Iterator[None]:
                 sys.stderr.write(sink.read().decode("utf-8", "replace"))
 
 
-def _registry_tags(client, model_uri: str) -> dict[str, str]:
-    """Tags of the registered version a ``models:/NAME@ALIAS`` or ``models:/NAME/N`` URI names."""
-    ref = model_uri[len("models:/") :].strip("/")
-    if "@" in ref:
-        name, alias = ref.split("@", 1)
-        return dict(client.get_model_version_by_alias(name, alias).tags)
-    name, _, version = ref.rpartition("/")
-    if name and version.isdigit():
-        return dict(client.get_model_version(name, version).tags)
-    return {}  # a logged model id (models:/m-...) has no registry tags
-
-
 def _tag_classes(tags: dict[str, str]) -> tuple[str, ...] | None:
     from bench.data import DIGIT_CLASSES, FASHION_CLASSES
 
@@ -236,49 +224,14 @@ def _tag_classes(tags: dict[str, str]) -> tuple[str, ...] | None:
     )
 
 
-class _KerasModel:
-    """A Keras model loaded in Keras' safe mode, behind the pyfunc ``predict`` interface."""
-
-    def __init__(self, model):
-        self.model = model
-
-    def predict(self, images):
-        return self.model.predict(images, verbose=0)
-
-
-def _input_size(schema) -> tuple[int, int]:
-    if schema is None or not schema.is_tensor_spec():
+def _input_size(shape: tuple[int, ...] | None) -> tuple[int, int]:
+    if shape is None:
         return DEFAULT_SIZE
-    shape = tuple(schema.inputs[0].shape)
     if len(shape) != 3 or any(int(d) < 1 for d in shape[1:]):
         raise BenchError(
             f"the model takes input of shape {shape}; bench.predict feeds (N, height, width) images"
         )
     return int(shape[1]), int(shape[2])
-
-
-def _load(model_uri: str, trust_model: bool):
-    """Load the model safely, or refuse: returns (model with ``predict``, input schema).
-
-    A Keras-flavour model (what bench logs) loads through ``mlflow.keras.load_model``, which uses
-    Keras' safe mode: the ``.keras`` file's config is read, no Python code or pickle runs. Any
-    other flavour loads through ``mlflow.pyfunc``, which unpickles Python objects from the store
-    and so runs code that whoever logged the model chose; that needs ``--trust-model``.
-    """
-    import mlflow
-    from mlflow.models import get_model_info
-
-    info = get_model_info(model_uri)
-    schema = info.signature.inputs if info.signature is not None else None
-    if "keras" in info.flavors:
-        return _KerasModel(mlflow.keras.load_model(model_uri)), schema
-    if not trust_model:
-        flavors = ", ".join(sorted(info.flavors)) or "no known"
-        raise BenchError(
-            f"--model {redact(model_uri)}: a model of flavour(s) {flavors}, not keras; loading "
-            "it would unpickle code from the store; pass --trust-model if you trust its author"
-        )
-    return mlflow.pyfunc.load_model(model_uri), schema
 
 
 def load_champion(model_uri: str, tracking_uri: str, trust_model: bool = False) -> Champion:
@@ -295,25 +248,16 @@ def load_champion(model_uri: str, tracking_uri: str, trust_model: bool = False) 
     """
     _check_store(model_uri, tracking_uri)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    # MLflow retries an unreachable server for minutes by default; one CLI call should not.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
     import logging
 
-    import mlflow
-    from mlflow import MlflowClient
+    from bench.tracking.models import load_checked_model, version_tags
 
     for noisy in ("mlflow", "alembic", "absl", "tensorflow", "keras"):
         logging.getLogger(noisy).setLevel(logging.CRITICAL)
-    mlflow.set_tracking_uri(tracking_uri)
     try:
-        model, schema = _load(model_uri, trust_model)
-        size = _input_size(schema)
-        classes = None
-        if model_uri.startswith("models:/"):
-            classes = _tag_classes(_registry_tags(MlflowClient(tracking_uri), model_uri))
+        loaded = load_checked_model(model_uri, tracking_uri, trust_model)
+        size = _input_size(loaded.input_shape)
+        classes = _tag_classes(version_tags(model_uri, tracking_uri))
     except BenchError:
         raise
     except Exception as exc:  # noqa: BLE001 - MLflow, SQLAlchemy, HTTP and IO errors alike
@@ -321,7 +265,7 @@ def load_champion(model_uri: str, tracking_uri: str, trust_model: bool = False) 
             f"--model {redact(model_uri)} (tracking {redact(tracking_uri)}): "
             f"cannot load it ({_first_line(exc)})"
         ) from None
-    return Champion(model, size, classes)
+    return Champion(loaded.model, size, classes)
 
 
 def class_names(champion: Champion, n_classes: int) -> tuple[str, ...]:

@@ -65,6 +65,7 @@ def _run(args: argparse.Namespace, interrupts) -> int:
     from bench.search import run_batch
     from bench.space import load_space
     from bench.tracking import Tracker, check_uri, resolve_uri
+    from bench.training import download_dataset
 
     storage = args.storage or opt.DEFAULT_STORAGE
     if opt.is_journal(storage) and not Path(storage).is_file():
@@ -105,7 +106,9 @@ def _run(args: argparse.Namespace, interrupts) -> int:
     space = load_space(last.settings["space"]).with_overrides(
         max_epochs=last.settings.get("max_epochs")
     )
-    dataset = data.load_dataset(last.settings["dataset"], last.settings.get("data_dir"))
+    dataset = data.load_dataset(
+        last.settings["dataset"], last.settings.get("data_dir"), download=download_dataset
+    )
     uri = resolve_uri(args.tracking_uri)
     check_uri(uri)
     tracker = Tracker(uri, last.settings["experiment"])

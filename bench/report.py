@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench.errors import EXIT_OK, EXIT_USAGE, BenchError, redact
+from bench.optuna_adapter import metric_name
 
 if TYPE_CHECKING:
     import optuna
@@ -176,10 +177,6 @@ def _run(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- tables
-
-
-def metric_name(study: optuna.Study) -> str:
-    return "val_accuracy" if study.direction.name == "MAXIMIZE" else "val_loss"
 
 
 def _fmt_list(values: Any, sep: str = "-") -> str:

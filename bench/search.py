@@ -167,10 +167,11 @@ def _run(args: argparse.Namespace, interrupts) -> int:
     from bench.resources import plan_workers, usable_cpus, visible_gpus
     from bench.space import load_space, resolve_space
     from bench.tracking import Tracker, check_uri, resolve_uri
+    from bench.training import download_dataset
 
     space_path = str(Path(resolve_space(args.space)).resolve())
     space = load_space(space_path).with_overrides(max_epochs=args.max_epochs)
-    dataset = data.load_dataset(args.dataset, args.data_dir)
+    dataset = data.load_dataset(args.dataset, args.data_dir, download=download_dataset)
     data.check_validation_size(dataset, space.train.validation_size, space.path)
     if args.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise BenchError(

@@ -22,13 +22,24 @@ from tests.servers import free_port, mlflow_command, stop, wait_until_up
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
 EXPERIMENT = MODEL = "fashion-mnist-mlp"
 PAGE_TIMEOUT_MS = 60_000  # a React page on a busy 2-core machine; every wait is bounded by it
 # Environment variables `mlflow server` reads as backend flags: the test must not have them.
-BACKEND_VARS = ("MLFLOW_TRACKING_URI", "MLFLOW_BACKEND_STORE_URI", "MLFLOW_REGISTRY_STORE_URI",
-                "MLFLOW_DEFAULT_ARTIFACT_ROOT", "MLFLOW_ARTIFACTS_DESTINATION")
+BACKEND_VARS = (
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_BACKEND_STORE_URI",
+    "MLFLOW_REGISTRY_STORE_URI",
+    "MLFLOW_DEFAULT_ARTIFACT_ROOT",
+    "MLFLOW_ARTIFACTS_DESTINATION",
+)
 
 
 def artifacts_dir() -> Path:
@@ -52,9 +63,14 @@ def expected(fashion_search):
     history = client.get_metric_history(trials["trial-0"].info.run_id, "val_accuracy")
     assert len(history) >= 2, "expected one val_accuracy point per epoch"
     champion = client.get_model_version_by_alias(MODEL, "champion")
-    return {"experiment_id": exp.experiment_id, "parent": parent.info.run_name,
-            "trial0_id": trials["trial-0"].info.run_id, "history": history,
-            "champion_version": champion.version, "n_runs": len(runs)}
+    return {
+        "experiment_id": exp.experiment_id,
+        "parent": parent.info.run_name,
+        "trial0_id": trials["trial-0"].info.run_id,
+        "history": history,
+        "champion_version": champion.version,
+        "n_runs": len(runs),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -66,10 +82,24 @@ def mlflow_ui(fashion_search, tmp_path_factory):
         env.pop(var, None)
     # --workers 1 only shortens the start on 2 cores (the default starts 4 uvicorn workers).
     with open(log, "wb") as out:
-        command = [*mlflow_command(), "ui", "--host", "127.0.0.1", "--port", str(port),
-                   "--workers", "1"]
-        proc = subprocess.Popen(command, cwd=fashion_search, env=env, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        command = [
+            *mlflow_command(),
+            "ui",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ]
+        proc = subprocess.Popen(
+            command,
+            cwd=fashion_search,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         base = f"http://127.0.0.1:{port}"
         wait_until_up(proc, f"{base}/health", log, 120)
@@ -90,8 +120,12 @@ def browser_context(tmp_path_factory):
     profile = tmp_path_factory.mktemp("chromium-profile")  # fresh: no state from earlier runs
     with sync_playwright() as p:
         context = p.chromium.launch_persistent_context(
-            str(profile), executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True,
-            viewport={"width": 1600, "height": 1000})
+            str(profile),
+            executable_path=str(CHROMIUM),
+            args=CHROMIUM_ARGS,
+            headless=True,
+            viewport={"width": 1600, "height": 1000},
+        )
         context.set_default_timeout(PAGE_TIMEOUT_MS)
         context.set_default_navigation_timeout(PAGE_TIMEOUT_MS)
         try:
@@ -162,8 +196,10 @@ def test_parent_run_shows_its_trials_nested_under_it(page, mlflow_ui, expected):
     for name in ("trial-0", "trial-1"):
         expect(page.get_by_role("link", name=name, exact=True)).to_be_visible()
     # Nested as a person sees it: the trials sit below their parent and are indented under it.
-    box = {n: page.get_by_role("link", name=n, exact=True).bounding_box()
-           for n in (expected["parent"], "trial-0", "trial-1")}
+    box = {
+        n: page.get_by_role("link", name=n, exact=True).bounding_box()
+        for n in (expected["parent"], "trial-0", "trial-1")
+    }
     for name in ("trial-0", "trial-1"):
         assert box[name]["y"] > box[expected["parent"]]["y"], box
         assert box[name]["x"] > box[expected["parent"]]["x"], box
@@ -180,12 +216,21 @@ def test_trial_val_accuracy_chart_shows_every_epoch(page, mlflow_ui, expected):
     from playwright.sync_api import expect
 
     base, _ = mlflow_ui
-    query = urllib.parse.urlencode({
-        "runs": json.dumps([expected["trial0_id"]]), "metric": json.dumps("val_accuracy"),
-        "experiments": json.dumps([expected["experiment_id"]]),
-        "plot_metric_keys": json.dumps(["val_accuracy"]), "plot_layout": "{}", "x_axis": "step",
-        "y_axis_scale": "linear", "line_smoothness": 1, "show_point": "true",
-        "deselected_curves": "[]", "last_linear_y_axis_range": "[]"})
+    query = urllib.parse.urlencode(
+        {
+            "runs": json.dumps([expected["trial0_id"]]),
+            "metric": json.dumps("val_accuracy"),
+            "experiments": json.dumps([expected["experiment_id"]]),
+            "plot_metric_keys": json.dumps(["val_accuracy"]),
+            "plot_layout": "{}",
+            "x_axis": "step",
+            "y_axis_scale": "linear",
+            "line_smoothness": 1,
+            "show_point": "true",
+            "deselected_curves": "[]",
+            "last_linear_y_axis_range": "[]",
+        }
+    )
     page.goto(f"{base}/#/metric/val_accuracy?{query}")
     expect(page.get_by_text("trial-0 (val_accuracy)")).to_be_visible()  # the chart's legend
     history = sorted(expected["history"], key=lambda m: m.step)

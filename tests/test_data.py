@@ -151,7 +151,7 @@ def test_label_beyond_a_named_datasets_classes(tmp_path, monkeypatch):
         folder / data.IDX_FILES["y_test"], np.r_[np.arange(19) % 10, 10].astype(np.uint8)
     )
     with pytest.raises(DataError, match="found label 10, but mnist has 10 classes"):
-        data.load_dataset("mnist", str(folder), allow_download=False)
+        data.load_dataset("mnist", str(folder))
 
 
 def test_validation_size_must_hold_every_class():
@@ -176,13 +176,35 @@ def test_missing_dataset_says_where_it_looked_and_how_to_fix(tmp_path, monkeypat
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     monkeypatch.delenv("BENCH_DATA_DIR", raising=False)
     with pytest.raises(DataError) as err:
-        data.load_dataset("fashion-mnist", str(tmp_path / "given"), allow_download=False)
+        data.load_dataset("fashion-mnist", str(tmp_path / "given"))
     text = str(err.value)
     for place in ("given", "keras/datasets/fashion-mnist", "system/fashion-mnist"):
         assert place in text
     assert "dataset-fashion-mnist" in text and "--data-dir" in text and "\n" not in text
     with pytest.raises(DataError, match="unknown dataset 'cifar'"):
         data.load_dataset("cifar")
+
+
+def test_an_injected_download_fills_the_keras_cache_or_is_named_when_it_fails(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr(data, "SYSTEM_DIR", tmp_path / "system")
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.delenv("BENCH_DATA_DIR", raising=False)
+    asked = []
+
+    def fetch(name):
+        asked.append(name)
+        _write_set(data.keras_cache_dir() / name, classes=10)
+
+    assert data.load_dataset("mnist", download=fetch).n_classes == 10
+    assert asked == ["mnist"]
+
+    def offline(name):
+        raise OSError("no network")
+
+    with pytest.raises(DataError, match="the Keras download failed"):
+        data.load_dataset("fashion-mnist", download=offline)
 
 
 def test_validation_split_is_stratified_seeded_and_disjoint(tmp_path):
@@ -210,7 +232,7 @@ def test_digits_is_uint8_images():
 def test_real_fashion_mnist_from_the_debian_package(monkeypatch, tmp_path):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     monkeypatch.delenv("BENCH_DATA_DIR", raising=False)
-    ds = data.load_dataset("fashion-mnist", allow_download=False)
+    ds = data.load_dataset("fashion-mnist")
     assert ds.x_train.shape == (60000, 28, 28) and ds.x_test.shape == (10000, 28, 28)
     assert ds.class_names[9] == "Ankle boot"
     assert np.bincount(ds.y_train).tolist() == [6000] * 10

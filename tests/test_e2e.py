@@ -64,7 +64,7 @@ def test_search_tracks_registers_and_the_champion_predicts_raw_pixels(fashion_se
 
     mlflow.set_tracking_uri(f"sqlite:///{folder}/mlflow.db")
     model = mlflow.pyfunc.load_model("models:/fashion-mnist-mlp@champion")
-    ds = load_dataset("fashion-mnist", allow_download=False)
+    ds = load_dataset("fashion-mnist")
     assert ds.x_test.dtype == np.uint8
     probs = np.asarray(model.predict(ds.x_test))
     assert probs.shape == (10000, 10) and np.allclose(probs.sum(axis=1), 1, atol=1e-4)

@@ -102,6 +102,12 @@ def assert_recovered(folder, n=N, before=None, study=STUDY, registered=True):
         champion = client.get_model_version_by_alias(MODEL, "champion")
         assert str(champion.version) == str(mine[0].version)
         assert str((found[0].summary or {}).get("version")) == str(mine[0].version)
+        final = [j for j in jobs if j.purpose in ("refit", "register") and j.state == "done"]
+        assert len(final) == 1
+        # the job's recorded model (and its test accuracy) is the registered one, even when the
+        # worker that registered it died before recording
+        assert final[0].result.model_uri == mine[0].source
+        assert float(mine[0].tags["test_accuracy"]) == pytest.approx(final[0].result.test_accuracy)
 
     now = {j.key: j.result.to_dict() for j in jobs if j.state == "done" and j.result}
     for key, result in (before or {}).items():

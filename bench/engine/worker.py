@@ -267,7 +267,14 @@ class Worker:
         from bench.space import flat_config
 
         if job.purpose == REGISTER:
-            return self._run_register(job)
+            return self._run_register(job, job.spec.info["model_uri"])
+        if job.purpose == REFIT and job.attempts > 1:
+            # a refit whose worker died after registering: the registered model is the result
+            version = self.tracker.safe(
+                self.tracker.find_version, self.batch.settings["model_name"], self._identity(job)
+            )
+            if version is not None:
+                return self._run_register(job, version.source)
         live, config = self._configure(job)
         spec = self._train_spec(job)
         params = {
@@ -471,7 +478,7 @@ class Worker:
             self.tracker,
             out.model_uri,
             s["model_name"],
-            identity={"study_name": self.batch.study, "batch": self.batch.number, "job": job.key},
+            identity=self._identity(job),
             tags={
                 "test_accuracy": out.test_accuracy,
                 "test_loss": out.test_loss,
@@ -502,18 +509,23 @@ class Worker:
             },
         )
 
-    def _run_register(self, job: Job) -> None:
-        """Register the chosen search run's own model (``--no-refit``)."""
+    def _identity(self, job: Job) -> dict[str, Any]:
+        """Tags that identify a registration, so a rerun finds it instead of adding another."""
+        return {"study_name": self.batch.study, "batch": self.batch.number, "job": job.key}
+
+    def _run_register(self, job: Job, uri: str) -> None:
+        """Register an already trained model: the chosen search run's own (``--no-refit``), or
+        the one a refit registered before its worker died."""
         from bench.training import evaluate
 
-        uri = job.spec.info["model_uri"]
         model = self.tracker.load_model(uri)
         loss, acc = evaluate(model, self.dataset)
+        epochs = int(job.spec.train.get("max_epochs", 0)) if job.purpose == REFIT else 0
         out = JobResult(
             COMPLETED,
             job.spec.info.get("selection_score"),
-            0,
-            0,
+            max(0, epochs - 1),
+            epochs,
             0.0,
             0,
             0.0,

@@ -386,6 +386,11 @@ def direction(study: optuna.Study) -> str:
     return study.direction.name.lower()
 
 
+def metric_name(study: optuna.Study) -> str:
+    """The validation metric a study's values are: accuracy when it maximizes, else loss."""
+    return "val_accuracy" if study.direction.name == "MAXIMIZE" else "val_loss"
+
+
 def param_importances(study: optuna.Study) -> dict[str, float]:
     """fANOVA importances over the completed trials (empty when too few)."""
     import optuna

@@ -1,7 +1,8 @@
 """The report's plots as PNG files: Optuna's matplotlib plots, pandas and scikit-learn displays.
 
-Split from :mod:`bench.report` to keep each module to one concern. Uses matplotlib's Agg backend
-(no display needed) and never imports TensorFlow.
+Split from :mod:`bench.report` to keep each module to one concern. Optuna's own plots are drawn by
+:mod:`bench.optuna_adapter.plots`; this module lays them out with the rest and saves them. Uses
+matplotlib's Agg backend (no display needed) and never imports TensorFlow.
 """
 
 from __future__ import annotations
@@ -12,32 +13,6 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import optuna
     import pandas as pd
-
-_FINISHED = ("COMPLETE", "PRUNED")
-
-
-def _search_view(study: optuna.Study) -> optuna.Study:
-    """An in-memory copy holding only sampled trials: baseline rows have no Optuna params and
-    would empty the common search space that importances and parallel coordinates need."""
-    import optuna
-
-    view = optuna.create_study(direction=study.direction, study_name=study.study_name)
-    view.add_trials(
-        [
-            t
-            for t in study.get_trials(deepcopy=False)
-            if t.distributions and t.state.name in _FINISHED
-        ]
-    )
-    return view
-
-
-def _common_params(view: optuna.Study) -> list[str]:
-    from optuna.trial import TrialState
-
-    done = view.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    names = set.intersection(*(set(t.params) for t in done)) if done else set()
-    return sorted(n for n in names if len({repr(t.params[n]) for t in done}) > 1)
 
 
 def _save(axes: Any, path: Path, size: tuple[float, float] | None = None) -> None:
@@ -146,27 +121,21 @@ def draw_plots(
     import matplotlib
 
     matplotlib.use("Agg")
-    from optuna.importance import FanovaImportanceEvaluator
-    from optuna.trial import TrialState
-    from optuna.visualization import matplotlib as ov
-
-    from bench.report import metric_name
+    from bench.optuna_adapter import metric_name
+    from bench.optuna_adapter.plots import SearchPlots
 
     metric, maximize = metric_name(study), study.direction.name == "MAXIMIZE"
-    view = _search_view(study)
-    common = _common_params(view)
-    n_search = len(view.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    search = SearchPlots(study, metric)
     few = (
-        f"needs >= 2 completed sampled trials with varying parameters (has {n_search})"
-        if n_search < 2 or not common
+        f"needs >= 2 completed sampled trials with varying parameters (has {search.n_sampled})"
+        if search.n_sampled < 2 or not search.params
         else None
     )
-    fanova = FanovaImportanceEvaluator(seed=0)  # seeded: the same study, the same picture
     plots = [  # (title, file, draw, figure size or None, why it cannot be drawn or None)
         (
             "Optimization history",
             "history.png",
-            lambda: ov.plot_optimization_history(study, target_name=metric),
+            search.history,
             (8, 4.5),
             None,
         ),
@@ -180,24 +149,22 @@ def draw_plots(
         (
             "Parameter importances (fANOVA)",
             "importances.png",
-            lambda: ov.plot_param_importances(
-                view, evaluator=fanova, params=common, target_name=metric
-            ),
+            search.importances,
             (8, 4.5),
             few,
         ),
         (
             "Parallel coordinates",
             "parallel.png",
-            lambda: ov.plot_parallel_coordinate(view, params=common, target_name=metric),
+            search.parallel,
             (12, 5),
             few,
         ),
         (
             "Slices",
             "slice.png",
-            lambda: ov.plot_slice(view, params=common, target_name=metric),
-            (3.2 * max(1, len(common)), 3.6),
+            search.slices,
+            (3.2 * max(1, len(search.params)), 3.6),
             few,
         ),
         (

@@ -21,6 +21,18 @@ def configure_threads(intra_op: int | None, inter_op: int | None = None) -> None
     _configure(intra_op, inter_op)
 
 
+def download_dataset(name: str) -> None:
+    """Let Keras fetch ``fashion-mnist`` or ``mnist`` into its cache (only works online).
+
+    The downloader :func:`bench.data.load_dataset` takes: the files land where it looks
+    (:func:`bench.data.keras_cache_dir`).
+    """
+    import keras
+
+    loader = {"fashion-mnist": keras.datasets.fashion_mnist, "mnist": keras.datasets.mnist}[name]
+    loader.load_data()
+
+
 def evaluate(model, dataset: Dataset) -> tuple[float, float]:
     """Test loss and accuracy of a model on the dataset's test split."""
     loss, acc = model.evaluate(dataset.x_test, dataset.y_test, batch_size=2048, verbose=0)
@@ -44,6 +56,7 @@ __all__ = [
     "TrialResult",
     "configure_threads",
     "confusion",
+    "download_dataset",
     "evaluate",
     "train",
 ]

@@ -490,7 +490,7 @@ def _run(args: argparse.Namespace, interrupts) -> int:
     from bench.engine.store import JobStore
     from bench.tracking import Tracker
 
-    opt.open_study(study_name, storage, space, settings["seed"], allow_space_change=True)
+    opt.open_study(study_name, storage, space, settings["seed"], record_space=False)
     store = JobStore(storage)
     tracker = Tracker(uri, experiment)
     batch, created = open_ablation_batch(
@@ -530,7 +530,7 @@ def _run(args: argparse.Namespace, interrupts) -> int:
 def open_ablation_batch(store, study_name, ident, settings, space, dataset, tracker, storage):
     from bench.designs.ablation import AblationDesign
     from bench.designs.ablation_plan import fmt_level
-    from bench.engine import open_batch
+    from bench.engine import batch_tag, open_batch
 
     plan = settings["plan"]
     base = plan["cells"][0]["config"]
@@ -555,7 +555,7 @@ def open_ablation_batch(store, study_name, ident, settings, space, dataset, trac
             {
                 "study_name": study_name,
                 "batch": batch.number,
-                "bench_batch": f"{study_name}:{batch.number}",
+                **batch_tag(batch),
                 "design": "ablation",
                 "role": "ablation",
                 "base": settings["base_source"],
@@ -570,10 +570,6 @@ def open_ablation_batch(store, study_name, ident, settings, space, dataset, trac
         tracker.safe(tracker.log_artifact, run_id, settings["space"], "space")
         return run_id
 
-    def find_parent(batch):
-        found = tracker.find_runs({"bench_batch": f"{study_name}:{batch.number}"})
-        return found[0] if found else None
-
     def initial(stored: dict):
         return AblationDesign(stored, space.direction == "maximize").initial_jobs()
 
@@ -585,8 +581,7 @@ def open_ablation_batch(store, study_name, ident, settings, space, dataset, trac
         settings,
         initial,
         start_parent,
-        find_parent,
-        tracker.delete_run,
+        tracker,
         join_done=True,
     )
 

@@ -58,7 +58,7 @@ def _run(args: argparse.Namespace, interrupts) -> int:
     from bench import data
     from bench import optuna_adapter as opt
     from bench.designs.search import SearchDesign
-    from bench.engine import open_batch
+    from bench.engine import batch_tag, open_batch
     from bench.engine.store import JobStore
     from bench.records import BASELINE, SEARCH
     from bench.resources import plan_workers, usable_cpus, visible_gpus
@@ -119,16 +119,12 @@ def _run(args: argparse.Namespace, interrupts) -> int:
             {"top_k": args.top_k, "seeds": args.seeds, "sources": ",".join(settings["sources"])},
             {
                 "study_name": args.study_name,
-                "bench_batch": f"{args.study_name}:{batch.number}",
+                **batch_tag(batch),
                 "design": "reeval",
                 "role": "study",
                 "dataset_digest": dataset.digest,
             },
         )
-
-    def find_parent(batch):
-        found = tracker.find_runs({"bench_batch": f"{args.study_name}:{batch.number}"})
-        return found[0] if found else None
 
     batch, created = open_batch(
         store,
@@ -138,8 +134,7 @@ def _run(args: argparse.Namespace, interrupts) -> int:
         settings,
         lambda _s: specs,
         start_parent,
-        find_parent,
-        tracker.delete_run,
+        tracker,
         join_done=True,
     )
     if batch.state == "done":

@@ -223,7 +223,7 @@ def _run(args: argparse.Namespace, interrupts) -> int:
 
 def open_search_batch(store, study_name, settings, space, dataset, tracker, storage):
     from bench.designs.search import SearchDesign
-    from bench.engine import open_batch
+    from bench.engine import batch_tag, open_batch
 
     def start_parent(batch) -> str:
         run_id = tracker.start_parent(
@@ -245,7 +245,7 @@ def open_search_batch(store, study_name, settings, space, dataset, tracker, stor
             {
                 "study_name": study_name,
                 "batch": batch.number,
-                "bench_batch": f"{study_name}:{batch.number}",
+                **batch_tag(batch),
                 "design": batch.design,
                 "space_hash": space.search_hash,
                 "dataset_digest": dataset.digest,
@@ -255,10 +255,6 @@ def open_search_batch(store, study_name, settings, space, dataset, tracker, stor
         tracker.safe(tracker.log_artifact, run_id, settings["space"], "space")
         tracker.safe(tracker.log_dataset, run_id, dataset)
         return run_id
-
-    def find_parent(batch):
-        found = tracker.find_runs({"bench_batch": f"{study_name}:{batch.number}"})
-        return found[0] if found else None
 
     def initial(stored: dict):
         return SearchDesign(stored).initial_jobs(stored.get("baselines") or [], stored["n_trials"])
@@ -271,8 +267,7 @@ def open_search_batch(store, study_name, settings, space, dataset, tracker, stor
         settings,
         initial,
         start_parent,
-        find_parent,
-        tracker.delete_run,
+        tracker,
     )
 
 
@@ -420,6 +415,17 @@ def _summary(store, batch, tracker, uri, purposes, seconds, failed_workers, dead
             + f"); champion: version {info['champion_version']}, "
             f"models:/{record.settings['model_name']}@champion"
         )
+    final = [j for j in jobs if j.purpose in ("refit", "register")]
+    if record.state == "done" and record.settings.get("register", True) and not info.get("version"):
+        if any(j.state == "failed" for j in final):
+            cause = next(j.reason for j in final if j.state == "failed")
+            print(f"error: the champion was not registered: {redact(cause)}", file=sys.stderr)
+            return EXIT_FAILURE
+        if not final:
+            print(
+                "note: no job completed (all pruned or failed): nothing to register",
+                file=sys.stderr,
+            )
     links = ui_links(uri, tracker.experiment_id, record.settings.get("model_name"))
     print(f"runs:   {links['runs']}")
     if info.get("version"):

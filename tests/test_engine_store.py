@@ -308,10 +308,23 @@ def _open(store, calls, specs=3, identity="search", join_done=False):
         {"n": specs},
         lambda settings: _specs(settings["n"]),
         start_parent,
-        lambda batch: None,
-        lambda run_id: calls.append(("drop", run_id)),
+        _Tracker(calls),
         join_done=join_done,
     )
+
+
+class _Tracker:
+    """What open_batch asks of the tracking store: find a parent run by tag, drop a loser."""
+
+    def __init__(self, calls, found=()):
+        self.calls, self.found = calls, list(found)
+
+    def find_runs(self, tags):
+        self.calls.append(("find", tuple(tags.items())))
+        return self.found
+
+    def delete_run(self, run_id):
+        self.calls.append(("drop", run_id))
 
 
 def test_open_batch_creates_then_joins_then_opens_the_next(store):
@@ -320,10 +333,13 @@ def test_open_batch_creates_then_joins_then_opens_the_next(store):
     assert created and b1.number == 1 and b1.state == "running" and b1.parent_run_id
     assert len(store.jobs(b1.id)) == 3
     again, created = _open(store, calls)
-    assert not created and again.id == b1.id and calls == [("start", 1)]
+    assert not created and again.id == b1.id
+    assert [c for c in calls if c[0] != "find"] == [("start", 1)]
+    # the parent run is looked up by the batch's random id, never by its number
+    assert calls[0] == ("find", (("bench_batch", b1.settings["uid"]),))
     assert store.finish_batch(b1.id, {})
     b2, created = _open(store, calls)
-    assert created and b2.number == 2
+    assert created and b2.number == 2 and b2.settings["uid"] != b1.settings["uid"]
 
 
 def test_open_batch_continues_an_opening_batch_left_by_a_dead_opener(store):
@@ -335,7 +351,7 @@ def test_open_batch_continues_an_opening_batch_left_by_a_dead_opener(store):
     batch, created = _open(store, calls)
     assert not created and batch.id == dead.id and batch.number == 1
     assert batch.state == "running" and batch.parent_run_id == "run-of-the-dead"
-    assert calls == []  # no second parent run
+    assert calls == []  # no second parent run (and no lookup: the row names its run)
     assert [j.key for j in store.jobs(batch.id)] == [s.key for s in _specs(3)]
     assert [b.number for b in store.batches("s")] == [1]
 
@@ -345,7 +361,7 @@ def test_open_batch_adopts_a_parent_run_the_dead_opener_created(store):
     batch, created = open_batch(
         store, "s", "search", "search", {"n": 2}, lambda st: _specs(st["n"]),
         lambda b: pytest.fail("a second parent run was started"),
-        lambda b: "found-run", lambda r: None,
+        _Tracker([], found=["found-run"]),
     )  # fmt: skip
     assert batch.parent_run_id == "found-run" and batch.state == "running"
 

@@ -108,9 +108,6 @@ class AblationDesign:
     def next_jobs(self, jobs: list[Job], max_epochs: int) -> list[JobSpec]:
         return []
 
-    def on_failed(self, job: Job, jobs: list[Job]) -> list[JobSpec]:
-        return []  # a failed cell costs its pairs, not the comparison
-
     def analyse(self, jobs: list[Job]):
         """The :func:`bench.results.what_matters.analyse` results of the finished jobs."""
         from bench.results.what_matters import analyse

@@ -86,14 +86,23 @@ class SearchDesign:
         ]
         return specs
 
-    def on_failed(self, job: Job, jobs: list[Job]) -> list[JobSpec]:
-        """A search configuration that failed (raised) is replaced, up to ``max_failures``."""
-        if job.purpose != SEARCH:
-            return []
-        failed = [j for j in jobs if j.purpose == SEARCH and j.state == FAILED]
-        if len(failed) > int(self.settings.get("max_failures", 10)):
-            return []
-        return [JobSpec(key=f"{job.key}+", purpose=SEARCH, seed=job.spec.seed + 100_000)]
+    def replacements(self, jobs: list[Job]) -> list[JobSpec]:
+        """A failed search job (its configuration raised, or its worker died too often) is
+        replaced by a fresh one, up to ``max_failures``: the batch keeps its trial count.
+
+        Computed from the stored jobs alone (deterministic keys), so a worker that died between
+        failing a job and replacing it leaves nothing the next one does not redo.
+        """
+        failed = sorted(
+            (j for j in jobs if j.purpose == SEARCH and j.state == FAILED), key=lambda j: j.id
+        )
+        keys = {j.key for j in jobs}
+        allowed = failed[: int(self.settings.get("max_failures", 10))]
+        return [
+            JobSpec(key=f"{j.key}+", purpose=SEARCH, seed=j.spec.seed + 100_000)
+            for j in allowed
+            if f"{j.key}+" not in keys
+        ]
 
     # ------------------------------------------------------------ stages 2 and 3
 
@@ -121,15 +130,22 @@ class SearchDesign:
         return picked[:k]
 
     def reeval_jobs(self, sources: list[Job]) -> list[JobSpec]:
+        """``reeval_seeds`` fresh-seed jobs per source (sources from several batches are named
+        by batch too, since job keys repeat across batches)."""
         seeds = [REEVAL_SEED0 + i for i in range(int(self.settings.get("reeval_seeds", 0)))]
+        several = len({src.batch_id for src in sources}) > 1
+
+        def name(src: Job) -> str:
+            return f"b{src.batch_id}.{src.key}" if several else src.key
+
         return [
             JobSpec(
-                key=f"reeval-{src.key}-s{seed}",
+                key=f"reeval-{name(src)}-s{seed}",
                 purpose=REEVAL,
                 seed=seed,
                 config=src.result.config,
                 train=src.spec.train,
-                info={"source": src.key, "source_value": src.result.value},
+                info={"source": name(src), "source_value": src.result.value},
             )
             for src in sources
             for seed in seeds
@@ -177,6 +193,9 @@ class SearchDesign:
 
     def next_jobs(self, jobs: list[Job], max_epochs: int) -> list[JobSpec]:
         """The next stage's jobs once nothing waits or runs; [] when the batch is complete."""
+        again = self.replacements(jobs)
+        if again:
+            return again
         if not self.settings.get("register", True):
             return []
         if any(j.purpose in (REFIT, REGISTER) for j in jobs):
@@ -195,7 +214,9 @@ class SearchDesign:
             "n_runs": choice.n_runs,
             "best_epoch": choice.best_epoch,
         }
-        if self.settings.get("refit", True):
+        if self.settings.get("refit", True) or choice.model_uri is None:
+            # a re-evaluated choice has no single model of its own, and a search run whose
+            # model could not be logged has none either: both are refit
             budget = int(choice.train.get("max_epochs", max_epochs))
             return [
                 JobSpec(
@@ -212,8 +233,6 @@ class SearchDesign:
                     info=info,
                 )
             ]
-        if choice.model_uri is None:
-            return []  # a re-evaluated choice has no single model of its own: refit it
         return [
             JobSpec(
                 key="register",

@@ -18,6 +18,7 @@ import signal
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -37,8 +38,7 @@ def open_batch(
     settings: dict[str, Any],
     initial_jobs: Callable[[dict[str, Any]], list[JobSpec]],
     start_parent: Callable[[Batch], str],
-    find_parent: Callable[[Batch], str | None],
-    drop_run: Callable[[str], None],
+    tracker,
     join_done: bool = False,
 ) -> tuple[Batch, bool]:
     """Join the unfinished batch of this design (and identity), or open the next one.
@@ -54,9 +54,9 @@ def open_batch(
         identity: Batches with the same identity are the same piece of work.
         settings: Stored with a new batch; a continued or joined batch keeps its own.
         initial_jobs: ``f(settings) -> specs`` of a new batch.
-        start_parent: Creates the batch's MLflow parent run; returns its id.
-        find_parent: An existing parent run of the batch (a dead opener's), or None.
-        drop_run: Deletes a parent run that lost a race.
+        start_parent: Creates the batch's MLflow parent run (tagged with :func:`batch_tag`);
+            returns its id.
+        tracker: Finds a dead opener's parent run by that tag, and deletes one that lost a race.
         join_done: Return a finished batch of the same identity instead of opening a new one.
 
     Returns:
@@ -69,22 +69,29 @@ def open_batch(
         if latest is not None and latest.state == "done" and join_done:
             return latest, False
         created = latest is None or latest.state == "done"
-        batch = latest if not created else store.create_batch(study, design, identity, settings)
+        # a random id, so a fresh storage beside an old tracking store never adopts its runs
+        fresh = {**settings, "uid": uuid.uuid4().hex[:16]}
+        batch = latest if not created else store.create_batch(study, design, identity, fresh)
         if batch is None:
             continue  # a peer created this number a moment ago: look again
         kill_point("open-batch")
-        parent = batch.parent_run_id or find_parent(batch)
+        parent = batch.parent_run_id or next(iter(tracker.find_runs(batch_tag(batch))), None)
         if parent is None:
             mine = start_parent(batch)
             parent = store.set_parent_run(batch.id, mine)
             if parent != mine:
-                drop_run(mine)
+                tracker.delete_run(mine)
         else:
             store.set_parent_run(batch.id, parent)
         store.add_jobs(batch.id, initial_jobs(batch.settings))
         store.set_batch_state(batch.id, "running", expect="opening")
         return store.get_batch(batch.id), created
     raise RuntimeError(f"study {study}: could not open a batch after 20 tries")
+
+
+def batch_tag(batch: Batch) -> dict[str, str]:
+    """The tag that marks a batch's parent run (its random id: unique across storages)."""
+    return {"bench_batch": batch.settings.get("uid") or f"{batch.study}:{batch.number}"}
 
 
 def counts(jobs: list[Job]) -> dict[str, int]:

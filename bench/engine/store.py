@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import random
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -194,12 +193,6 @@ class JobStore:
             ).rowcount
         return n == 1
 
-    def set_summary(self, batch_id: int, summary: dict) -> None:
-        with self.engine.begin() as c:
-            c.execute(
-                batches.update().where(batches.c.id == batch_id).values(summary=_dumps(summary))
-            )
-
     # ------------------------------------------------------------ jobs
 
     def add_jobs(self, batch_id: int, specs: list[JobSpec]) -> int:
@@ -330,6 +323,10 @@ class JobStore:
                     jobs.c.id == job.id,
                     jobs.c.owner_token == (job.owner or {}).get("token"),
                     jobs.c.state == job.state,
+                    # a lease renewed since the reaper read it means the owner is alive after all
+                    jobs.c.lease_until.is_(None)
+                    if job.lease_until is None
+                    else jobs.c.lease_until == job.lease_until,
                 )
                 .values(state=state, owner_token=None, lease_until=None, reason=reason)
             ).rowcount
@@ -392,7 +389,3 @@ def _job(row) -> Job:
         reason=m["reason"] or "",
         synced=bool(m["synced"]),
     )
-
-
-def with_config(spec: JobSpec, config: dict) -> JobSpec:
-    return replace(spec, config=config)

@@ -9,6 +9,7 @@ result is mirrored, so no peer reaps a job whose result is still being written.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import threading
@@ -108,13 +109,12 @@ class Worker:
         self.design = make_design(self.batch, self.space)
         self.dataset = data.load_dataset(s["dataset"], s.get("data_dir"))
         self.study = opt.open_study(
-            self.batch.study, settings.storage, self.space, s["seed"], allow_space_change=True
+            self.batch.study, settings.storage, self.space, s["seed"], record_space=False
         )
         self.tracker = Tracker(settings.tracking_uri, s["experiment"])
         self.owner = new_owner()
         self.token = self.owner.pop("token")
         self._splits: dict[Any, Any] = {}
-        self.finished = 0
 
     # ------------------------------------------------------------ loop
 
@@ -129,18 +129,25 @@ class Worker:
             self.recover()
             if self.settings.deadline is not None and time.time() >= self.settings.deadline:
                 return "timeout"
-            with self.interrupts.critical():  # a taken job must get its lease thread
-                job = self.store.take(bid, self.token, self.owner, LEASE_SECONDS)
-                lease = _Lease(self.store, job.id, self.token) if job else None
-            if job is not None:
-                try:
+            job = lease = None
+            try:
+                with self.interrupts.critical():  # a taken job must get its lease thread
+                    job = self.store.take(bid, self.token, self.owner, LEASE_SECONDS)
+                    lease = _Lease(self.store, job.id, self.token) if job else None
+                if job is not None:
                     self.run_job(job)
-                finally:
+                    continue
+            except KeyboardInterrupt:
+                if job is not None:  # owner-checked: a no-op once the job was recorded
+                    self.store.release(job.id, self.token, "interrupted by the user")
+                raise
+            finally:
+                if lease is not None:
                     lease.stop()
-                continue
             jobs = self.store.jobs(bid)
             if any(
-                j.state in (WAITING, RUNNING) or (j.state == DONE and not j.synced) for j in jobs
+                j.state in (WAITING, RUNNING) or (j.state in (DONE, FAILED) and not j.synced)
+                for j in jobs
             ):
                 time.sleep(1.0)  # a peer is still working; its job may yet come back
                 continue
@@ -339,10 +346,9 @@ class Worker:
                     live.set_attrs({TRIAL_REASON: reason})
                 failed = JobResult("failed", None, 0, 0, 0.0, 0, 0.0, config, reason=reason)
                 if self.store.finish(job.id, self.token, FAILED, failed, reason):
-                    self.store.add_jobs(
-                        self.batch.id, self.design.on_failed(job, self.store.jobs(self.batch.id))
-                    )
-                self.sync(self.store.get_job(job.id))
+                    self.sync(self.store.get_job(job.id))  # its replacement: design.next_jobs
+                elif live:
+                    opt.tell(self.study, live.number, "FAIL")
             return
         with self.interrupts.critical():
             self._record(job, live, result, config)
@@ -438,12 +444,15 @@ class Worker:
             )
             out.model_uri = info.model_uri if info is not None else None
         if job.purpose == REFIT and status == COMPLETED:
-            if out.model_uri is None:  # the model must be in MLflow to be registered
-                info = self.tracker.log_model(
-                    job.run_id, result.model, self.dataset.image_shape, self.dataset.n_classes
-                )
-                out.model_uri = info.model_uri
-            out.registered = self._register(job, out)
+            with self._registration(job):
+                if job.run_id is None:
+                    raise RuntimeError("the refit's run could not be created")
+                if out.model_uri is None:  # the model must be in MLflow to be registered
+                    info = self.tracker.log_model(
+                        job.run_id, result.model, self.dataset.image_shape, self.dataset.n_classes
+                    )
+                    out.model_uri = info.model_uri
+                out.registered = self._register(job, out)
             self._store_confusion(job, result.model)
         kill_point("record")
         if live:
@@ -455,7 +464,6 @@ class Worker:
             return
         kill_point("sync")
         self.sync(self.store.get_job(job.id))
-        self.finished += 1
 
     def _wants_model(self, job: Job, out: JobResult) -> bool:
         """A search run's model is logged when it may be registered without a refit."""
@@ -463,10 +471,13 @@ class Worker:
             return True
         if job.purpose not in (SEARCH, BASELINE) or self.batch.settings.get("refit", True):
             return False
-        best = opt.best_value(self.study)
-        if best is None:
-            return True
-        return out.value >= best if self.space.direction == "maximize" else out.value <= best
+        sign = 1.0 if self.space.direction == "maximize" else -1.0
+        mine = [  # the best of this batch so far: only this batch's models can be registered
+            j.result.value
+            for j in self.store.jobs(self.batch.id, states=(DONE,))
+            if j.purpose in (SEARCH, BASELINE) and j.result and j.result.value is not None
+        ]
+        return not mine or sign * out.value >= max(sign * v for v in mine)
 
     def _register(self, job: Job, out: JobResult) -> dict:
         from bench.tracking.registry import register_champion
@@ -509,16 +520,37 @@ class Worker:
             },
         )
 
+    @contextlib.contextmanager
+    def _registration(self, job: Job):
+        """Registration needs the tracking store: when it fails, the job goes back to waiting
+        (no attempt is lost to an outage) and this worker stops, so the batch stays open for a
+        rerun or ``bench.register`` instead of finishing without a champion."""
+        try:
+            yield
+        except Exception as exc:
+            self.store.release(job.id, self.token, f"registration failed: {redact(exc, 200)}")
+            raise RuntimeError(
+                f"registering the champion failed ({type(exc).__name__}: {redact(exc, 200)}); "
+                "every trial is kept; when the tracking store answers, rerun the same command or "
+                f"python -m bench.register --study-name {self.batch.study}"
+            ) from None
+
     def _identity(self, job: Job) -> dict[str, Any]:
         """Tags that identify a registration, so a rerun finds it instead of adding another."""
-        return {"study_name": self.batch.study, "batch": self.batch.number, "job": job.key}
+        return {
+            "study_name": self.batch.study,
+            "batch": self.batch.number,
+            "batch_uid": self.batch.settings.get("uid", ""),
+            "job": job.key,
+        }
 
     def _run_register(self, job: Job, uri: str) -> None:
         """Register an already trained model: the chosen search run's own (``--no-refit``), or
         the one a refit registered before its worker died."""
         from bench.training import evaluate
 
-        model = self.tracker.load_model(uri)
+        with self._registration(job):
+            model = self.tracker.load_model(uri)
         loss, acc = evaluate(model, self.dataset)
         epochs = int(job.spec.train.get("max_epochs", 0)) if job.purpose == REFIT else 0
         out = JobResult(
@@ -535,7 +567,8 @@ class Worker:
             model_uri=uri,
         )
         with self.interrupts.critical():
-            out.registered = self._register(job, out)
+            with self._registration(job):
+                out.registered = self._register(job, out)
             self._store_confusion(job, model)
             if self.store.finish(job.id, self.token, DONE, out):
                 self.sync(self.store.get_job(job.id))

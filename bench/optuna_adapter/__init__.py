@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("bench")
 DEFAULT_STORAGE = "optuna-studies.log"  # a JournalStorage file: safe for many local processes
-STATES = ("RUNNING", "WAITING", "COMPLETE", "PRUNED", "FAIL")
 
 
 def _quiet() -> None:
@@ -170,8 +169,13 @@ def open_study(
     space: Space,
     seed: int | None = None,
     allow_space_change: bool = False,
+    record_space: bool = True,
 ) -> optuna.Study:
     """Create or load the study and check it was made for this search space.
+
+    Args:
+        record_space: Check and record the space's hash on the study (the search command);
+            workers and ablations only load the study and leave the record alone.
 
     Raises:
         BenchError: the study exists with another direction or search space (unless allowed).
@@ -191,6 +195,8 @@ def open_study(
             f"--study-name {name}: the study {study.direction.name.lower()}s, but "
             f"{space.path} {space.direction}s {space.metric}; use another study name"
         )
+    if not record_space:
+        return study
     known = study.user_attrs.get(STUDY_SPACE)
     if known is None:
         study.set_user_attr(STUDY_SPACE, space.search_hash)
@@ -280,21 +286,36 @@ class LiveTrial:
         self._study = study
         self._trial = trial
         self.number = trial.number
+        self.lost = False  # finished by a peer that reaped this worker's job
 
     def suggest(self, space: Space) -> dict[str, Any]:
         from bench.space import suggest
 
         return suggest(self._trial, space)
 
+    # A trial is finished behind its worker's back only when a peer reaped the job (its lease
+    # ran out): the job is no longer this worker's, so training stops and nothing raises.
     def report(self, value: float, step: int) -> None:
-        self._trial.report(value, step)
+        import optuna
+
+        try:
+            self._trial.report(value, step)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            self.lost = True
 
     def should_prune(self) -> bool:
+        if self.lost:
+            return True
         return self._trial.should_prune()
 
     def set_attrs(self, attrs: dict[str, Any]) -> None:
-        for k, v in attrs.items():
-            self._trial.set_user_attr(k, v)
+        import optuna
+
+        try:
+            for k, v in attrs.items():
+                self._trial.set_user_attr(k, v)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            self.lost = True
 
     def params(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """The sampled parameters and their distributions (to add the same trial again)."""

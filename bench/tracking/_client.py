@@ -226,12 +226,6 @@ class Tracker:
         """End a run as FINISHED, FAILED or KILLED."""
         self.client.set_terminated(run_id, status)
 
-    def run_status(self, run_id: str) -> str:
-        return self.client.get_run(run_id).info.status
-
-    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
-        self.client.log_text(run_id, text, artifact_file)
-
     def log_artifact(self, run_id: str, path: str, artifact_path: str | None = None) -> None:
         self.client.log_artifact(run_id, path, artifact_path)
 

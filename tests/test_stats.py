@@ -129,3 +129,13 @@ def test_verdict_with_one_seed_or_identical_differences():
     )
     same = paired_diff([0.90, 0.85], [0.88, 0.83])
     assert verdict(same, 2) == "better by 2.0 points [2.0, 2.0]"
+
+
+def test_verdict_names_a_difference_that_holm_adjustment_takes_away():
+    # the unadjusted interval excludes 0 (p 0.02), the family's adjusted p (0.06) does not pass
+    diff = PairedDiff(mean=-0.033, low=-0.049, high=-0.016, p_value=0.02, n=3)
+    text = verdict(diff, 3, p_value=0.06)
+    assert text.startswith("no detectable difference with 3 seeds after Holm adjustment")
+    assert "worse alone" in text and "[−4.9, −1.6]" in text
+    # without an adjusted p-value the unadjusted one decides
+    assert verdict(diff, 3).startswith("worse by 3.3 points")

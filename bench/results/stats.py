@@ -228,8 +228,9 @@ def verdict(
     A difference counts when its p-value is below ``alpha``. Pass the Holm-adjusted p-value of the
     family as ``p_value`` (see :func:`holm`); without it ``diff.p_value`` is used, which for a
     paired t-test is the same decision as the ``1 - alpha`` interval excluding 0. The interval
-    shown is always the unadjusted one from ``diff``, so after adjustment an interval that just
-    misses 0 can still read "no detectable difference".
+    shown is always the unadjusted one from ``diff``; when it excludes 0 but the adjusted p-value
+    does not pass, the phrase says both ("no detectable difference ... after Holm adjustment,
+    though worse alone").
 
     Args:
         diff: The paired difference, level minus base (positive is better for accuracy).
@@ -253,6 +254,19 @@ def verdict(
         return f"{word} by {size}{unit} {fmt_interval(*bounds, in_points)}"
     seeds = f"{n_seeds} seed" + ("" if n_seeds == 1 else "s")
     mean = fmt_number(diff.mean, in_points)
+    if (
+        p_value is not None
+        and diff.n >= 2
+        and not math.isnan(diff.p_value)
+        and diff.p_value < alpha <= p
+        and diff.mean != 0
+    ):
+        # significant alone, not after the adjustment for the factor's other levels: say both
+        word = "better" if diff.mean > 0 else "worse"
+        return (
+            f"no detectable difference with {seeds} after Holm adjustment (p {p:.2g}), though "
+            f"{word} alone ({mean} {fmt_interval(diff.low, diff.high, in_points)})"
+        )
     spread = (
         "; one seed gives no interval"
         if diff.n < 2

@@ -216,8 +216,7 @@ def test_diverging_and_raising_configurations_fail_alone_and_the_batch_goes_on(
     opt.open_study("faulty", storage, loaded, 0)
     batch, created = open_batch(
         store, "faulty", "search", "search", settings, lambda s: specs,
-        lambda b: tracker.start_parent("faulty-batch-1", {}, {"role": "study"}),
-        lambda b: None, tracker.delete_run,
+        lambda b: tracker.start_parent("faulty-batch-1", {}, {"role": "study"}), tracker,
     )  # fmt: skip
     assert created
     worker = Worker(WorkerSettings(storage=storage, tracking_uri=uri, batch_id=batch.id, threads=2))

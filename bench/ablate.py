@@ -456,7 +456,8 @@ def _run(args: argparse.Namespace, interrupts) -> int:
         file=sys.stderr,
     )
     share, share_how = expected_epoch_share(view, budget)
-    expected = estimate * share + JOB_OVERHEAD_SECONDS * n_jobs / workers.jobs
+    overhead = JOB_OVERHEAD_SECONDS * n_jobs / workers.jobs
+    expected, estimate = estimate * share + overhead, estimate + overhead
     print(
         f"estimated time: about {_fmt_minutes(expected)} on {workers.jobs} worker(s) "
         f"({share_how}; {how}); at most {_fmt_minutes(estimate)} if every job used its full "

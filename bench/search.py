@@ -416,7 +416,8 @@ def _summary(store, batch, tracker, uri, purposes, seconds, failed_workers, dead
             f"models:/{record.settings['model_name']}@champion"
         )
     final = [j for j in jobs if j.purpose in ("refit", "register")]
-    if record.state == "done" and record.settings.get("register", True) and not info.get("version"):
+    registers = record.design in ("search", "reeval") and record.settings.get("register", True)
+    if record.state == "done" and registers and not info.get("version"):
         if any(j.state == "failed" for j in final):
             cause = next(j.reason for j in final if j.state == "failed")
             print(f"error: the champion was not registered: {redact(cause)}", file=sys.stderr)

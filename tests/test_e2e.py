@@ -29,8 +29,13 @@ def test_search_tracks_registers_and_the_champion_predicts_raw_pixels(fashion_se
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     parent = parents[0]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert sorted(int(r.data.tags["trial_number"]) for r in children) == [0, 1]
-    for run in children:
+    trials_runs = [r for r in children if r.data.tags.get("purpose") == "search"]
+    assert sorted(int(r.data.tags["trial_number"]) for r in trials_runs) == [0, 1]
+    # the champion is the chosen configuration refit on all 60,000 training images, nested too
+    refits = [r for r in children if r.data.tags.get("purpose") == "refit"]
+    assert len(refits) == 1 and refits[0].data.tags["refit"] == "true"
+    assert refits[0].info.status == "FINISHED" and refits[0].data.params["split"] == "all"
+    for run in trials_runs:
         for key in (
             "normalization",
             "n_layers",
@@ -55,6 +60,7 @@ def test_search_tracks_registers_and_the_champion_predicts_raw_pixels(fashion_se
     assert "space/mlp.yaml" in [a.path for a in client.list_artifacts(parent.info.run_id, "space")]
 
     version = client.get_model_version_by_alias("fashion-mnist-mlp", "champion")
+    assert version.tags["source"] == "refit" and version.run_id == refits[0].info.run_id
     test_accuracy = float(version.tags["test_accuracy"])
     assert parent.data.metrics["test_accuracy"] == pytest.approx(test_accuracy)
 

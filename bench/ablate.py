@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.cli import Parser, bounded_int
-from bench.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, BenchError, redact
+from bench.errors import EXIT_OK, BenchError, redact
 
 log = logging.getLogger("bench")
 # Measured here: one 55,000-image epoch of a 784-300-100-10 MLP takes about 1.2 s on 2 cores.
@@ -113,25 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from bench.logs import setup_logging
+    from bench.cli import engine_main
 
-    setup_logging(verbose=args.verbose)
-    from bench.engine.interrupts import Interrupts
-
-    interrupts = Interrupts()
-    interrupts.install()
-    try:
-        return _run(args, interrupts)
-    except BenchError as exc:
-        print(f"error: {redact(exc)}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print(
-            "interrupted while starting; rerun the same command to continue where it stopped",
-            file=sys.stderr,
-        )
-        return EXIT_INTERRUPTED
+    return engine_main(_run, build_parser().parse_args(argv))
 
 
 # ---------------------------------------------------------------- reading, without writing

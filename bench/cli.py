@@ -91,3 +91,32 @@ def check_name(flag: str, name: str) -> str:
             "and . _ - + (not starting with a dot)" + (f"; found {shown!r}" if bad else "")
         )
     return name
+
+
+def engine_main(run_fn: Callable[..., int], args: argparse.Namespace) -> int:
+    """What every command that runs jobs does around its work: logging, deferred interrupts,
+    and one line with exit 2 for a usage error or 130 for Ctrl-C before any job started.
+
+    Args:
+        run_fn: ``f(args, interrupts) -> exit code``.
+        args: The parsed flags (``--verbose``, where the command has it, opens TensorFlow's
+            start-up messages).
+    """
+    from bench.engine.interrupts import Interrupts
+    from bench.errors import EXIT_INTERRUPTED, BenchError
+    from bench.logs import setup_logging
+
+    setup_logging(verbose=getattr(args, "verbose", None))
+    interrupts = Interrupts()
+    interrupts.install()
+    try:
+        return run_fn(args, interrupts)
+    except BenchError as exc:
+        print(f"error: {redact(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(
+            "interrupted while starting; rerun the same command to continue where it stopped",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED

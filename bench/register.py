@@ -29,18 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from bench.engine.interrupts import Interrupts
-    from bench.logs import setup_logging
+    from bench.cli import engine_main
 
-    setup_logging()
-    interrupts = Interrupts()
-    interrupts.install()
-    try:
-        return _run(args, interrupts)
-    except BenchError as exc:
-        print(f"error: {redact(exc)}", file=sys.stderr)
-        return EXIT_USAGE
+    return engine_main(_run, build_parser().parse_args(argv))
 
 
 def _run(args: argparse.Namespace, interrupts) -> int:

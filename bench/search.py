@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from bench.cli import SEED_MAX, Parser, bounded_int, positive_seconds
-from bench.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, BenchError, redact
+from bench.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, BenchError, redact
 
 log = logging.getLogger("bench")
 MAX_TRIALS = 100_000  # more would take days; a typo like 10**9 must not enqueue for hours
@@ -138,25 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from bench.logs import setup_logging
+    from bench.cli import engine_main
 
-    setup_logging(verbose=args.verbose)
-    from bench.engine.interrupts import Interrupts
-
-    interrupts = Interrupts()
-    interrupts.install()
-    try:
-        return _run(args, interrupts)
-    except BenchError as exc:
-        print(f"error: {redact(exc)}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print(
-            "interrupted while starting; rerun the same command to continue where it stopped",
-            file=sys.stderr,
-        )
-        return EXIT_INTERRUPTED
+    return engine_main(_run, build_parser().parse_args(argv))
 
 
 def _run(args: argparse.Namespace, interrupts) -> int:

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench.cli import Parser, bounded_int
+from bench.cli import Parser, add_worker_flags, bounded_int
 from bench.errors import EXIT_OK, BenchError, redact
 
 log = logging.getLogger("bench")
@@ -91,24 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--experiment", help="MLflow experiment (default: the search's, else <dataset>-mlp)"
     )
     p.add_argument(
-        "--jobs",
-        type=bounded_int(1, 256),
-        help="worker processes on this machine (default: one per usable CPU, or GPU)",
-    )
-    p.add_argument(
-        "--threads",
-        type=bounded_int(1, 1024),
-        help="TensorFlow threads per worker (default: usable CPUs / jobs)",
-    )
-    p.add_argument(
         "--dry-run",
         action="store_true",
         help="print the cells and an estimated time; train nothing, write nothing",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress output")
-    p.add_argument(
-        "--verbose", action="store_true", help="let TensorFlow's start-up messages through"
-    )
+    add_worker_flags(p)
     return p
 
 

@@ -120,3 +120,21 @@ def engine_main(run_fn: Callable[..., int], args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
+
+
+def add_worker_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of every command that runs jobs: workers, threads, progress, start-up noise."""
+    p.add_argument(
+        "--jobs",
+        type=bounded_int(1, 256),
+        help="worker processes on this machine (default: one per usable CPU, or per GPU)",
+    )
+    p.add_argument(
+        "--threads",
+        type=bounded_int(1, 1024),
+        help="TensorFlow threads per worker (default: usable CPUs / jobs)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument(
+        "--verbose", action="store_true", help="let TensorFlow's start-up messages through"
+    )

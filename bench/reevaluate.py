@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from bench.cli import Parser, bounded_int
+from bench.cli import Parser, add_worker_flags, bounded_int
 from bench.errors import BenchError, redact
 
 
@@ -29,10 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--top-k", type=bounded_int(1, 50), default=3, help="configurations (default 3)")
     p.add_argument("--seeds", type=bounded_int(2, 20), default=3, help="seeds each (default 3)")
-    p.add_argument("--jobs", type=bounded_int(1, 256), help="worker processes (default: per CPU)")
-    p.add_argument("--threads", type=bounded_int(1, 1024), help="TensorFlow threads per worker")
     p.add_argument("--no-refit", action="store_true", help="register nothing new; report only")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
+    add_worker_flags(p)
     return p
 
 

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.cli import SEED_MAX, Parser, bounded_int, positive_seconds
+from bench.cli import SEED_MAX, Parser, add_worker_flags, bounded_int, positive_seconds
 from bench.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, BenchError, redact
 
 log = logging.getLogger("bench")
@@ -74,16 +74,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=positive_seconds, help="start no new trial after this many seconds"
     )
     p.add_argument(
-        "--jobs",
-        type=bounded_int(1, 256),
-        help="worker processes on this machine (default: one per usable CPU, or per GPU)",
-    )
-    p.add_argument(
-        "--threads",
-        type=bounded_int(1, 1024),
-        help="TensorFlow threads per worker (default: usable CPUs / jobs)",
-    )
-    p.add_argument(
         "--seed",
         type=bounded_int(0, SEED_MAX),
         default=0,
@@ -130,10 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
         const="tensorboard",
         help="write TensorBoard logs per trial under DIR (default ./tensorboard)",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress output")
-    p.add_argument(
-        "--verbose", action="store_true", help="let TensorFlow's start-up messages through"
-    )
+    add_worker_flags(p)
     return p
 
 

@@ -489,7 +489,6 @@ def _run(args: argparse.Namespace, interrupts) -> int:
         storage,
         workers,
         space,
-        None,
         purposes=("ablation",),
     )
     record = store.get_batch(batch.id)

@@ -140,7 +140,6 @@ def _run(args: argparse.Namespace, interrupts) -> int:
         storage,
         plan,
         space,
-        study,
         purposes=("reeval",),
     )
     print_reeval(store.get_batch(batch.id).summary or {})

@@ -45,7 +45,7 @@ def _run(args: argparse.Namespace, interrupts) -> int:
     storage = args.storage or opt.DEFAULT_STORAGE
     if opt.is_journal(storage) and not Path(storage).is_file():
         raise BenchError(f"--storage {redact(storage)}: no such journal file")
-    study = opt.load_study(args.study_name, storage)
+    opt.load_study(args.study_name, storage)  # a missing study is named in one line
     batch = JobStore(storage).latest_batch(args.study_name, "search")
     if batch is None:
         raise BenchError(f"--study-name {args.study_name}: the study was not made by bench.search")
@@ -68,9 +68,7 @@ def _run(args: argparse.Namespace, interrupts) -> int:
     store = JobStore(storage)
     args.quiet, args.timeout, args.tensorboard = True, None, None
     plan = plan_workers(1, None, 1, usable_cpus(), visible_gpus())
-    return run_batch(
-        args, interrupts, store, batch, False, tracker, uri, storage, plan, space, study
-    )
+    return run_batch(args, interrupts, store, batch, False, tracker, uri, storage, plan, space)
 
 
 def console() -> None:

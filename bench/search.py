@@ -181,15 +181,14 @@ def _run(args: argparse.Namespace, interrupts) -> int:
         "reeval_seeds": args.reeval_seeds if args.reeval_top_k else 0,
         "baselines": first,
     }
-    study = opt.open_study(study_name, storage, space, args.seed, args.allow_space_change)
+    # creates the study, or checks it was made for this space, before anything else is written
+    opt.open_study(study_name, storage, space, args.seed, args.allow_space_change)
     store = JobStore(storage)
     tracker = Tracker(uri, experiment)
     batch, created = open_search_batch(
         store, study_name, settings, space, dataset, tracker, storage
     )
-    return run_batch(
-        args, interrupts, store, batch, created, tracker, uri, storage, plan, space, study
-    )
+    return run_batch(args, interrupts, store, batch, created, tracker, uri, storage, plan, space)
 
 
 def open_search_batch(store, study_name, settings, space, dataset, tracker, storage):
@@ -253,7 +252,6 @@ def run_batch(
     storage,
     plan,
     space,
-    study,
     purposes=("search", "baseline"),
 ) -> int:
     """Run workers on an open batch, with progress; print the outcome. Shared by the CLIs."""

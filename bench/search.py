@@ -91,6 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
         "training images",
     )
     p.add_argument(
+        "--ensemble",
+        type=bounded_int(1, 10),
+        default=2,
+        metavar="K",
+        help="refit the best K distinct configurations (in parallel) and register the mean of "
+        "their probabilities as one model (default 2; 1: the single best configuration)",
+    )
+    p.add_argument(
         "--reeval-top-k",
         type=bounded_int(0, 50),
         default=0,
@@ -177,6 +185,7 @@ def _run(args: argparse.Namespace, interrupts) -> int:
         "n_trials": n_trials,
         "register": not args.no_register,
         "refit": not args.no_refit,
+        "ensemble": 1 if args.no_refit else args.ensemble,
         "reeval_top_k": args.reeval_top_k,
         "reeval_seeds": args.reeval_seeds if args.reeval_top_k else 0,
         "baselines": first,
@@ -208,6 +217,7 @@ def open_search_batch(store, study_name, settings, space, dataset, tracker, stor
                 "metric": space.metric,
                 "storage": storage,
                 "refit": settings["refit"],
+                "ensemble": settings["ensemble"],
                 "reeval_top_k": settings["reeval_top_k"],
                 **{f"train.{k}": v for k, v in space.train.__dict__.items()},
                 **{f"fixed.{k}": v for k, v in space.fixed_values().items()},
@@ -370,8 +380,13 @@ def _summary(store, batch, tracker, uri, purposes, seconds, failed_workers, dead
         return EXIT_FAILURE
     info = record.summary or {}
     if info.get("version"):
+        members = info.get("ensemble") or []
         how = (
-            f"refit on all training images for {info.get('refit_epochs')} epochs"
+            f"the mean of {len(members)} configurations refit on all training images for "
+            f"{info.get('refit_epochs')} epochs; alone they score "
+            + ", ".join(f"{m['test_accuracy']:.4f}" for m in members if m.get("test_accuracy"))
+            if len(members) > 1
+            else f"refit on all training images for {info.get('refit_epochs')} epochs"
             if info.get("refit")
             else "the search run's own model"
         )

@@ -31,10 +31,16 @@ def test_search_tracks_registers_and_the_champion_predicts_raw_pixels(fashion_se
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     trials_runs = [r for r in children if r.data.tags.get("purpose") == "search"]
     assert sorted(int(r.data.tags["trial_number"]) for r in trials_runs) == [0, 1]
-    # the champion is the chosen configuration refit on all 60,000 training images, nested too
+    # the champion: the best two configurations (--ensemble 2, the default) refit on all 60,000
+    # training images and averaged; every run nested under the batch's parent
+    completed = [t for t in trials if t.state.name == "COMPLETE"]
     refits = [r for r in children if r.data.tags.get("purpose") == "refit"]
-    assert len(refits) == 1 and refits[0].data.tags["refit"] == "true"
-    assert refits[0].info.status == "FINISHED" and refits[0].data.params["split"] == "all"
+    assert len(refits) == min(2, len(completed)) >= 1
+    for run in refits:
+        assert run.data.tags["refit"] == "true"
+        assert run.info.status == "FINISHED" and run.data.params["split"] == "all"
+    ensembles = [r for r in children if r.data.params.get("purpose") == "ensemble"]
+    assert len(ensembles) == (1 if len(refits) == 2 else 0)
     for run in trials_runs:
         for key in (
             "normalization",
@@ -60,7 +66,12 @@ def test_search_tracks_registers_and_the_champion_predicts_raw_pixels(fashion_se
     assert "space/mlp.yaml" in [a.path for a in client.list_artifacts(parent.info.run_id, "space")]
 
     version = client.get_model_version_by_alias("fashion-mnist-mlp", "champion")
-    assert version.tags["source"] == "refit" and version.run_id == refits[0].info.run_id
+    assert version.tags["refit"] == "true"
+    if ensembles:
+        assert version.tags["source"] == "ensemble" and version.tags["ensemble_size"] == "2"
+        assert version.run_id == ensembles[0].info.run_id
+    else:
+        assert version.tags["source"] == "refit" and version.run_id == refits[0].info.run_id
     test_accuracy = float(version.tags["test_accuracy"])
     assert parent.data.metrics["test_accuracy"] == pytest.approx(test_accuracy)
 

@@ -45,7 +45,9 @@ from tests.faults import (
 pytestmark = pytest.mark.slow
 STUDY = "digits-smoke"
 N = 4
-SEARCH = ["--dataset", "digits", "--space", "smoke", "--trials", str(N), "--jobs", "1", "--quiet"]
+# One refit (--ensemble 1): the kill points below name its windows; the ensemble has its own test.
+SEARCH = ["--dataset", "digits", "--space", "smoke", "--trials", str(N), "--jobs", "1", "--quiet",
+          "--ensemble", "1"]  # fmt: skip
 REEVAL = ["--reeval-top-k", "2", "--reeval-seeds", "2"]
 FAST_LEASE = {"BENCH_LEASE_SECONDS": "3"}
 # Let the first pass through a point live where a later one is sure to come, so that some results
@@ -102,7 +104,11 @@ def assert_recovered(folder, n=N, before=None, study=STUDY, registered=True):
         champion = client.get_model_version_by_alias(MODEL, "champion")
         assert str(champion.version) == str(mine[0].version)
         assert str((found[0].summary or {}).get("version")) == str(mine[0].version)
-        final = [j for j in jobs if j.purpose in ("refit", "register") and j.state == "done"]
+        final = [
+            j
+            for j in jobs
+            if j.purpose in ("refit", "register") and j.state == "done" and j.result.registered
+        ]
         assert len(final) == 1
         # the job's recorded model (and its test accuracy) is the registered one, even when the
         # worker that registered it died before recording
@@ -167,9 +173,57 @@ def test_kill_at_each_point_then_plain_rerun_recovers(tmp_path, point):
         assert any(j.attempts == 2 for j in reevals)  # the killed one ran again
 
 
+# A space in which several of 4 digits trials complete (a median pruner that cuts the hopeless
+# learning rates only), so that the default --ensemble 2 has two configurations to average.
+ENSEMBLE_SPACE = """
+version: 1
+study:
+  sampler: {name: tpe, seed: 0, n_startup_trials: 2}
+  pruner: {name: median, n_startup_trials: 1, n_warmup_steps: 0}
+train:
+  {max_epochs: 4, patience: 3, validation_size: 300, steps_per_execution: 4, jit_compile: false}
+params:
+  n_layers: 1
+  units: 32
+  batch_size: 64
+  learning_rate: {type: float, low: 1.0e-6, high: 0.05, log: true}
+"""
+
+
+def test_kill_while_registering_the_ensemble_then_plain_rerun_recovers(tmp_path):
+    """The averaged model is logged and registered, the alias not yet moved: the rerun finds
+    that version instead of registering another, and the members are not trained again."""
+    (tmp_path / "space.yaml").write_text(ENSEMBLE_SPACE)
+    study = "digits-space"
+    args = ["--dataset", "digits", "--space", "space.yaml", "--trials", "4", "--jobs", "1",
+            "--quiet"]  # fmt: skip
+    env = {**FAST_LEASE, "BENCH_TEST_KILL_AT": "register", "BENCH_TEST_KILL_SKIP": "0"}
+    killed = run_module("bench.search", *args, cwd=tmp_path, **env)
+    assert killed.returncode == -signal.SIGKILL, (killed.returncode, killed.stderr[-3000:])
+    jobs = jobs_of(tmp_path, study)
+    members = sorted((j for j in jobs if j.purpose == "refit"), key=lambda j: j.key)
+    assert [(j.key, j.state) for j in members] == [("refit", "done"), ("refit-1", "done")]
+    assert [j.key for j in jobs if j.state == "running"] == ["ensemble"]
+    client, _ = mlflow_runs(tmp_path)
+    assert len(client.search_model_versions(f"name='{MODEL}'")) == 1  # the members are not
+    assert not client.get_registered_model(MODEL).aliases
+    before = _snapshot(tmp_path, study)
+
+    rerun = run_module("bench.search", *args, cwd=tmp_path, **FAST_LEASE)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert_recovered(tmp_path, before=before, study=study)
+    jobs = jobs_of(tmp_path, study)
+    assert [j.attempts for j in jobs if j.purpose == "refit"] == [1, 1]  # not trained again
+    champion = client.get_model_version_by_alias(MODEL, "champion")
+    assert champion.tags["source"] == "ensemble" and champion.tags["ensemble_size"] == "2"
+    assert champion.tags["refit"] == "true"
+    assert champion.tags["chosen_from"] == "+".join(j.spec.info["source"] for j in members)
+
+
 def test_kill_of_every_worker_exits_nonzero_and_rerun_recovers(tmp_path):
     """Both worker processes die (SIGKILL mid-training): the batch ran nothing, so exit != 0."""
-    args = [a if a != "1" else "2" for a in SEARCH]  # --jobs 2
+    at = SEARCH.index("--jobs") + 1
+    args = [*SEARCH[:at], "2", *SEARCH[at + 1 :]]  # --jobs 2
     crashed = run_module(
         "bench.search", *args, cwd=tmp_path, **FAST_LEASE, BENCH_TEST_KILL_AT="train"
     )

@@ -167,3 +167,26 @@ def test_refit_without_validation_trains_the_fixed_epoch_count():
     assert "val_loss" not in result.history
     lr = result.history["learning_rate"]
     assert lr[-1] < lr[0] and lr[-1] > 0.5 * lr[0]  # a third of a 9-epoch cosine: barely decayed
+
+
+@pytest.mark.parametrize(
+    ("schedule", "early_stop_decaying", "epochs"),
+    [("constant", False, 2), ("cosine", False, 5), ("cosine", True, 2), ("linear", False, 5)],
+)
+def test_early_stopping_spares_decaying_schedules_unless_asked(
+    schedule, early_stop_decaying, epochs
+):
+    # min_delta 0.5: no epoch counts as an improvement, so patience 1 ends a run after 2 epochs;
+    # a decaying learning rate trains to its schedule's end (5) unless the space asks otherwise
+    spec = TrainSpec(
+        max_epochs=5,
+        patience=1,
+        min_delta=0.5,
+        early_stop_decaying=early_stop_decaying,
+        validation_size=300,
+        steps_per_execution=4,
+        jit_compile=False,
+    )
+    result = train(_config(lr_schedule=schedule), spec, _split(), 2, seed=0)
+    assert result.status == COMPLETED and result.epochs_run == epochs
+    assert len(result.history["val_accuracy"]) == epochs

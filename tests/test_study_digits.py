@@ -107,29 +107,45 @@ def test_one_parent_run_per_batch_holds_every_job_run(searched):
     assert parents[0].data.metrics["test_accuracy"] == pytest.approx(batch.summary["test_accuracy"])
 
 
-def test_the_refit_champion_is_registered_and_serves_probabilities(searched):
+def test_the_champion_averages_the_two_best_configurations_refit_on_all_images(searched):
     import mlflow
 
     from bench.data import load_dataset
 
     folder, proc = searched
     jobs = jobs_of(folder, STUDY)
-    (refit,) = [j for j in jobs if j.purpose == "refit"]
     summary = JobStore(str(folder / "optuna-studies.log")).batches(STUDY)[0].summary
-    best = max((j for j in jobs if j.purpose == SEARCH and j.result.status == "completed"),
-               key=lambda j: (j.result.value, -j.id))  # fmt: skip
-    assert refit.spec.config == best.result.config  # chosen by validation score
-    assert refit.spec.split == "all" and refit.result.epochs_run == best.result.best_epoch + 1
-    assert summary["source"] == best.key and summary["refit"] is True
+    done = [j for j in jobs if j.purpose == SEARCH and j.result.status == "completed"]
+    top = sorted(done, key=lambda j: (-j.result.value, j.id))[:2]  # by validation score only
+    assert len(top) == 2, "the fixture's search should complete at least two trials"
+    refits = sorted((j for j in jobs if j.purpose == "refit"), key=lambda j: j.spec.info["member"])
+    assert [j.key for j in refits] == ["refit", "refit-1"]
+    for member, best in zip(refits, top, strict=True):
+        assert member.spec.config == best.result.config
+        assert member.spec.split == "all"
+        assert member.result.epochs_run == best.result.best_epoch + 1
+        assert member.result.registered is None  # the ensemble is registered, not its members
+        assert member.result.test_accuracy is not None  # each member's own, reported
+    (ensemble,) = [j for j in jobs if j.purpose == "register"]
+    assert summary["source"] == f"{top[0].key}+{top[1].key}" and summary["refit"] is True
+    mean_score = (top[0].result.value + top[1].result.value) / 2
+    assert summary["selection_score"] == pytest.approx(mean_score)
 
-    client, _ = mlflow_runs(folder)
+    client, runs = mlflow_runs(folder)
     version = client.get_model_version_by_alias(MODEL, "champion")
     assert str(version.version) == str(summary["version"]) == "1"
+    assert len(client.search_model_versions(f"name='{MODEL}'")) == 1
     assert version.tags["study_name"] == STUDY and version.tags["batch"] == "1"
+    assert version.tags["source"] == "ensemble" and version.tags["refit"] == "true"
+    assert version.tags["ensemble_size"] == "2"
+    assert version.tags["refit_epochs"] == "+".join(str(j.result.epochs_run) for j in refits)
     assert float(version.tags["test_accuracy"]) == pytest.approx(summary["test_accuracy"])
-    assert float(version.tags["selection_score"]) == pytest.approx(best.result.value)
+    assert float(version.tags["selection_score"]) == pytest.approx(mean_score)
     assert version.tags["promoted"] == "true"
-    assert f"registered {MODEL} version 1" in proc.stdout
+    assert version.run_id == ensemble.run_id  # its own run, nested under the batch's parent
+    parent = {r.info.run_id: r for r in runs}[ensemble.run_id].data.tags["mlflow.parentRunId"]
+    assert parent == JobStore(str(folder / "optuna-studies.log")).batches(STUDY)[0].parent_run_id
+    assert f"registered {MODEL} version 1 (the mean of 2 configurations" in proc.stdout
 
     mlflow.set_tracking_uri(f"sqlite:///{folder}/mlflow.db")
     ds = load_dataset("digits")
@@ -139,6 +155,31 @@ def test_the_refit_champion_is_registered_and_serves_probabilities(searched):
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-4)
     accuracy = float((probs.argmax(axis=1) == ds.y_test).mean())
     assert accuracy == pytest.approx(summary["test_accuracy"], abs=1e-6)
+    # the served model is the mean of the two refit members' probabilities
+    parts = [np.asarray(mlflow.pyfunc.load_model(j.result.model_uri).predict(ds.x_test))
+             for j in refits]  # fmt: skip
+    np.testing.assert_allclose(probs, (parts[0] + parts[1]) / 2, atol=1e-5)
+
+
+def test_ensemble_1_registers_the_single_best_configuration_refit(tmp_path):
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(SPACE))
+    proc = run_module(
+        "bench.search", "--dataset", "digits", "--space", "space.yaml", "--trials", "3",
+        "--jobs", "1", "--quiet", "--ensemble", "1", cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = jobs_of(tmp_path, STUDY)
+    best = max((j for j in jobs if j.purpose == SEARCH and j.result.status == "completed"),
+               key=lambda j: (j.result.value, -j.id))  # fmt: skip
+    (refit,) = [j for j in jobs if j.purpose == "refit"]
+    assert not [j for j in jobs if j.purpose == "register"]
+    assert refit.spec.config == best.result.config and refit.spec.split == "all"
+    assert refit.result.epochs_run == best.result.best_epoch + 1
+    client, _ = mlflow_runs(tmp_path)
+    version = client.get_model_version_by_alias(MODEL, "champion")
+    assert version.tags["source"] == "refit" and version.run_id == refit.run_id
+    assert float(version.tags["selection_score"]) == pytest.approx(best.result.value)
+    assert "refit on all training images for" in proc.stdout
 
 
 def test_champion_moves_only_when_the_validation_score_is_not_worse(searched):

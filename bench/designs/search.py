@@ -151,8 +151,12 @@ class SearchDesign:
             for seed in seeds
         ]
 
-    def choose(self, jobs: list[Job]) -> Choice | None:
-        """The configuration to register, by validation score only."""
+    def choices(self, jobs: list[Job], k: int) -> list[Choice]:
+        """The best ``k`` distinct configurations, by validation score only.
+
+        With re-evaluation runs the score is each configuration's mean over its seeds; without,
+        its search (or baseline) run's own score.
+        """
         reevals = self._scored(jobs, (REEVAL,))
         if reevals:
             groups: dict[str, list[Job]] = {}
@@ -163,33 +167,103 @@ class SearchDesign:
             def mean(src: str) -> float:
                 return statistics.fmean(j.result.value for j in groups[src])
 
-            best = max(groups, key=lambda s: (self.sign * mean(s), -order.get(s, 0)))
-            runs = groups[best]
-            first = runs[0]
-            return Choice(
-                source=best,
-                config=first.result.config,
-                train=first.spec.train,
-                seed=first.spec.seed,
-                score=mean(best),
-                best_epoch=int(statistics.median_low([r.result.best_epoch for r in runs])),
-                n_runs=len(runs),
-                model_uri=None,
+            ranked = sorted(groups, key=lambda s: (-self.sign * mean(s), order.get(s, 0)))
+            out = []
+            for src in ranked[:k]:
+                runs = groups[src]
+                first = runs[0]
+                out.append(
+                    Choice(
+                        source=src,
+                        config=first.result.config,
+                        train=first.spec.train,
+                        seed=first.spec.seed,
+                        score=mean(src),
+                        best_epoch=int(statistics.median_low([r.result.best_epoch for r in runs])),
+                        n_runs=len(runs),
+                        model_uri=None,
+                    )
+                )
+            return out
+        return [
+            Choice(
+                j.key,
+                j.result.config,
+                j.spec.train,
+                j.spec.seed,
+                j.result.value,
+                j.result.best_epoch,
+                1,
+                j.result.model_uri,
             )
-        top = self.candidates(jobs, 1)
-        if not top:
-            return None
-        j = top[0]
-        return Choice(
-            j.key,
-            j.result.config,
-            j.spec.train,
-            j.spec.seed,
-            j.result.value,
-            j.result.best_epoch,
-            1,
-            j.result.model_uri,
+            for j in self.candidates(jobs, k)
+        ]
+
+    def choose(self, jobs: list[Job]) -> Choice | None:
+        """The configuration to register, by validation score only."""
+        top = self.choices(jobs, 1)
+        return top[0] if top else None
+
+    def _refit_job(self, choice: Choice, max_epochs: int, key: str, info: dict) -> JobSpec:
+        budget = int(choice.train.get("max_epochs", max_epochs))
+        return JobSpec(
+            key=key,
+            purpose=REFIT,
+            seed=choice.seed,
+            config=choice.config,
+            # the epochs its validation run found best, on the schedule that run followed
+            train={**choice.train, "max_epochs": choice.best_epoch + 1, "schedule_epochs": budget},
+            split=ALL,
+            info=info,
         )
+
+    @staticmethod
+    def _info(choice: Choice) -> dict[str, Any]:
+        return {
+            "source": choice.source,
+            "selection_score": choice.score,
+            "n_runs": choice.n_runs,
+            "best_epoch": choice.best_epoch,
+        }
+
+    def _ensemble_job(self, refits: list[Job]) -> list[JobSpec]:
+        """Stage 4 of an ensemble: one job that averages the refit members and registers them.
+
+        Members that failed are left out (the rest still make a champion); with none left there
+        is nothing to register. The ensemble's selection score is the members' mean validation
+        score: it stands for the ensemble in the champion rule without claiming the best one's.
+        """
+        members = sorted(
+            (
+                j
+                for j in refits
+                if j.state == DONE and j.result and j.result.status == COMPLETED
+                if j.result.model_uri
+            ),
+            key=lambda j: j.spec.info.get("member", 0),
+        )
+        if not members:
+            return []
+        scores = [float(j.spec.info["selection_score"]) for j in members]
+        info = {
+            "source": "+".join(j.spec.info["source"] for j in members),
+            "selection_score": statistics.fmean(scores),
+            "n_runs": sum(int(j.spec.info.get("n_runs", 1)) for j in members),
+            "members": [
+                {
+                    "job": j.key,
+                    "source": j.spec.info["source"],
+                    "model_uri": j.result.model_uri,
+                    "selection_score": j.spec.info["selection_score"],
+                    "refit_epochs": j.result.epochs_run,
+                    "test_accuracy": j.result.test_accuracy,
+                }
+                for j in members
+            ],
+        }
+        if len(members) == 1:
+            info["model_uri"] = members[0].result.model_uri
+        return [JobSpec(key="ensemble", purpose=REGISTER, seed=members[0].spec.seed, info=info)]
 
     def next_jobs(self, jobs: list[Job], max_epochs: int) -> list[JobSpec]:
         """The next stage's jobs once nothing waits or runs; [] when the batch is complete."""
@@ -198,48 +272,43 @@ class SearchDesign:
             return again
         if not self.settings.get("register", True):
             return []
-        if any(j.purpose in (REFIT, REGISTER) for j in jobs):
+        if any(j.purpose == REGISTER for j in jobs):
+            return []
+        refits = [j for j in jobs if j.purpose == REFIT]
+        if refits:
+            if any(j.spec.info.get("member") is not None for j in refits):
+                return self._ensemble_job(refits)
             return []
         k = int(self.settings.get("reeval_top_k", 0))
         if k and self.settings.get("reeval_seeds") and not any(j.purpose == REEVAL for j in jobs):
             sources = self.candidates(jobs, k)
             if sources:
                 return self.reeval_jobs(sources)
-        choice = self.choose(jobs)
-        if choice is None:
+        refit = self.settings.get("refit", True)
+        size = int(self.settings.get("ensemble", 1)) if refit else 1
+        picked = self.choices(jobs, size)
+        if not picked:
             return []
-        info = {
-            "source": choice.source,
-            "selection_score": choice.score,
-            "n_runs": choice.n_runs,
-            "best_epoch": choice.best_epoch,
-        }
-        if self.settings.get("refit", True) or choice.model_uri is None:
+        if len(picked) > 1:
+            # an ensemble: each member refit (in parallel, one per free worker), then averaged
+            return [
+                self._refit_job(
+                    c, max_epochs, f"refit-{i}" if i else "refit", {**self._info(c), "member": i}
+                )
+                for i, c in enumerate(picked)
+            ]
+        choice = picked[0]
+        if refit or choice.model_uri is None:
             # a re-evaluated choice has no single model of its own, and a search run whose
             # model could not be logged has none either: both are refit
-            budget = int(choice.train.get("max_epochs", max_epochs))
-            return [
-                JobSpec(
-                    key="refit",
-                    purpose=REFIT,
-                    seed=choice.seed,
-                    config=choice.config,
-                    train={
-                        **choice.train,
-                        "max_epochs": choice.best_epoch + 1,
-                        "schedule_epochs": budget,
-                    },
-                    split=ALL,
-                    info=info,
-                )
-            ]
+            return [self._refit_job(choice, max_epochs, "refit", self._info(choice))]
         return [
             JobSpec(
                 key="register",
                 purpose=REGISTER,
                 seed=choice.seed,
                 config=choice.config,
-                info={**info, "model_uri": choice.model_uri},
+                info={**self._info(choice), "model_uri": choice.model_uri},
             )
         ]
 
@@ -277,16 +346,28 @@ class SearchDesign:
                     }
                 )
             out["reeval"] = rows
-        final = [j for j in jobs if j.purpose in (REFIT, REGISTER) and j.state == DONE]
-        if final and final[0].result and final[0].result.registered:
-            r = final[0].result
+        final = [
+            j
+            for j in jobs
+            if j.purpose in (REFIT, REGISTER) and j.state == DONE
+            if j.result and j.result.registered
+        ]
+        if final:
+            job, r = final[0], final[0].result
+            members = job.spec.info.get("members")
             out.update(r.registered)
             out["test_accuracy"] = r.test_accuracy
             out["test_loss"] = r.test_loss
-            out["refit"] = final[0].purpose == REFIT
-            out["refit_epochs"] = r.epochs_run if final[0].purpose == REFIT else None
-            out["source"] = final[0].spec.info.get("source")
-            score = final[0].spec.info.get("selection_score")
+            out["refit"] = job.purpose == REFIT or bool(members)
+            out["refit_epochs"] = r.epochs_run if job.purpose == REFIT else None
+            if members:
+                out["refit_epochs"] = "+".join(str(m["refit_epochs"]) for m in members)
+                out["ensemble"] = [
+                    {k: m[k] for k in ("source", "selection_score", "test_accuracy")}
+                    for m in members
+                ]
+            out["source"] = job.spec.info.get("source")
+            score = job.spec.info.get("selection_score")
             out["selection_score"] = score
             if score is not None and r.test_accuracy is not None:
                 out["val_test_gap"] = score - r.test_accuracy

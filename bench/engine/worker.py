@@ -274,8 +274,10 @@ class Worker:
         from bench.space import flat_config
 
         if job.purpose == REGISTER:
+            if "model_uri" not in job.spec.info:
+                return self._run_ensemble(job)
             return self._run_register(job, job.spec.info["model_uri"])
-        if job.purpose == REFIT and job.attempts > 1:
+        if job.purpose == REFIT and job.attempts > 1 and not _is_member(job):
             # a refit whose worker died after registering: the registered model is the result
             version = self.tracker.safe(
                 self.tracker.find_version, self.batch.settings["model_name"], self._identity(job)
@@ -443,7 +445,14 @@ class Worker:
                 self.dataset.n_classes,
             )
             out.model_uri = info.model_uri if info is not None else None
-        if job.purpose == REFIT and status == COMPLETED:
+        if job.purpose == REFIT and status == COMPLETED and _is_member(job):
+            if out.model_uri is None:  # a member must be in MLflow for the ensemble to load it
+                with self._registration(job):
+                    info = self.tracker.log_model(
+                        job.run_id, result.model, self.dataset.image_shape, self.dataset.n_classes
+                    )
+                    out.model_uri = info.model_uri
+        elif job.purpose == REFIT and status == COMPLETED:
             with self._registration(job):
                 if job.run_id is None:
                     raise RuntimeError("the refit's run could not be created")
@@ -484,6 +493,8 @@ class Worker:
 
         s = self.batch.settings
         info = job.spec.info
+        members = info.get("members") or []
+        refit = job.purpose == REFIT or bool(members)
         metric = self.space.metric.removeprefix("val_")
         return register_champion(
             self.tracker,
@@ -494,9 +505,20 @@ class Worker:
                 "test_accuracy": out.test_accuracy,
                 "test_loss": out.test_loss,
                 f"val_{metric}": info.get("selection_score"),
-                "source": job.purpose,
+                "source": "ensemble" if len(members) > 1 else REFIT if refit else job.purpose,
                 "chosen_from": info.get("source"),
-                "refit_epochs": out.epochs_run if job.purpose == REFIT else None,
+                "refit": "true" if refit else "false",
+                "refit_epochs": (
+                    "+".join(str(m["refit_epochs"]) for m in members)
+                    if members
+                    else out.epochs_run
+                    if job.purpose == REFIT
+                    else None
+                ),
+                "ensemble_size": len(members) if members else None,
+                "ensemble_test_accuracies": (
+                    _json([m.get("test_accuracy") for m in members]) if members else None
+                ),
                 "dataset": self.dataset.name,
                 "class_names": _json(list(self.dataset.class_names)),
                 "space_hash": self.space.search_hash,
@@ -544,13 +566,52 @@ class Worker:
             "job": job.key,
         }
 
-    def _run_register(self, job: Job, uri: str) -> None:
+    def _run_ensemble(self, job: Job) -> None:
+        """Average the refit members into one model, log it in a run of its own, register it.
+
+        A rerun after a crash finds the version registered before (its identity tags) and only
+        finishes the job; after a crash before registering, the rerun ends the dead attempt's run
+        as FAILED and starts again from the members' logged models.
+        """
+        from bench.training import average_models
+
+        members = job.spec.info["members"]
+        if job.attempts > 1:
+            version = self.tracker.safe(
+                self.tracker.find_version, self.batch.settings["model_name"], self._identity(job)
+            )
+            if version is not None:
+                return self._run_register(job, version.source)
+            if job.run_id:  # the run of an attempt that died before registering: replaced
+                self.tracker.safe(self.tracker.end_run, job.run_id, "FAILED")
+        with self._registration(job):
+            models = [self.tracker.load_model(m["model_uri"]) for m in members]
+            model = average_models(models)
+            run_id = self.tracker.start_child(
+                self.batch.parent_run_id,
+                f"ensemble-of-{len(members)}",
+                {
+                    "purpose": "ensemble",
+                    "members": ",".join(m["source"] for m in members),
+                    "refit_epochs": ",".join(str(m["refit_epochs"]) for m in members),
+                    "dataset": self.dataset.name,
+                },
+                {**_job_tags(job), "study_name": self.batch.study, "refit": "true"},
+            )
+            self.store.update_owned(job.id, self.token, run_id=run_id)
+            info = self.tracker.log_model(
+                run_id, model, self.dataset.image_shape, self.dataset.n_classes
+            )
+        self._run_register(replace(job, run_id=run_id), info.model_uri, model)
+
+    def _run_register(self, job: Job, uri: str, model=None) -> None:
         """Register an already trained model: the chosen search run's own (``--no-refit``), or
         the one a refit registered before its worker died."""
         from bench.training import evaluate
 
-        with self._registration(job):
-            model = self.tracker.load_model(uri)
+        if model is None:
+            with self._registration(job):
+                model = self.tracker.load_model(uri)
         loss, acc = evaluate(model, self.dataset)
         epochs = int(job.spec.train.get("max_epochs", 0)) if job.purpose == REFIT else 0
         out = JobResult(
@@ -670,11 +731,17 @@ def _trial_attrs(job: Job, r: JobResult) -> dict[str, Any]:
     return attrs
 
 
+def _is_member(job: Job) -> bool:
+    """A refit that is one member of an ensemble: the ensemble, not the member, is registered."""
+    return job.spec.info.get("member") is not None
+
+
 def _train_params(t) -> dict[str, Any]:
     return {
         "max_epochs": t.max_epochs,
         "patience": t.patience,
         "min_delta": t.min_delta,
+        "early_stop_decaying": t.early_stop_decaying,
         "validation_size": t.validation_size,
         "steps_per_execution": t.steps_per_execution,
         "jit_compile": t.jit_compile,

@@ -346,6 +346,7 @@ def parse_space(data: Any, path: str = "<space>") -> Space:
         "max_epochs": (int, "an integer"),
         "patience": (int, "an integer"),
         "min_delta": ((int, float), "a number"),
+        "early_stop_decaying": (bool, "true or false"),
         "validation_size": (int, "an integer"),
         "steps_per_execution": (int, "an integer"),
         "jit_compile": ((bool, str), "true, false or auto"),

@@ -93,6 +93,9 @@ class TrainSpec:
     max_epochs: int = 30  # an upper bound; early stopping usually ends a trial well before
     patience: int = 5  # the seeds' EarlyStopping patience
     min_delta: float = 1e-3  # the seeds' min_delta on val_accuracy
+    # EarlyStopping for decaying learning rates too (cosine, linear). Off: such a run trains to
+    # its schedule's end, where the decay pays off; pruning still cuts the weak ones.
+    early_stop_decaying: bool = False
     validation_size: int = 5000  # the seeds' validation split of Fashion-MNIST
     steps_per_execution: int = 32  # amortises Python/dispatch overhead, the main CPU cost
     jit_compile: bool | str = "auto"  # "auto": XLA where Keras supports it

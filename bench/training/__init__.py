@@ -33,8 +33,17 @@ def download_dataset(name: str) -> None:
     loader.load_data()
 
 
+def average_models(models: list):
+    """The mean of several models' probabilities, as one model (see ``model.average_models``)."""
+    from bench.training.model import average_models as _average
+
+    return _average(models)
+
+
 def evaluate(model, dataset: Dataset) -> tuple[float, float]:
     """Test loss and accuracy of a model on the dataset's test split."""
+    if not getattr(model, "compiled", True):  # an ensemble is saved uncompiled
+        model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     loss, acc = model.evaluate(dataset.x_test, dataset.y_test, batch_size=2048, verbose=0)
     return float(loss), float(acc)
 
@@ -54,6 +63,7 @@ __all__ = [
     "DIVERGED",
     "PRUNED",
     "TrialResult",
+    "average_models",
     "configure_threads",
     "confusion",
     "download_dataset",

@@ -128,6 +128,24 @@ def build_mlp(
     return keras.Model(inputs, outputs, name="mlp")
 
 
+def average_models(models: list):
+    """One model whose output is the mean of the members' class probabilities.
+
+    Each member keeps its own input scaling, so the ensemble takes the same raw uint8 images.
+    Returned uncompiled: it is saved and served as it is (no optimizer to store).
+    """
+    import keras
+
+    first = models[0]
+    inputs = keras.Input(shape=first.input_shape[1:], dtype=first.inputs[0].dtype, name="pixels")
+    outputs = []
+    for i, member in enumerate(models):
+        member.name = f"member_{i}"  # loaded members all carry the name "mlp"
+        outputs.append(member(inputs))
+    mean = keras.layers.Average(name="probabilities")(outputs)
+    return keras.Model(inputs, mean, name=f"mean_of_{len(models)}_mlps")
+
+
 def make_optimizer(name: str, learning_rate: float, schedule: str, decay_steps: int):
     """An optimizer with an optional learning-rate decay over ``decay_steps`` steps."""
     import keras

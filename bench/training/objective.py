@@ -104,10 +104,15 @@ def train(
         steps_per_execution=min(spec.steps_per_execution, steps_per_epoch),
     )
     validate = split.x_val is not None
+    # A decaying learning rate gains most in its last epochs; a plateau half-way is no reason
+    # to stop it (measured: patience 5 ended 2 of 9 cosine runs 8-20 epochs early, 0.2-0.7
+    # points short). Such runs keep only the best-epoch restore unless the space asks otherwise.
+    decaying = config.get("lr_schedule", "constant") != "constant"
+    patience = spec.max_epochs if decaying and not spec.early_stop_decaying else spec.patience
     stopper = keras.callbacks.EarlyStopping(
         monitor=metric,
         mode=mode,
-        patience=spec.patience,
+        patience=patience,
         min_delta=spec.min_delta,
         restore_best_weights=True,
     )

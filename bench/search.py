@@ -191,7 +191,9 @@ def _run(args: argparse.Namespace, interrupts) -> int:
         "baselines": first,
     }
     # creates the study, or checks it was made for this space, before anything else is written
-    opt.open_study(study_name, storage, space, args.seed, args.allow_space_change)
+    study = opt.open_study(study_name, storage, space, args.seed, args.allow_space_change)
+    if space.enqueue and n_trials:
+        opt.enqueue(study, space.enqueue)  # the space's starting points, once per study
     store = JobStore(storage)
     tracker = Tracker(uri, experiment)
     batch, created = open_search_batch(

@@ -158,6 +158,11 @@ def run_harness(n_trials: int, space_path: str, seed: int, folder: Path, extra: 
     row["pruned"] = sum(t.state.name == "PRUNED" for t in finished)
     row["selection_score"] = summary.get("selection_score")
     row["refit"] = summary.get("refit")
+    row["completed"] = sum(t.state.name == "COMPLETE" for t in finished)
+    row["members"] = summary.get("ensemble")  # each refit member's own test accuracy
+    row["registered"] = next(
+        (line for line in proc.stdout.splitlines() if line.startswith("registered ")), None
+    )
     return row
 
 
@@ -191,6 +196,7 @@ def main() -> None:
     p.add_argument("--harness-only", action="store_true")
     p.add_argument("--naive-only", action="store_true")
     p.add_argument("--record", action="store_true", help="append the table to benchmarks/RESULTS.md")
+    p.add_argument("--keep", help="run in this folder and keep the stores (default: a temporary one)")
     p.add_argument("harness_args", nargs="*", help="extra flags for bench.search (after --)")
     args = p.parse_args()
     sys.path.insert(0, str(REPO))
@@ -198,6 +204,9 @@ def main() -> None:
     print(f"matmul peak (2048² float32, numpy): {peak:.0f} GFLOPS; {os.cpu_count()} cores", flush=True)
     rows: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="bench-speed-") as tmp:
+        if args.keep:
+            tmp = args.keep
+            Path(tmp).mkdir(parents=True, exist_ok=True)
         if not args.harness_only:
             folder = Path(tmp, "naive")
             folder.mkdir()

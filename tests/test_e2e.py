@@ -108,6 +108,13 @@ def test_rerunning_the_same_command_continues_the_same_study(fashion_search):
     trials = trials_of(fashion_search, "fashion-mnist-mlp")
     assert len([t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]) == 4
     assert sorted(t.number for t in trials) == [0, 1, 2, 3]
+    # the default space's starting configuration (study.enqueue) was trial 0, and only trial 0:
+    # the second batch of the same study does not queue it again
+    from bench.space import load_space, resolve_space
+
+    (start,) = load_space(resolve_space("mlp")).enqueue
+    same = [t.number for t in trials if t.params == start]
+    assert same == [0], [(t.number, t.params) for t in trials]
     client = _client(fashion_search)
     exp = client.get_experiment_by_name("fashion-mnist-mlp")
     parents = client.search_runs([exp.experiment_id], "tags.role = 'study'")

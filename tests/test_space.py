@@ -48,6 +48,14 @@ def test_default_space_searches_the_seed_questions():
     assert space.sampler.name == "tpe" and space.sampler.seed == 0 and space.sampler.multivariate
 
 
+_SAMPLED = {
+    "n_layers": {"type": "int", "low": 1, "high": 3},
+    "units": {"type": "int", "low": 32, "high": 1024, "per_layer": True},
+    "optimizer": {"type": "categorical", "choices": ["sgd", "adam"]},
+    "learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+}
+
+
 def _space(params: dict | None = None, **top) -> dict:
     doc = {"version": 1, "params": params or {}}
     doc.update(top)
@@ -112,6 +120,31 @@ def _space(params: dict | None = None, **top) -> dict:
             "val_accuracy must be maximized",
         ),
         (_space(train={"max_epochs": 0}), "train.max_epochs: must be >= 1"),
+        (
+            _space(_SAMPLED, study={"enqueue": [{"learning_rate": 0.5}]}),
+            "study.enqueue[0].learning_rate: must be a number from 0.0001 to 0.01, got 0.5",
+        ),
+        (
+            _space(_SAMPLED, study={"enqueue": [{"optimizer": "lion"}]}),
+            "study.enqueue[0].optimizer: must be one of ['sgd', 'adam'], got 'lion'",
+        ),
+        (
+            _space(_SAMPLED, study={"enqueue": [{"n_layers": 2, "units": [512]}]}),
+            "study.enqueue[0].units: needs a list of 2 values, got [512]",
+        ),
+        (
+            _space(_SAMPLED, study={"enqueue": [{"units": [512, 256]}]}),
+            "study.enqueue[0].units: per-layer values need n_layers in the entry",
+        ),
+        (
+            _space(_SAMPLED, study={"enqueue": [{"batch_size": 256}]}),
+            "study.enqueue[0].batch_size: is fixed in this space; leave it out",
+        ),
+        (
+            _space(_SAMPLED, study={"enqueue": [{"n_layer": 2}]}),
+            "study.enqueue[0].n_layer: not a parameter",
+        ),
+        (_space(_SAMPLED, study={"enqueue": {"n_layers": 2}}), "study.enqueue: must be a list"),
         (_space(train={"patience": "five"}), "train.patience: must be an integer"),
         ({"version": 2}, "only version 1 is supported"),
         ({"parms": {}}, "did you mean 'params'?"),
@@ -157,6 +190,36 @@ def test_search_hash_ignores_train_settings_but_not_params():
     )
     c = parse_space(_space({"n_layers": {"type": "int", "low": 1, "high": 4}}))
     assert a.search_hash == b.search_hash != c.search_hash
+
+
+def test_enqueued_configurations_are_what_the_first_trials_sample_once_per_study():
+    import optuna
+
+    from bench import optuna_adapter as opt
+
+    start = {"n_layers": 2, "units": [512, 256], "optimizer": "adam", "learning_rate": 1e-3}
+    space = parse_space(_space(_SAMPLED, study={"enqueue": [start]}), "x.yaml")
+    assert space.enqueue == (
+        {"n_layers": 2, "units_0": 512, "units_1": 256, "optimizer": "adam", "learning_rate": 1e-3},
+    )
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(0))
+    assert opt.enqueue(study, space.enqueue) == 1
+    assert opt.enqueue(study, space.enqueue) == 0  # a rerun queues nothing more
+    first = study.ask()
+    config = suggest(first, space)
+    assert config["units"] == [512, 256] and config["optimizer"] == "adam"
+    assert config["learning_rate"] == pytest.approx(1e-3)
+    study.tell(first, 0.9)
+    assert opt.enqueue(study, space.enqueue) == 0  # tried already: not queued again
+    second = suggest(study.ask(), space)  # then the sampler takes over
+    assert second != config
+
+
+def test_the_default_space_starts_from_one_documented_configuration():
+    space = load_space(SPACES / "mlp.yaml")
+    (start,) = space.enqueue
+    assert start["n_layers"] == 2 and [start["units_0"], start["units_1"]] == [512, 256]
+    assert start["dropout"] == pytest.approx(0.1) and start["lr_schedule"] == "cosine"
 
 
 def test_suggest_gives_per_layer_lists_with_optuna():

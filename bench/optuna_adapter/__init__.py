@@ -322,6 +322,22 @@ class LiveTrial:
         return dict(self._trial.params), dict(self._trial.distributions)
 
 
+def enqueue(study: optuna.Study, starts: tuple[dict, ...] | list[dict]) -> int:
+    """Queue the space's starting configurations (``study.enqueue``) once per study.
+
+    The next ``ask`` calls take them in order (any worker, any machine); the sampler then goes on
+    from their results. A configuration already queued or tried in this study, in any state, is
+    not queued again, so a rerun or a later batch adds nothing.
+
+    Returns:
+        How many were queued now.
+    """
+    before = len(study.get_trials(deepcopy=False))
+    for params in starts:
+        study.enqueue_trial(dict(params), skip_if_exists=True)
+    return len(study.get_trials(deepcopy=False)) - before
+
+
 def ask(study: optuna.Study, space: Space, seed: int) -> LiveTrial:
     """A fresh trial, sampled with a sampler seeded for this job.
 

@@ -121,7 +121,7 @@ def _parse_baseline(ctx: _Ctx, i: int, data: Any, train_kinds: dict) -> Baseline
     return Baseline(name, config, dict(train), published, dataset, str(data.get("description", "")))
 
 
-_STUDY_KEYS = ("direction", "metric", "sampler", "pruner")
+_STUDY_KEYS = ("direction", "metric", "sampler", "pruner", "enqueue")
 _DIST_KEYS = {
     "int": ("type", "low", "high", "step", "log", "per_layer"),
     "float": ("type", "low", "high", "step", "log", "per_layer"),
@@ -382,9 +382,70 @@ def parse_space(data: Any, path: str = "<space>") -> Space:
     names = [b.name for b in baselines]
     if len(set(names)) != len(names):
         raise ctx.fail("baselines", f"names must be unique, got {_show(names)}")
+    raw_starts = study.get("enqueue") or []
+    if not isinstance(raw_starts, list):
+        shown = _show(raw_starts)
+        raise ctx.fail("study.enqueue", f"must be a list of configurations, got {shown}")
+    enqueue = tuple(_parse_start(ctx, i, e, params) for i, e in enumerate(raw_starts))
     return Space(
-        path, version, metric, direction, sampler, pruner, train, params, description, baselines
+        path,
+        version,
+        metric,
+        direction,
+        sampler,
+        pruner,
+        train,
+        params,
+        description,
+        baselines,
+        enqueue,
     )
+
+
+def _parse_start(ctx: _Ctx, i: int, entry: Any, params: dict[str, Param]) -> dict[str, Any]:
+    """One ``study.enqueue`` entry as Optuna parameter names and values (``units_0``, ...).
+
+    Only sampled parameters may be given, each inside its range or among its choices; a
+    per-layer parameter takes one value per layer. Parameters left out are sampled as usual.
+    """
+    where = f"study.enqueue[{i}]"
+    if not isinstance(entry, dict) or not entry:
+        raise ctx.fail(where, f"must be a mapping of parameter: value, got {_show(entry)}")
+    n_param = params["n_layers"]
+    n_layers = entry.get("n_layers", n_param.value if isinstance(n_param, FixedParam) else None)
+    out: dict[str, Any] = {}
+    for name, value in entry.items():
+        if name not in params:
+            raise ctx.fail(f"{where}.{name}", f"not a parameter; one of {list(params)}")
+        p = params[name]
+        if isinstance(p, FixedParam):
+            raise ctx.fail(f"{where}.{name}", "is fixed in this space; leave it out")
+        if p.per_layer:
+            if n_layers is None:
+                raise ctx.fail(f"{where}.{name}", "per-layer values need n_layers in the entry")
+            if not isinstance(value, list) or len(value) != n_layers:
+                raise ctx.fail(
+                    f"{where}.{name}", f"needs a list of {n_layers} values, got {_show(value)}"
+                )
+            named = [(f"{name}_{j}", v) for j, v in enumerate(value)]
+        else:
+            named = [(name, value)]
+        for key, v in named:
+            out[key] = _start_value(ctx, f"{where}.{name}", p, v)
+    return out
+
+
+def _start_value(ctx: _Ctx, where: str, p: Param, v: Any) -> Any:
+    if isinstance(p, CategoricalParam):
+        if v not in p.choices:
+            raise ctx.fail(where, f"must be one of {list(p.choices)}, got {_show(v)}")
+        return v
+    is_int = isinstance(v, int) and not isinstance(v, bool)
+    if isinstance(p, IntParam) and not is_int:
+        raise ctx.fail(where, f"must be an integer, got {_show(v)}")
+    if not (is_int or isinstance(v, float)) or not p.low <= v <= p.high:
+        raise ctx.fail(where, f"must be a number from {p.low} to {p.high}, got {_show(v)}")
+    return int(v) if isinstance(p, IntParam) else float(v)
 
 
 def load_space(path: str | Path) -> Space:

@@ -115,6 +115,9 @@ class Space:
     params: dict[str, Param] = field(default_factory=dict)
     description: str = ""
     baselines: tuple[Baseline, ...] = ()
+    # study.enqueue: configurations the first trials of a new study start from (Optuna's
+    # enqueue_trial), as Optuna parameter names; the sampler takes over after them
+    enqueue: tuple[dict, ...] = ()
 
     def with_overrides(self, *, max_epochs: int | None = None, seed: int | None = None) -> Space:
         """Return a copy with CLI overrides applied (``--max-epochs``, ``--seed``)."""

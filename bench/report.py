@@ -386,6 +386,48 @@ def equal_budget(batches: list[Batch]) -> int:
     return PrunerSpec().min_resource
 
 
+def champion_section(batches: list[Batch]) -> str | None:
+    """How the latest registered model of the study was chosen and what it scored.
+
+    The selection score is validation only; the test accuracy is read once, to report, and the
+    gap between the two is the optimism of choosing the maximum of noisy validation scores.
+    """
+    done = [b for b in _done(batches, "search", "reeval") if (b.summary or {}).get("version")]
+    if not done:
+        return None
+    batch = done[-1]
+    s = batch.summary
+    members = s.get("ensemble") or []
+    how = (
+        f"the mean of {len(members)} configurations' probabilities ({s.get('source')}), each "
+        f"refit on all training images ({s.get('refit_epochs')} epochs)"
+        if len(members) > 1
+        else f"{s.get('source')} refit on all training images for {s.get('refit_epochs')} epochs"
+        if s.get("refit")
+        else f"the search run {s.get('source')}'s own model"
+    )
+    lines = [
+        f"batch {batch.number} registered {batch.settings.get('model_name')} version "
+        f"{s['version']} (champion: version {s.get('champion_version')}): {how}.",
+        f"chosen by validation {s.get('selection_score', float('nan')):.4f}"
+        + (" (the members' mean)" if len(members) > 1 else "")
+        + f"; test accuracy {s.get('test_accuracy', float('nan')):.4f}"
+        + (
+            f"; val->test gap {s['val_test_gap'] * 100:+.1f} points"
+            if s.get("val_test_gap") is not None
+            else ""
+        )
+        + ".",
+    ]
+    for m in members:
+        test = m.get("test_accuracy")
+        lines.append(
+            f"- member {m['source']}: validation {m['selection_score']:.4f}, test alone "
+            + (f"{test:.4f}" if test is not None else "n/a")
+        )
+    return "\n".join(lines)
+
+
 def what_matters(report: Report, batches: list[Batch], out: Path) -> None:
     """Lead the report with the latest finished ablation's "What matters" and its forest plot."""
     from bench.ablate import results_of
@@ -482,6 +524,10 @@ def build(study: optuna.Study, out: Path, top_k: int, batches: list[Batch] | Non
             "pruning rung, which every finished trial reached.",
         )
     )
+    champion = champion_section(batches)
+    if champion:
+        title = "Champion (chosen by validation; the test set read once, to report)"
+        report.sections.append((title, champion))
     report.sections.append((f"Trials (top {top_k} ranked first)", frame))
     if not done.empty:
         for by, label in (

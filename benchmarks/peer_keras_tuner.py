@@ -1,10 +1,10 @@
 """KerasTuner's Hyperband against the harness: same space, data split, model and wall-clock budget.
 
     pip install -e '.[bench-peers]'
-    mkdir -p reports   # the harness's rows (search_speed.py prints them as JSON lines), tested
-    python benchmarks/search_speed.py --trials 50 --harness-only --seeds 0,1,2 -- --no-refit \\
-        > reports/h.txt  # like the peer: the chosen run's own model, no refit on all images
-    python benchmarks/peer_keras_tuner.py --seeds 0,1,2 --harness-json reports/h.txt
+    mkdir -p reports   # the harness's rows (search_speed.py prints them as JSON lines)
+    python benchmarks/search_speed.py --trials 50 --harness-only --seeds 0,1,2 > reports/h.txt
+    python benchmarks/peer_keras_tuner.py --seeds 0,1,2 --harness-json reports/h.txt \\
+        --budget-from-harness   # or --budget-seconds 720: the peer gets the whole 12 minutes
     python benchmarks/peer_keras_tuner.py --dataset digits --budget-seconds 30 --seeds 0   # smoke
 
 The peer is what a careful KerasTuner user would write for this task: ``kt.Hyperband`` (max 36

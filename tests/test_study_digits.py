@@ -283,3 +283,23 @@ def test_diverging_and_raising_configurations_fail_alone_and_the_batch_goes_on(
     assert runs[good.run_id].info.status == "FINISHED"
     states = {t.number: t.state for t in opt.trials(opt.load_study("faulty", storage))}
     assert "RUNNING" not in states.values()
+
+
+def test_the_report_says_how_the_champion_was_chosen_and_its_val_to_test_gap(searched):
+    folder, _ = searched
+    jobs = jobs_of(folder, STUDY)
+    members = sorted((j for j in jobs if j.purpose == "refit"), key=lambda j: j.spec.info["member"])
+    summary = JobStore(str(folder / "optuna-studies.log")).batches(STUDY)[0].summary
+    proc = run_module("bench.report", "--no-mlflow", "--study-name", STUDY, cwd=folder)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    section = proc.stdout.split("== Champion", 1)[1].split("\n== ", 1)[0]
+    assert "the mean of 2 configurations' probabilities" in section
+    assert f"test accuracy {summary['test_accuracy']:.4f}" in section
+    assert f"val->test gap {summary['val_test_gap'] * 100:+.1f} points" in section
+    for j in members:
+        assert (
+            f"- member {j.spec.info['source']}: validation {j.spec.info['selection_score']:.4f}, "
+            f"test alone {j.result.test_accuracy:.4f}" in section
+        )
+    markdown = (folder / "reports" / STUDY / "report.md").read_text(encoding="utf-8")
+    assert "## Champion (chosen by validation" in markdown

@@ -211,14 +211,19 @@ def _champion(view: StudyView, maximize: bool) -> tuple[dict, dict, str]:
     """The study's champion configuration: its latest search's chosen source, else its best."""
     batch = view.search_batch()
     jobs = view.jobs()
-    source = (batch.summary or {}).get("source") if batch is not None else None
+    summary = (batch.summary or {}) if batch is not None else {}
+    source = summary.get("source")
+    members = summary.get("ensemble") or []
+    label = "champion"
+    if members:  # an averaged champion: ablate around its best member (by validation)
+        source, label = members[0]["source"], f"best of the {len(members)} averaged champions"
     if source and batch is not None:
         for j in view.store.jobs(batch.id):
             if j.key == source and j.result is not None:
                 return (
                     j.result.config,
                     _train_of(j),
-                    f"champion of search batch {batch.number} ({source})",
+                    f"{label} of search batch {batch.number} ({source})",
                 )
     done = [
         j

@@ -2,8 +2,9 @@
 
 The study's best ``--top-k`` distinct completed configurations are trained again with ``--seeds``
 fresh seeds each, on the search's validation split, as jobs on the workers (in parallel, resumable
-like a search). The configuration with the best *mean validation* score is refit on all training
-images and registered; every run's test accuracy is reported beside it, never used to choose.
+like a search). The ``--ensemble`` configurations (default 2) with the best *mean validation*
+scores are refit on all training images and registered as the mean of their probabilities (one
+with ``--ensemble 1``); every run's test accuracy is reported beside them, never used to choose.
 ``bench.report --finalize`` is the same command.
 """
 
@@ -29,6 +30,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--top-k", type=bounded_int(1, 50), default=3, help="configurations (default 3)")
     p.add_argument("--seeds", type=bounded_int(2, 20), default=3, help="seeds each (default 3)")
+    p.add_argument(
+        "--ensemble",
+        type=bounded_int(1, 10),
+        default=2,
+        metavar="K",
+        help="register the mean of the best K re-evaluated configurations, each refit on all "
+        "training images (default 2; at most --top-k; 1: the best alone)",
+    )
     p.add_argument("--no-refit", action="store_true", help="register nothing new; report only")
     add_worker_flags(p)
     return p
@@ -75,6 +84,7 @@ def _run(args: argparse.Namespace, interrupts) -> int:
         "refit": True,
         "reeval_top_k": args.top_k,
         "reeval_seeds": args.seeds,
+        "ensemble": args.ensemble,
         "sources": [s.key for s in sources],
     }
     identity = hashlib.sha256(
@@ -152,7 +162,8 @@ def print_reeval(summary: dict) -> None:
         return
     print("\nre-evaluated configurations (mean over seeds, 95% t-interval; chosen by validation):")
     for r in sorted(rows, key=lambda r: -(r["val_mean"] or 0)):
-        star = "*" if r["source"] == summary.get("source") else " "
+        chosen = {m["source"] for m in summary.get("ensemble") or []} or {summary.get("source")}
+        star = "*" if r["source"] in chosen else " "
         vl, vh = r["val_ci"]
         tl, th = r["test_ci"]
         print(

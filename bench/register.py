@@ -1,10 +1,11 @@
 """``python -m bench.register``: finish registering a study's champion after an outage.
 
-Registration is the last job of a search batch (a refit, or the chosen run's own model with
-``--no-refit``). When the tracking store was down at the time, or the batch was stopped before its
-last stage, this command runs what is left of the study's latest search batch on one worker and
-prints the registered version; it is the same as rerunning the search command, without having to
-remember its flags. A batch already registered is only reported.
+Registration is the last job of a search batch (the averaged refit members of an ensemble, a
+single refit, or the chosen run's own model with ``--no-refit``). When the tracking store was
+down at the time, or the batch was stopped before its last stage, this command runs what is left
+of the study's latest search batch on one worker and prints the registered version; it is the
+same as rerunning the search command, without having to remember its flags. A batch already
+registered is only reported.
 """
 
 from __future__ import annotations

@@ -145,6 +145,28 @@ def _space(params: dict | None = None, **top) -> dict:
             "study.enqueue[0].n_layer: not a parameter",
         ),
         (_space(_SAMPLED, study={"enqueue": {"n_layers": 2}}), "study.enqueue: must be a list"),
+        (
+            _space(_SAMPLED, study={"enqueue": [{"n_layers": True}]}),
+            "study.enqueue[0].n_layers: must be an integer, got True",
+        ),
+        (
+            _space(_SAMPLED, study={"enqueue": [{"learning_rate": float("nan")}]}),
+            "study.enqueue[0].learning_rate: must be a number from",
+        ),
+        (
+            _space(
+                {"batch_size": {"type": "categorical", "choices": [128, 256]}},
+                study={"enqueue": [{"batch_size": 256.0}]},
+            ),
+            "study.enqueue[0].batch_size: must be one of [128, 256], got 256.0",
+        ),
+        (
+            _space(
+                {"n_layers": {"type": "int", "low": 1, "high": 5, "step": 2}},
+                study={"enqueue": [{"n_layers": 2}]},
+            ),
+            "study.enqueue[0].n_layers: must be 1 plus a multiple of step 2, got 2",
+        ),
         (_space(train={"patience": "five"}), "train.patience: must be an integer"),
         ({"version": 2}, "only version 1 is supported"),
         ({"parms": {}}, "did you mean 'params'?"),

@@ -3,9 +3,11 @@
 Stage 1 trains the batch's search jobs (configurations the sampler proposes) and its baseline
 jobs. When none is left, stage 2 (optional, ``--reeval-top-k``) re-trains the best distinct
 configurations with fresh seeds, so the choice rests on a mean instead of one lucky draw. Stage 3
-chooses by validation score only and either refits the choice on every training image for the
-epoch count its validation runs found best (default, like scikit-learn's ``refit=True``) or
-registers the search run's own model (``--no-refit``). The test set is read only to report.
+chooses the best ``ensemble`` (default 2 from the CLIs) distinct configurations by validation
+score only and refits each on every training image for the epoch count its validation runs found
+best (like scikit-learn's ``refit=True``); with one choice the refit is registered, with several
+a last job averages their probabilities into one model and registers that. ``--no-refit``
+registers the best search run's own model instead. The test set is read only to report.
 
 A re-evaluation batch (``bench.reevaluate``, ``bench.report --finalize``) is the same design
 starting at stage 2. Every stage's jobs have deterministic keys, so any worker may compute the
@@ -199,11 +201,6 @@ class SearchDesign:
             for j in self.candidates(jobs, k)
         ]
 
-    def choose(self, jobs: list[Job]) -> Choice | None:
-        """The configuration to register, by validation score only."""
-        top = self.choices(jobs, 1)
-        return top[0] if top else None
-
     def _refit_job(self, choice: Choice, max_epochs: int, key: str, info: dict) -> JobSpec:
         budget = int(choice.train.get("max_epochs", max_epochs))
         return JobSpec(
@@ -216,6 +213,17 @@ class SearchDesign:
             split=ALL,
             info=info,
         )
+
+    def _member_jobs(self, picked: list[Choice], max_epochs: int) -> list[JobSpec]:
+        """One refit job per ensemble member: ``refit``, ``refit-1``, ... (none for one choice)."""
+        if len(picked) < 2:
+            return []
+        return [
+            self._refit_job(
+                c, max_epochs, f"refit-{i}" if i else "refit", {**self._info(c), "member": i}
+            )
+            for i, c in enumerate(picked)
+        ]
 
     @staticmethod
     def _info(choice: Choice) -> dict[str, Any]:
@@ -274,29 +282,29 @@ class SearchDesign:
             return []
         if any(j.purpose == REGISTER for j in jobs):
             return []
+        refit = self.settings.get("refit", True)
+        size = int(self.settings.get("ensemble", 1)) if refit else 1
         refits = [j for j in jobs if j.purpose == REFIT]
         if refits:
-            if any(j.spec.info.get("member") is not None for j in refits):
-                return self._ensemble_job(refits)
-            return []
+            if all(j.spec.info.get("member") is None for j in refits):
+                return []
+            # members are enqueued one by one: a crash between two leaves some out, and the
+            # (deterministic) choice says which
+            have = {j.key for j in refits}
+            wanted = self._member_jobs(self.choices(jobs, size), max_epochs)
+            missing = [spec for spec in wanted if spec.key not in have]
+            return missing or self._ensemble_job(refits)
         k = int(self.settings.get("reeval_top_k", 0))
         if k and self.settings.get("reeval_seeds") and not any(j.purpose == REEVAL for j in jobs):
             sources = self.candidates(jobs, k)
             if sources:
                 return self.reeval_jobs(sources)
-        refit = self.settings.get("refit", True)
-        size = int(self.settings.get("ensemble", 1)) if refit else 1
         picked = self.choices(jobs, size)
         if not picked:
             return []
         if len(picked) > 1:
             # an ensemble: each member refit (in parallel, one per free worker), then averaged
-            return [
-                self._refit_job(
-                    c, max_epochs, f"refit-{i}" if i else "refit", {**self._info(c), "member": i}
-                )
-                for i, c in enumerate(picked)
-            ]
+            return self._member_jobs(picked, max_epochs)
         choice = picked[0]
         if refit or choice.model_uri is None:
             # a re-evaluated choice has no single model of its own, and a search run whose

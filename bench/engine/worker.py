@@ -448,6 +448,8 @@ class Worker:
         if job.purpose == REFIT and status == COMPLETED and _is_member(job):
             if out.model_uri is None:  # a member must be in MLflow for the ensemble to load it
                 with self._registration(job):
+                    if job.run_id is None:
+                        raise RuntimeError("the refit member's run could not be created")
                     info = self.tracker.log_model(
                         job.run_id, result.model, self.dataset.image_shape, self.dataset.n_classes
                     )
@@ -586,14 +588,15 @@ class Worker:
                 self.tracker.safe(self.tracker.end_run, job.run_id, "FAILED")
         with self._registration(job):
             models = [self.tracker.load_model(m["model_uri"]) for m in members]
-            model = average_models(models)
+        model = average_models(models)  # a Keras error here is a failure, not an outage
+        with self._registration(job):
             run_id = self.tracker.start_child(
                 self.batch.parent_run_id,
                 f"ensemble-of-{len(members)}",
                 {
                     "purpose": "ensemble",
                     "members": ",".join(m["source"] for m in members),
-                    "refit_epochs": ",".join(str(m["refit_epochs"]) for m in members),
+                    "refit_epochs": "+".join(str(m["refit_epochs"]) for m in members),
                     "dataset": self.dataset.name,
                 },
                 {**_job_tags(job), "study_name": self.batch.study, "refit": "true"},

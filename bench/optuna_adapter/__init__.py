@@ -1,12 +1,13 @@
 """Optuna behind one adapter: the only package that imports Optuna.
 
 Only Optuna's public API is used: ``create_study``/``load_study``, ``Study.ask``/``tell``,
-``add_trial`` with ``create_trial``, ``get_trials``, the samplers, pruners and storages. The
-engine's own job queue decides *what* runs and *how many*; Optuna samples configurations and
-judges intermediate values. A search job asks for a fresh trial; nothing is ever enqueued as a
-WAITING trial, so ``ask()`` never hands one worker another's configuration. A configuration that
-must be trained again (its worker died) is trained outside Optuna and added back with
-``add_trial`` as a finished trial.
+``add_trial`` with ``create_trial``, ``enqueue_trial``, ``get_trials``, the samplers, pruners and
+storages. The engine's own job queue decides *what* runs and *how many*; Optuna samples
+configurations and judges intermediate values. A search job asks for a fresh trial; the only
+WAITING trials are a space's starting configurations (``study.enqueue``), queued once per study
+and each handed to exactly one ``ask()`` (Optuna pops a waiting trial atomically). A
+configuration that must be trained again (its worker died) is trained outside Optuna and added
+back with ``add_trial`` as a finished trial.
 
 The rest of bench never sees Optuna's types: a running trial is a :class:`LiveTrial`, and reads
 come back as :class:`TrialView` records.

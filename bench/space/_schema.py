@@ -382,7 +382,9 @@ def parse_space(data: Any, path: str = "<space>") -> Space:
     names = [b.name for b in baselines]
     if len(set(names)) != len(names):
         raise ctx.fail("baselines", f"names must be unique, got {_show(names)}")
-    raw_starts = study.get("enqueue") or []
+    raw_starts = study.get("enqueue", [])
+    if raw_starts is None:
+        raw_starts = []
     if not isinstance(raw_starts, list):
         shown = _show(raw_starts)
         raise ctx.fail("study.enqueue", f"must be a list of configurations, got {shown}")
@@ -437,7 +439,8 @@ def _parse_start(ctx: _Ctx, i: int, entry: Any, params: dict[str, Param]) -> dic
 
 def _start_value(ctx: _Ctx, where: str, p: Param, v: Any) -> Any:
     if isinstance(p, CategoricalParam):
-        if v not in p.choices:
+        # the same type too: 256.0 or true is not the choice 256 or 1 (Optuna would keep it as is)
+        if not any(type(v) is type(c) and v == c for c in p.choices):
             raise ctx.fail(where, f"must be one of {list(p.choices)}, got {_show(v)}")
         return v
     is_int = isinstance(v, int) and not isinstance(v, bool)
@@ -445,6 +448,8 @@ def _start_value(ctx: _Ctx, where: str, p: Param, v: Any) -> Any:
         raise ctx.fail(where, f"must be an integer, got {_show(v)}")
     if not (is_int or isinstance(v, float)) or not p.low <= v <= p.high:
         raise ctx.fail(where, f"must be a number from {p.low} to {p.high}, got {_show(v)}")
+    if p.step and not math.isclose((v - p.low) / p.step, round((v - p.low) / p.step)):
+        raise ctx.fail(where, f"must be {p.low} plus a multiple of step {p.step}, got {_show(v)}")
     return int(v) if isinstance(p, IntParam) else float(v)
 
 

@@ -1,0 +1,125 @@
+"""The search design's stages as pure functions: which jobs come next, from stored jobs alone.
+
+No training and no stores: jobs are built by hand, the way the job store returns them.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.designs.search import SearchDesign
+from bench.records import (
+    ALL,
+    COMPLETED,
+    DONE,
+    FAILED,
+    PRUNED,
+    REFIT,
+    REGISTER,
+    SEARCH,
+    Job,
+    JobResult,
+    JobSpec,
+)
+
+
+def _search(i: int, value: float | None, status: str = COMPLETED, best_epoch: int = 9) -> Job:
+    config = {"units": [64 + i], "learning_rate": 0.001 * (i + 1)}
+    result = JobResult(status, value, best_epoch, best_epoch + 1, 1.0, 10, 1.0, config,
+                       model_uri=f"models:/m-{i}")  # fmt: skip
+    spec = JobSpec(key=f"search-{i:04d}", purpose=SEARCH, seed=i, config=config)
+    return Job(i + 1, 1, spec, DONE, attempts=1, result=result, synced=True)
+
+
+def _done(spec: JobSpec, job_id: int, epochs: int, test: float, state: str = DONE) -> Job:
+    status = COMPLETED if state == DONE else "failed"
+    result = JobResult(status, None, epochs - 1, epochs, 1.0, 10, 1.0, spec.config or {},
+                       test_accuracy=test, model_uri=f"models:/refit-{job_id}")  # fmt: skip
+    return Job(job_id, 1, spec, state, attempts=1, result=result, synced=True)
+
+
+SEARCHED = [
+    _search(0, 0.80),
+    _search(1, 0.91, best_epoch=20),
+    _search(2, 0.95, PRUNED),  # pruned: never chosen, whatever its last score
+    _search(3, 0.90, best_epoch=30),
+    _search(4, 0.85),
+]
+
+
+def _design(**settings) -> SearchDesign:
+    return SearchDesign({"seed": 0, "refit": True, "register": True, **settings})
+
+
+def test_the_two_best_completed_configurations_are_refit_as_members():
+    specs = _design(ensemble=2).next_jobs(SEARCHED, max_epochs=36)
+    assert [s.key for s in specs] == ["refit", "refit-1"]
+    assert [s.info["source"] for s in specs] == ["search-0001", "search-0003"]
+    assert [s.info["member"] for s in specs] == [0, 1]
+    assert all(s.purpose == REFIT and s.split == ALL for s in specs)
+    # each for the epochs its validation run found best, on that run's schedule
+    assert [s.train["max_epochs"] for s in specs] == [21, 31]
+    assert all(s.train["schedule_epochs"] == 36 for s in specs)
+    assert specs[0].config == SEARCHED[1].result.config
+
+
+def test_once_the_members_are_done_one_job_averages_and_registers_them():
+    design = _design(ensemble=2)
+    members = design.next_jobs(SEARCHED, 36)
+    jobs = SEARCHED + [_done(s, 10 + i, 21 + 10 * i, 0.9 + i / 100) for i, s in enumerate(members)]
+    (ensemble,) = design.next_jobs(jobs, 36)
+    assert ensemble.key == "ensemble" and ensemble.purpose == REGISTER
+    assert "model_uri" not in ensemble.info  # nothing to load as one: it is built from members
+    assert [m["model_uri"] for m in ensemble.info["members"]] == ["models:/refit-10",
+                                                                  "models:/refit-11"]  # fmt: skip
+    assert ensemble.info["selection_score"] == pytest.approx((0.91 + 0.90) / 2)  # members' mean
+    assert ensemble.info["source"] == "search-0001+search-0003"
+    assert [m["refit_epochs"] for m in ensemble.info["members"]] == [21, 31]
+    done = Job(20, 1, ensemble, DONE, result=JobResult(COMPLETED, 0.905, 0, 0, 0, 0, 0, {}))
+    assert design.next_jobs([*jobs, done], 36) == []  # the batch is complete
+
+
+def test_a_failed_member_leaves_the_other_registered_alone():
+    design = _design(ensemble=2)
+    a, b = design.next_jobs(SEARCHED, 36)
+    jobs = SEARCHED + [_done(a, 10, 21, 0.9), _done(b, 11, 31, 0.0, state=FAILED)]
+    (register,) = design.next_jobs(jobs, 36)
+    assert register.key == "ensemble" and register.info["model_uri"] == "models:/refit-10"
+    assert len(register.info["members"]) == 1
+
+
+def test_a_member_lost_between_two_inserts_is_added_before_the_ensemble():
+    # a crash after "refit" was stored but before "refit-1": the rerun must not register one
+    design = _design(ensemble=2)
+    first, second = design.next_jobs(SEARCHED, 36)
+    missing = design.next_jobs([*SEARCHED, _done(first, 10, 21, 0.9)], 36)
+    assert missing == [second]
+
+
+def test_ensemble_1_and_a_single_completed_trial_refit_one_configuration():
+    (one,) = _design(ensemble=1).next_jobs(SEARCHED, 36)
+    assert one.key == "refit" and one.info["source"] == "search-0001" and "member" not in one.info
+    lone = [_search(0, 0.8), _search(1, 0.9, PRUNED)]
+    (refit,) = _design(ensemble=3).next_jobs(lone, 36)
+    assert refit.key == "refit" and "member" not in refit.info
+
+
+def test_no_refit_registers_the_best_search_runs_own_model():
+    (register,) = _design(ensemble=2, refit=False).next_jobs(SEARCHED, 36)
+    assert register.key == "register" and register.info["model_uri"] == "models:/m-1"
+
+
+def test_the_summary_names_the_ensemble_and_each_member_alone():
+    design = _design(ensemble=2)
+    members = design.next_jobs(SEARCHED, 36)
+    jobs = SEARCHED + [_done(s, 10 + i, 21 + 10 * i, 0.9 + i / 100) for i, s in enumerate(members)]
+    (spec,) = design.next_jobs(jobs, 36)
+    registered = {"version": "3", "champion_version": "3", "promoted": True, "reason": "x"}
+    result = JobResult(COMPLETED, 0.905, 0, 0, 0, 0, 0, {}, test_accuracy=0.9, test_loss=0.3,
+                       model_uri="models:/avg", registered=registered)  # fmt: skip
+    summary = design.summary([*jobs, Job(20, 1, spec, DONE, result=result)])
+    assert summary["version"] == "3" and summary["refit"] is True
+    assert summary["refit_epochs"] == "21+31"
+    assert summary["source"] == "search-0001+search-0003"
+    assert summary["val_test_gap"] == pytest.approx(0.905 - 0.9)
+    assert [m["test_accuracy"] for m in summary["ensemble"]] == [0.9, 0.91]

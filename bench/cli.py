@@ -122,6 +122,18 @@ def engine_main(run_fn: Callable[..., int], args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
 
 
+def add_ensemble_flag(p: argparse.ArgumentParser, among: str) -> None:
+    """``--ensemble K``: how many of the best configurations the registered model averages."""
+    p.add_argument(
+        "--ensemble",
+        type=bounded_int(1, 10),
+        default=2,
+        metavar="K",
+        help=f"refit the best K {among} on all training images (in parallel) and register the "
+        "mean of their probabilities as one model (default 2; 1: the best alone)",
+    )
+
+
 def add_worker_flags(p: argparse.ArgumentParser) -> None:
     """The flags of every command that runs jobs: workers, threads, progress, start-up noise."""
     p.add_argument(

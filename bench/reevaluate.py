@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from bench.cli import Parser, add_worker_flags, bounded_int
+from bench.cli import Parser, add_ensemble_flag, add_worker_flags, bounded_int
 from bench.errors import BenchError, redact
 
 
@@ -30,14 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--top-k", type=bounded_int(1, 50), default=3, help="configurations (default 3)")
     p.add_argument("--seeds", type=bounded_int(2, 20), default=3, help="seeds each (default 3)")
-    p.add_argument(
-        "--ensemble",
-        type=bounded_int(1, 10),
-        default=2,
-        metavar="K",
-        help="register the mean of the best K re-evaluated configurations, each refit on all "
-        "training images (default 2; at most --top-k; 1: the best alone)",
-    )
+    add_ensemble_flag(p, "re-evaluated configurations (at most --top-k)")
     p.add_argument("--no-refit", action="store_true", help="register nothing new; report only")
     add_worker_flags(p)
     return p

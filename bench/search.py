@@ -15,7 +15,14 @@ import sys
 import time
 from pathlib import Path
 
-from bench.cli import SEED_MAX, Parser, add_worker_flags, bounded_int, positive_seconds
+from bench.cli import (
+    SEED_MAX,
+    Parser,
+    add_ensemble_flag,
+    add_worker_flags,
+    bounded_int,
+    positive_seconds,
+)
 from bench.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, BenchError, redact
 
 log = logging.getLogger("bench")
@@ -90,14 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="register the chosen search run's own model instead of refitting it on all "
         "training images",
     )
-    p.add_argument(
-        "--ensemble",
-        type=bounded_int(1, 10),
-        default=2,
-        metavar="K",
-        help="refit the best K distinct configurations (in parallel) and register the mean of "
-        "their probabilities as one model (default 2; 1: the single best configuration)",
-    )
+    add_ensemble_flag(p, "distinct configurations")
     p.add_argument(
         "--reeval-top-k",
         type=bounded_int(0, 50),

@@ -257,6 +257,7 @@ class SearchDesign:
             "source": "+".join(j.spec.info["source"] for j in members),
             "selection_score": statistics.fmean(scores),
             "n_runs": sum(int(j.spec.info.get("n_runs", 1)) for j in members),
+            "refit_epochs": "+".join(str(j.result.epochs_run) for j in members),
             "members": [
                 {
                     "job": j.key,
@@ -369,7 +370,7 @@ class SearchDesign:
             out["refit"] = job.purpose == REFIT or bool(members)
             out["refit_epochs"] = r.epochs_run if job.purpose == REFIT else None
             if members:
-                out["refit_epochs"] = "+".join(str(m["refit_epochs"]) for m in members)
+                out["refit_epochs"] = job.spec.info["refit_epochs"]
                 out["ensemble"] = [
                     {k: m[k] for k in ("source", "selection_score", "test_accuracy")}
                     for m in members

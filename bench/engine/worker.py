@@ -273,17 +273,18 @@ class Worker:
     def run_job(self, job: Job) -> None:
         from bench.space import flat_config
 
-        if job.purpose == REGISTER:
-            if "model_uri" not in job.spec.info:
-                return self._run_ensemble(job)
-            return self._run_register(job, job.spec.info["model_uri"])
-        if job.purpose == REFIT and job.attempts > 1 and not _is_member(job):
-            # a refit whose worker died after registering: the registered model is the result
+        if job.purpose in (REFIT, REGISTER) and job.attempts > 1 and not _is_member(job):
+            # a refit or an ensemble whose worker died after registering: the registered model
+            # is the result
             version = self.tracker.safe(
                 self.tracker.find_version, self.batch.settings["model_name"], self._identity(job)
             )
             if version is not None:
                 return self._run_register(job, version.source)
+        if job.purpose == REGISTER:
+            if "model_uri" not in job.spec.info:
+                return self._run_ensemble(job)
+            return self._run_register(job, job.spec.info["model_uri"])
         live, config = self._configure(job)
         spec = self._train_spec(job)
         params = {
@@ -445,26 +446,20 @@ class Worker:
                 self.dataset.n_classes,
             )
             out.model_uri = info.model_uri if info is not None else None
-        if job.purpose == REFIT and status == COMPLETED and _is_member(job):
-            if out.model_uri is None:  # a member must be in MLflow for the ensemble to load it
-                with self._registration(job):
-                    if job.run_id is None:
-                        raise RuntimeError("the refit member's run could not be created")
-                    info = self.tracker.log_model(
-                        job.run_id, result.model, self.dataset.image_shape, self.dataset.n_classes
-                    )
-                    out.model_uri = info.model_uri
-        elif job.purpose == REFIT and status == COMPLETED:
+        if job.purpose == REFIT and status == COMPLETED:
+            member = _is_member(job)  # registered by the ensemble job, not here
             with self._registration(job):
                 if job.run_id is None:
                     raise RuntimeError("the refit's run could not be created")
-                if out.model_uri is None:  # the model must be in MLflow to be registered
+                if out.model_uri is None:  # the model must be in MLflow to be registered or loaded
                     info = self.tracker.log_model(
                         job.run_id, result.model, self.dataset.image_shape, self.dataset.n_classes
                     )
                     out.model_uri = info.model_uri
-                out.registered = self._register(job, out)
-            self._store_confusion(job, result.model)
+                if not member:
+                    out.registered = self._register(job, out)
+            if not member:
+                self._store_confusion(job, result.model)
         kill_point("record")
         if live:
             live.set_attrs(_trial_attrs(job, out))
@@ -511,11 +506,7 @@ class Worker:
                 "chosen_from": info.get("source"),
                 "refit": "true" if refit else "false",
                 "refit_epochs": (
-                    "+".join(str(m["refit_epochs"]) for m in members)
-                    if members
-                    else out.epochs_run
-                    if job.purpose == REFIT
-                    else None
+                    info["refit_epochs"] if members else out.epochs_run if refit else None
                 ),
                 "ensemble_size": len(members) if members else None,
                 "ensemble_test_accuracies": (
@@ -571,21 +562,15 @@ class Worker:
     def _run_ensemble(self, job: Job) -> None:
         """Average the refit members into one model, log it in a run of its own, register it.
 
-        A rerun after a crash finds the version registered before (its identity tags) and only
-        finishes the job; after a crash before registering, the rerun ends the dead attempt's run
-        as FAILED and starts again from the members' logged models.
+        A rerun after a crash that followed the registration never gets here (``run_job`` finds
+        that version by its identity tags); after a crash before registering, the rerun ends the
+        dead attempt's run as FAILED and starts again from the members' logged models.
         """
         from bench.training import average_models
 
         members = job.spec.info["members"]
-        if job.attempts > 1:
-            version = self.tracker.safe(
-                self.tracker.find_version, self.batch.settings["model_name"], self._identity(job)
-            )
-            if version is not None:
-                return self._run_register(job, version.source)
-            if job.run_id:  # the run of an attempt that died before registering: replaced
-                self.tracker.safe(self.tracker.end_run, job.run_id, "FAILED")
+        if job.attempts > 1 and job.run_id:  # a dead attempt's run, not registered: replaced
+            self.tracker.safe(self.tracker.end_run, job.run_id, "FAILED")
         with self._registration(job):
             models = [self.tracker.load_model(m["model_uri"]) for m in members]
         model = average_models(models)  # a Keras error here is a failure, not an outage
@@ -596,7 +581,7 @@ class Worker:
                 {
                     "purpose": "ensemble",
                     "members": ",".join(m["source"] for m in members),
-                    "refit_epochs": "+".join(str(m["refit_epochs"]) for m in members),
+                    "refit_epochs": job.spec.info["refit_epochs"],
                     "dataset": self.dataset.name,
                 },
                 {**_job_tags(job), "study_name": self.batch.study, "refit": "true"},
@@ -608,8 +593,9 @@ class Worker:
         self._run_register(replace(job, run_id=run_id), info.model_uri, model)
 
     def _run_register(self, job: Job, uri: str, model=None) -> None:
-        """Register an already trained model: the chosen search run's own (``--no-refit``), or
-        the one a refit registered before its worker died."""
+        """Register an already trained model: the chosen search run's own (``--no-refit``), the
+        averaged ensemble (``model`` given, already in memory), or the one a refit or ensemble
+        registered before its worker died."""
         from bench.training import evaluate
 
         if model is None:

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from typing import NoReturn
 
-from bench.errors import EXIT_FAILURE, EXIT_USAGE, redact
+from bench.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, redact
 
 
 def positive_int(text: str) -> int:
@@ -47,6 +47,9 @@ def run(main: Callable[[], int]) -> NoReturn:
     """
     try:
         code = main()
+    except KeyboardInterrupt:  # a command without the engine's handler (report, predict, ui)
+        print("interrupted", file=sys.stderr)
+        code = EXIT_INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - last resort for every CLI
         if os.environ.get("BENCH_DEBUG"):
             raise
@@ -71,7 +74,6 @@ def bounded_int(low: int, high: int, what: str = "") -> Callable[[str], int]:
 
 
 SEED_MAX = 2**31 - 1  # job seeds are seed + index (+ 2,000,000 at most): kept below 2**32
-NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-+")
 
 
 def check_name(flag: str, name: str) -> str:
@@ -81,15 +83,10 @@ def check_name(flag: str, name: str) -> str:
         BenchError: the name could escape a folder (``../x``), break an MLflow filter (a quote)
             or is empty.
     """
-    from bench.errors import BenchError
+    from bench.errors import BenchError, name_problem
 
-    bad = sorted({c for c in name if c not in NAME_CHARS})
-    if not name or name.startswith(".") or bad or len(name) > 200:
-        shown = "".join(bad)[:20]
-        raise BenchError(
-            f"{flag} {name[:60]!r}{'...' if len(name) > 60 else ''}: use 1-200 letters, digits "
-            "and . _ - + (not starting with a dot)" + (f"; found {shown!r}" if bad else "")
-        )
+    if (problem := name_problem(name)) is not None:
+        raise BenchError(f"{flag} {name[:60]!r}{'...' if len(name) > 60 else ''}: {problem}")
     return name
 
 
@@ -103,7 +100,7 @@ def engine_main(run_fn: Callable[..., int], args: argparse.Namespace) -> int:
             start-up messages).
     """
     from bench.engine.interrupts import Interrupts
-    from bench.errors import EXIT_INTERRUPTED, BenchError
+    from bench.errors import BenchError
     from bench.logs import setup_logging
 
     setup_logging(verbose=getattr(args, "verbose", None))

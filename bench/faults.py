@@ -1,14 +1,21 @@
-"""Named kill points for fault-injection tests.
+"""Named kill points and signal points for fault-injection tests.
 
 ``BENCH_TEST_KILL_AT=<point>`` makes the process that reaches ``<point>`` kill itself with
 SIGKILL (no cleanup, like a power cut or the OOM killer); ``BENCH_TEST_KILL_SKIP=n`` lets the
 first n passes through that point live. Unset, a kill point costs one dictionary lookup.
+
+``BENCH_TEST_SIGNAL_AT=<tracking call>`` (``log_metrics``, ``end_run``, ...) sends this process
+``BENCH_TEST_SIGNAL`` (``SIGINT`` or ``SIGTERM``) from *inside* MLflow's store code during that
+call (after ``BENCH_TEST_SIGNAL_SKIP=n`` calls), so a test can make Ctrl-C land in the middle of
+a tracking write on purpose instead of by chance.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import sys
 
 POINTS = (
     "open-batch",  # after the batch row exists, before its parent run and jobs
@@ -31,3 +38,34 @@ def kill_point(name: str) -> None:
     _seen[name] = _seen.get(name, 0) + 1
     if _seen[name] > int(os.environ.get("BENCH_TEST_KILL_SKIP", "0")):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def signal_point(name: str):
+    """Around a tracking call: signal this process from within MLflow's store if asked to.
+
+    A profile hook waits for the first Python frame of an ``mlflow.store`` module and sends the
+    signal there; Python runs the handler at the next instruction, inside that MLflow frame.
+    """
+    if os.environ.get("BENCH_TEST_SIGNAL_AT") != name:
+        yield
+        return
+    key = "signal:" + name
+    _seen[key] = _seen.get(key, 0) + 1
+    if _seen[key] != int(os.environ.get("BENCH_TEST_SIGNAL_SKIP", "0")) + 1:
+        yield
+        return
+    signum = getattr(signal, os.environ.get("BENCH_TEST_SIGNAL", "SIGINT"))
+    previous = sys.getprofile()
+
+    def hook(frame, event, arg):
+        if event == "call" and frame.f_globals.get("__name__", "").startswith("mlflow.store"):
+            sys.setprofile(previous)
+            os.kill(os.getpid(), signum)
+
+    sys.setprofile(hook)
+    try:
+        yield
+    finally:
+        if sys.getprofile() is hook:
+            sys.setprofile(previous)

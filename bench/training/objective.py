@@ -59,6 +59,7 @@ def train(
     metric: str = "val_accuracy",
     tensorboard_dir: str | None = None,
     schedule_epochs: int | None = None,
+    on_batch: Callable[[], None] | None = None,
 ) -> TrialResult:
     """Build and fit one MLP with early stopping; stop early when ``on_epoch`` says so.
 
@@ -74,6 +75,9 @@ def train(
         tensorboard_dir: When given, Keras' TensorBoard callback writes there.
         schedule_epochs: Epochs the learning-rate schedule spans (default ``spec.max_epochs``);
             a refit trains fewer epochs on the schedule its validation run followed.
+        on_batch: Called after every training batch; an exception it raises ends training and
+            propagates (the engine raises KeyboardInterrupt there after Ctrl-C, so a signal
+            never lands inside Keras or a tracking call).
 
     A split without validation images (``split.x_val is None``, a refit on all training images)
     trains exactly ``spec.max_epochs`` epochs with no early stopping and keeps the last weights.
@@ -116,7 +120,7 @@ def train(
         min_delta=spec.min_delta,
         restore_best_weights=True,
     )
-    watch = _watch_class()(on_epoch)
+    watch = _watch_class()(on_epoch, on_batch)
     callbacks = [stopper, watch] if validate else [watch]
     if tensorboard_dir:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=tensorboard_dir))
@@ -169,9 +173,10 @@ def _watch_class():
     class Watch(keras.callbacks.Callback):
         """Collects per-epoch metrics, stops on divergence, relays epochs to the hook."""
 
-        def __init__(self, hook: EpochHook | None):
+        def __init__(self, hook: EpochHook | None, on_batch: Callable[[], None] | None):
             super().__init__()
             self.hook = hook
+            self.on_batch = on_batch
             self.history: dict[str, list[float]] = {}
             self.pruned = False
             self.diverged = False
@@ -188,6 +193,8 @@ def _watch_class():
                     f"loss became {float(loss)} during epoch {len(self.history.get('loss', []))}"
                 )
                 self.model.stop_training = True
+            if self.on_batch is not None:
+                self.on_batch()
 
         def on_epoch_end(self, epoch, logs=None):
             metrics = {k: float(v) for k, v in (logs or {}).items()}

@@ -371,7 +371,55 @@ BAD_INPUTS = {
         "cannot connect to the database",
     ),
     "unknown dataset": (lambda t: ["--dataset", "cifar"], "unknown dataset 'cifar'"),
+    "metric is a list": (
+        lambda t: ["--space", _space(t, "study:\n  metric: [a]\n")],
+        "study.metric: must be one of",
+    ),
+    "type is a list": (
+        lambda t: ["--space", _space(t, "params:\n  units: {type: [int], low: 1, high: 2}\n")],
+        "params.units.type: must be int, float or categorical",
+    ),
+    "600 nested brackets": (
+        lambda t: ["--space", _space(t, "params: " + "[" * 600 + "]" * 600 + "\n")],
+        "nested deeper than 32",
+    ),
+    "5000-digit integer": (
+        lambda t: ["--space", _space(t, "params:\n  units: " + "9" * 5000 + "\n")],
+        "an integer of 5,000 digits",
+    ),
+    "space is a device": (lambda t: ["--space", "/dev/zero"], "not a regular file"),
+    "space is a fifo": (lambda t: ["--space", _fifo(t)], "not a regular file (a FIFO)"),
+    "baseline name with a slash": (
+        lambda t: ["--space", _space(t, "baselines:\n  - name: a/b\n")],
+        "baselines[0].name: use 1-100 letters",
+    ),
+    "baseline name of 250 characters": (
+        lambda t: ["--space", _space(t, f"baselines:\n  - name: {'b' * 250}\n")],
+        "baselines[0].name: use 1-100 letters",
+    ),
+    "idx image with a zero side": (
+        lambda t: [
+            "--dataset",
+            "idx",
+            "--data-dir",
+            _idx_dir(
+                t / "d",
+                lambda f: data.write_idx(
+                    f / data.IDX_FILES["x_train"], np.zeros((40, 0, 4), dtype=np.uint8)
+                ),
+            ),
+        ],
+        "with a zero dimension",
+    ),
 }
+
+
+def _fifo(tmp_path):
+    import os
+
+    path = tmp_path / "fifo.yaml"
+    os.mkfifo(path)
+    return str(path)
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
@@ -468,3 +516,30 @@ def test_redact_masks_any_password_before_cutting(password):
     assert redact("http://127.0.0.1:5000/#/experiments/1/runs") == (
         "http://127.0.0.1:5000/#/experiments/1/runs"
     )
+
+
+def test_a_study_named_dot_dot_reports_inside_reports(tmp_path):
+    """A study name written by another Optuna client is not checked by bench: the report folder
+    made from it must stay one folder below ``reports/``."""
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    from bench.errors import folder_name
+
+    assert [folder_name(n) for n in ("..", ".", "a/../b", "", "ok-1")] == [
+        "_.", "_", "a_.._b", "_", "ok-1",
+    ]  # fmt: skip
+    work = tmp_path / "work"
+    work.mkdir()
+    journal = str(work / "optuna-studies.log")
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = optuna.create_study(
+        study_name="..", storage=JournalStorage(JournalFileBackend(journal))
+    )
+    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=2)
+    proc = run_module(
+        "bench.report", "--storage", journal, "--study-name", "..", "--no-mlflow", cwd=work
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert not (tmp_path / "report.md").exists() and not (work / "report.md").exists()
+    assert (work / "reports" / "_." / "report.md").is_file(), sorted(work.rglob("*"))

@@ -236,3 +236,48 @@ def test_real_fashion_mnist_from_the_debian_package(monkeypatch, tmp_path):
     assert ds.x_train.shape == (60000, 28, 28) and ds.x_test.shape == (10000, 28, 28)
     assert ds.class_names[9] == "Ankle boot"
     assert np.bincount(ds.y_train).tolist() == [6000] * 10
+
+
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+def test_idx_dimensions_whose_product_overflows_are_one_clear_error(tmp_path, suffix):
+    path = tmp_path / f"huge.idx{suffix}"
+    blob = b"\x00\x00\x0e\x04" + b"\xff\xff\xff\xff" * 4 + b"\x00" * 64  # 2**128 doubles
+    path.write_bytes(gzip.compress(blob) if suffix else blob)
+    with pytest.raises(DataError, match=r"huge.idx(.gz)?: the IDX header declares shape") as err:
+        data.read_idx(path)
+    assert "more than the" in str(err.value) and len(str(err.value)) < 300
+
+
+def test_a_gzip_bomb_is_not_decompressed_past_what_the_header_declares(tmp_path):
+    import tracemalloc
+
+    path = tmp_path / "bomb.idx.gz"
+    # 64 MiB of zeros after a header that declares 10 bytes: 64 KiB on disk
+    path.write_bytes(gzip.compress(b"\x00\x00\x08\x01\x00\x00\x00\x0a" + bytes(64 << 20)))
+    assert path.stat().st_size < 1 << 17
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match="more than the 10 bytes its header declares"):
+            data.read_idx(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20, f"{peak:,} bytes allocated"
+
+
+def test_a_header_declaring_more_than_the_cap_is_refused_before_reading(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "MAX_IDX_BYTES", 1000)
+    path = tmp_path / "big.idx"
+    data.write_idx(path, np.zeros((11, 10, 10), np.uint8))
+    with pytest.raises(DataError, match=r"declares shape \(11, 10, 10\) \(1,100 bytes\)"):
+        data.read_idx(path)
+
+
+@pytest.mark.parametrize("shape", [(5, 0, 4), (5, 4, 0)])
+def test_images_with_a_zero_dimension_are_refused_naming_the_file(tmp_path, shape):
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    data.write_idx(path, np.zeros(shape, np.uint8))
+    with pytest.raises(
+        DataError, match=re.escape(f"{path}: the IDX header declares shape {shape}")
+    ):
+        data.read_idx(path)

@@ -404,3 +404,92 @@ def test_baseline_train_overrides_follow_the_train_rules(train, message):
     doc = yaml.safe_load(f"baselines:\n  - name: b\n    train: {{{train}}}\n")
     with pytest.raises(SpaceError, match=re.escape(message)):
         parse_space(doc, "s.yaml")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("study:\n  metric: [a]\n", "study.metric: must be one of ['val_accuracy', 'val_loss']"),
+        ("study:\n  metric: {a: 1}\n", "study.metric: must be one of"),
+        (
+            "params:\n  units: {type: [int], low: 1, high: 2}\n",
+            "params.units.type: must be int, float or categorical, got ['int']",
+        ),
+        ("params:\n  units: {type: {a: 1}}\n", "params.units.type: must be int, float or"),
+        ("params: " + "[" * 600 + "]" * 600 + "\n", "line 1, column 40: nested deeper than 32"),
+        ("params:\n  units: " + "9" * 5000 + "\n", "line 2, column 10: an integer of 5,000 digits"),
+        ("train:\n  max_epochs: -0x" + "f" * 5000 + "\n", "line 2, column 15: an integer of"),
+        ("baselines:\n  - name: b\n    published_test_accuracy: 1" + "0" * 4400 + "\n", "4,401"),
+    ],
+    ids=["metric list", "metric mapping", "type list", "type mapping", "600 brackets",
+         "5000 digits", "long hex", "4401 digits"],
+)  # fmt: skip
+def test_hostile_values_are_one_space_error(tmp_path, text, message):
+    path = tmp_path / "hostile.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(SpaceError) as err:
+        load_space(path)
+    assert str(err.value).startswith(f"{path}: ") and message in str(err.value)
+    assert len(str(err.value)) < 300
+
+
+def test_nesting_a_space_needs_still_loads(tmp_path):
+    path = tmp_path / "deep.yaml"
+    path.write_text("description: " + "[" * 30 + "]" * 30 + "\n", encoding="utf-8")
+    with pytest.raises(SpaceError, match="description: must be a string"):
+        load_space(path)  # parsed and validated, not refused for its depth
+
+
+def test_a_device_or_a_folder_is_refused_without_reading_it(tmp_path):
+    for path, what in (("/dev/zero", "a character device"), (str(tmp_path), "a folder")):
+        with pytest.raises(SpaceError, match=f"{path}: not a regular file \\({what}\\)"):
+            load_space(path)
+
+
+def test_a_fifo_is_refused_without_waiting_for_a_writer(tmp_path):
+    import os
+    import threading
+
+    fifo = tmp_path / "space.yaml"
+    os.mkfifo(fifo)
+    outcome = []
+
+    def load():
+        try:
+            load_space(fifo)
+        except SpaceError as exc:
+            outcome.append(str(exc))
+
+    reader = threading.Thread(target=load, daemon=True)
+    reader.start()
+    reader.join(10)
+    if reader.is_alive():  # the old code blocks in open(): give it a writer so the thread ends
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        reader.join(10)
+        pytest.fail("load_space waited for a writer on a FIFO")
+    assert outcome and "not a regular file (a FIFO)" in outcome[0]
+
+
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [
+        ("a/b", "found '/'"),
+        ("..", "not starting with a dot"),
+        ("../../etc", "found '/'"),
+        ("x" * 101, "use 1-100 letters"),
+        ("it's", 'found "\'"'),
+        ("", "use 1-100 letters"),
+    ],
+    ids=["slash", "dot-dot", "escape", "101 chars", "quote", "empty"],
+)
+def test_baseline_names_are_safe_as_keys_and_folder_names(name, problem):
+    doc = {"baselines": [{"name": name}]}
+    with pytest.raises(SpaceError) as err:
+        parse_space(doc, "s.yaml")
+    assert str(err.value).startswith("s.yaml: baselines[0].name: ") and problem in str(err.value)
+    assert len(str(err.value)) < 300
+
+
+def test_a_100_character_baseline_name_loads():
+    name = "b-1.0_x+" + "y" * 92
+    assert parse_space({"baselines": [{"name": name}]}, "s.yaml").baselines[0].name == name

@@ -60,8 +60,10 @@ def test_paired_diff_edge_cases():
     assert one.mean == pytest.approx(0.1) and one.n == 1
     assert all(math.isnan(x) for x in (one.low, one.high, one.p_value))
     # every seed moved by the same amount: a definite answer where scipy has 0/0 or infinity
+    # every seed moved by the same non-zero amount: no variance to test against, so no p-value
+    # (scipy divides by zero; a p of 0 would claim certainty from two or three seeds)
     same = paired_diff([0.90, 0.85, 0.80], [0.88, 0.83, 0.78])
-    assert same.p_value == 0.0
+    assert math.isnan(same.p_value) and same.no_variance
     assert same.low == same.mean == same.high == pytest.approx(0.02)
     zero = paired_diff([0.9, 0.8], [0.9, 0.8])
     assert (zero.mean, zero.low, zero.high, zero.p_value) == (0.0, 0.0, 0.0, 1.0)
@@ -128,7 +130,11 @@ def test_verdict_with_one_seed_or_identical_differences():
         verdict(one, 1) == "no detectable difference with 1 seed (0.1; one seed gives no interval)"
     )
     same = paired_diff([0.90, 0.85], [0.88, 0.83])
-    assert verdict(same, 2) == "better by 2.0 points [2.0, 2.0]"
+    assert verdict(same, 2) == "no variance across seeds: 2.0 points on each of 2 seeds, no p-value"
+    down = paired_diff([0.90, 0.85, 0.80], [0.91, 0.86, 0.81])
+    assert verdict(down, 3, p_value=math.nan) == (
+        "no variance across seeds: \u22121.0 points on each of 3 seeds, no p-value"
+    )
 
 
 def test_verdict_names_a_difference_that_holm_adjustment_takes_away():
@@ -139,3 +145,37 @@ def test_verdict_names_a_difference_that_holm_adjustment_takes_away():
     assert "worse alone" in text and "[−4.9, −1.6]" in text
     # without an adjusted p-value the unadjusted one decides
     assert verdict(diff, 3).startswith("worse by 3.3 points")
+
+
+@pytest.mark.parametrize("bad", [math.inf, -math.inf, math.nan])
+def test_infinities_are_rejected_like_nan(bad):
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        mean_ci([0.9, bad])
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        paired_diff([0.9, 0.8], [bad, 0.8])
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        effect_range({"x": [0.9, 0.8], "y": [0.9, bad]})
+
+
+def test_no_variance_reaches_the_what_matters_report():
+    from bench.results.what_matters import analyse, markdown, text
+
+    def rec(factor, level, shift, seed):
+        return {
+            "factor": factor,
+            "level": level,
+            "seed": seed,
+            "is_base": factor == "base",
+            "val_accuracy": (0.88, 0.85, 0.87)[seed] + shift,
+        }
+
+    records = [rec("base", "base", 0.0, s) for s in range(3)]
+    records += [rec("optimizer", "sgd", -0.02, s) for s in range(3)]
+    [result] = analyse(records, base_levels={"optimizer": "adam"})
+    row = next(r for r in result.levels if r.level == "sgd")
+    assert math.isnan(row.p_holm) and not result.detected  # not claimed as a detected difference
+    assert row.verdict.startswith("no variance across seeds")
+    for out in (text([result]), markdown([result])):
+        assert "no variance across seeds: \u22122.0 points on each of 3 seeds, no p-value" in out
+    with pytest.raises(ValueError, match="no val_accuracy"):
+        analyse([*records, {**rec("optimizer", "momentum", 0.0, 0), "val_accuracy": math.inf}])

@@ -5,8 +5,9 @@ seed by seed: the per-seed differences cancel the luck of the seed (initialisati
 that both share. With 3 to 10 seeds a Student t interval is the honest spread; a normal one
 would be too narrow.
 
-Every function rejects NaN inputs with ``ValueError``: a NaN accuracy is a failed job, and it
-should be left out by whoever collects the records, not averaged silently.
+Every function rejects NaN and infinite inputs with ``ValueError``: a NaN accuracy is a failed
+job (an infinite loss a diverged one), and it should be left out by whoever collects the records,
+not averaged silently.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class PairedDiff:
     high: float
     p_value: float
     n: int
+    no_variance: bool = False  # every seed moved by the same non-zero amount: nothing to test
 
 
 @dataclass(frozen=True)
@@ -51,8 +53,10 @@ def _finite_1d(values: Sequence[float], what: str) -> np.ndarray:
         raise ValueError(f"{what} must be a flat sequence of numbers, got shape {x.shape}")
     if x.size == 0:
         raise ValueError(f"{what} is empty; at least one value is needed")
-    if np.isnan(x).any():
-        raise ValueError(f"{what} contains NaN: {x.tolist()}; leave failed jobs out instead")
+    if not np.isfinite(x).all():
+        raise ValueError(
+            f"{what} contains NaN or infinity: {x.tolist()}; leave failed jobs out instead"
+        )
     return x
 
 
@@ -94,9 +98,10 @@ def paired_diff(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> 
 
     The test matches ``scipy.stats.ttest_rel(a, b)``. Where scipy would divide zero by zero or
     report an infinite statistic, that is when every per-seed difference is the same number
-    (to within 1e-12), the answer here is definite instead: p is 1.0 if that difference is 0 and
-    0.0 otherwise, and the interval is the difference itself. With one seed there is no test:
-    p and both bounds are NaN.
+    (to within 1e-12), the interval is the difference itself and p is 1.0 if that difference is
+    0; otherwise there is no variance to test against (two or three seeds of k/N accuracies land
+    on one difference by chance), so p is NaN and ``no_variance`` is set: a p of 0 would claim
+    certainty. With one seed there is no test either: p and both bounds are NaN.
 
     Args:
         a: Scores of the first configuration, one per seed.
@@ -107,7 +112,7 @@ def paired_diff(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> 
         A :class:`PairedDiff` of ``a - b``.
 
     Raises:
-        ValueError: lengths differ, empty input, or NaN values.
+        ValueError: lengths differ, empty input, or NaN or infinite values.
     """
     x = _finite_1d(a, "a")
     y = _finite_1d(b, "b")
@@ -119,8 +124,9 @@ def paired_diff(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> 
     if n < 2:
         return PairedDiff(mean, math.nan, math.nan, math.nan, n)
     if float(np.ptp(d)) <= _SAME * max(1.0, abs(mean)):
-        p = 1.0 if abs(mean) <= _SAME else 0.0
-        return PairedDiff(mean, mean, mean, p, n)
+        if abs(mean) <= _SAME:
+            return PairedDiff(mean, mean, mean, 1.0, n)
+        return PairedDiff(mean, mean, mean, math.nan, n, no_variance=True)
     low, high = _t_interval(mean, float(d.std(ddof=1)), n, level)
     p = float(stats.ttest_rel(x, y).pvalue)
     return PairedDiff(mean, low, high, p, n)
@@ -241,10 +247,16 @@ def verdict(
 
     Returns:
         ``"better by …"`` or ``"worse by …"`` (size and interval of the gain or loss, so both
-        positive), or ``"no detectable difference with N seeds (mean [low, high])"``.
+        positive), ``"no detectable difference with N seeds (mean [low, high])"``, or ``"no
+        variance across seeds: …"`` where every seed moved by the same amount (no p-value).
     """
     p = diff.p_value if p_value is None else p_value
     unit = " points" if in_points else ""
+    if diff.no_variance:
+        return (
+            f"no variance across seeds: {fmt_number(diff.mean, in_points)}{unit} on each of "
+            f"{diff.n} seeds, no p-value"
+        )
     if not math.isnan(p) and p < alpha and diff.mean != 0:
         # "worse by 1.2 [0.8, 1.6]" gives the size of the loss, so its interval is negated too
         sign = 1 if diff.mean > 0 else -1

@@ -120,7 +120,7 @@ def _check(records: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
         if missing:
             raise ValueError(f"record {i} lacks {missing}: {dict(r)}")
         v = r["val_accuracy"]
-        if not _is_number(v) or math.isnan(v):
+        if not _is_number(v) or not math.isfinite(v):
             raise ValueError(f"record {i} has no val_accuracy ({v!r}); leave failed jobs out")
         if bool(r.get("is_base", False)) != (r["factor"] == BASE):
             raise ValueError(f"record {i}: is_base must be true exactly for factor '{BASE}'")
@@ -135,7 +135,7 @@ def _summary(
     runs: Mapping[Any, Mapping[str, Any]], metric: str, conf: float
 ) -> tuple[float, float, float]:
     values = [r.get(metric) for r in runs.values()]
-    values = [float(v) for v in values if _is_number(v) and not math.isnan(v)]
+    values = [float(v) for v in values if _is_number(v) and math.isfinite(v)]
     return mean_ci(values, conf) if values else NAN3
 
 

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
+import re
 import reprlib
+import stat
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from bench.errors import SpaceError
+from bench.errors import SpaceError, name_problem
 from bench.space._types import (
     ACTIVATIONS,
     LR_SCHEDULES,
@@ -39,6 +42,11 @@ from bench.space._types import (
 
 MAX_FILE_BYTES = 1 << 20  # a search space is a page of YAML; 1 MiB leaves room for comments
 MAX_NODES = 10_000  # YAML nodes after alias expansion: an "alias bomb" expands to billions
+MAX_DEPTH = 32  # nesting of lists and mappings: a space needs 5; PyYAML recurses per level
+MAX_INT_DIGITS = 100  # an integer literal's length: Python refuses to convert past 4,300 digits
+# a baseline's name is part of its job keys ("reeval-b12.baseline-NAME+-s1000000"), which the job
+# store keeps in a 255-character column: a longer key fails the insert and leaves a batch half-open
+MAX_BASELINE_NAME = 100
 SHOWN_CHARS = 80  # a value quoted in an error message is cut to this length
 
 _REPR = reprlib.Repr()
@@ -85,6 +93,8 @@ def _parse_baseline(ctx: _Ctx, i: int, data: Any, train_kinds: dict) -> Baseline
     where = f"baselines[{i}]"
     data = ctx.keys(where, data, _BASELINE_KEYS)
     name = _typed(ctx, f"{where}.name", data.get("name"), str, "a string")
+    if (problem := name_problem(name, MAX_BASELINE_NAME)) is not None:
+        raise ctx.fail(f"{where}.name", f"{problem}, got {_show(name)}")
     raw = ctx.keys(f"{where}.params", data.get("params") or {}, tuple(PARAM_DEFAULTS))
     fixed = {}
     for key, default in PARAM_DEFAULTS.items():
@@ -218,7 +228,7 @@ def _parse_param(ctx: _Ctx, name: str, spec: Any) -> Param:
             where, "a distribution needs 'type': int, float or categorical (or give a plain value)"
         )
     kind = spec["type"]
-    if kind not in _DIST_KEYS:
+    if not isinstance(kind, str) or kind not in _DIST_KEYS:  # a list is unhashable: no `in`
         near = difflib.get_close_matches(str(kind), list(_DIST_KEYS), n=1, cutoff=0.5)
         hint = f"; did you mean '{near[0]}'?" if near else ""
         raise ctx.fail(
@@ -297,7 +307,7 @@ def parse_space(data: Any, path: str = "<space>") -> Space:
 
     study = ctx.keys("study", data.get("study") or {}, _STUDY_KEYS)
     metric = study.get("metric", "val_accuracy")
-    if metric not in METRICS:
+    if not isinstance(metric, str) or metric not in METRICS:  # a list is unhashable: no `in`
         raise ctx.fail("study.metric", f"must be one of {list(METRICS)}, got {_show(metric)}")
     direction = study.get("direction", METRICS[metric])
     if direction != METRICS[metric]:
@@ -460,20 +470,7 @@ def load_space(path: str | Path) -> Space:
         SpaceError: unreadable file, malformed YAML or an invalid space, in one line.
     """
     path = str(path)
-    try:
-        size = Path(path).stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise SpaceError(
-                f"{path}: the search-space file is {size:,} bytes; a space file holds at most "
-                f"{MAX_FILE_BYTES:,} (is it the right file?)"
-            )
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
-        raise SpaceError(
-            f"{path}: cannot read the search-space file ({reason}); "
-            "pass an existing YAML file with --space"
-        ) from None
+    text = _read_bounded(path)
     try:
         data = _safe_load_bounded(text, path)
     except yaml.YAMLError as exc:
@@ -484,13 +481,95 @@ def load_space(path: str | Path) -> Space:
     return parse_space(data, path)
 
 
-def _expanded_nodes(node: yaml.Node, memo: dict[int, int], limit: int) -> int:
-    """How many nodes ``node`` stands for once every alias is expanded (stops past ``limit``)."""
+_KINDS = {
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFDIR: "a folder",
+}
+
+
+def _read_bounded(path: str) -> str:
+    """The file's text, read without waiting on a FIFO and never past :data:`MAX_FILE_BYTES`.
+
+    ``st_size`` is 0 for devices and FIFOs, so the size is bounded by the read itself; opening
+    non-blocking returns at once where a FIFO has no writer, and anything but a regular file is
+    refused (a worker could not read a pipe a second time anyway).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        try:
+            mode = os.fstat(fd).st_mode
+            if not stat.S_ISREG(mode):
+                what = _KINDS.get(stat.S_IFMT(mode), "not a file")
+                raise SpaceError(
+                    f"{path}: not a regular file ({what}); pass a YAML file with --space"
+                )
+            chunks, size = [], 0
+            while size <= MAX_FILE_BYTES and (chunk := os.read(fd, MAX_FILE_BYTES + 1 - size)):
+                chunks.append(chunk)
+                size += len(chunk)
+        finally:
+            os.close(fd)
+        if size > MAX_FILE_BYTES:
+            raise SpaceError(
+                f"{path}: the search-space file is over {MAX_FILE_BYTES:,} bytes; a space file "
+                f"holds at most {MAX_FILE_BYTES:,} (is it the right file?)"
+            )
+        return b"".join(chunks).decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise SpaceError(
+            f"{path}: cannot read the search-space file ({reason}); "
+            "pass an existing YAML file with --space"
+        ) from None
+
+
+def _check_depth(text: str, path: str) -> None:
+    """Refuse nesting past :data:`MAX_DEPTH` before PyYAML's recursive composer meets it.
+
+    The event stream comes from PyYAML's parser, a state machine with an explicit stack, so a
+    file of 600 brackets is walked here without recursion.
+    """
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+            depth += 1
+            if depth > MAX_DEPTH:
+                mark = event.start_mark
+                raise SpaceError(
+                    f"{path}: line {mark.line + 1}, column {mark.column + 1}: nested deeper "
+                    f"than {MAX_DEPTH} lists or mappings; a search space needs a handful"
+                )
+        elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+            depth -= 1
+
+
+_DIGITS = re.compile(r"[0-9a-fA-F]")
+
+
+def _check_scalar(node: yaml.ScalarNode, path: str) -> None:
+    """Refuse an integer too long to be a setting (Python will not even convert 4,301 digits)."""
+    if node.tag == "tag:yaml.org,2002:int" and len(node.value) > MAX_INT_DIGITS:
+        mark = node.start_mark
+        digits = len(_DIGITS.findall(node.value))
+        raise SpaceError(
+            f"{path}: line {mark.line + 1}, column {mark.column + 1}: an integer of "
+            f"{digits:,} digits; no setting needs more than {MAX_INT_DIGITS}"
+        )
+
+
+def _expanded_nodes(node: yaml.Node, memo: dict[int, int], limit: int, path: str) -> int:
+    """How many nodes ``node`` stands for once every alias is expanded (stops past ``limit``);
+    checks each scalar on the way (:func:`_check_scalar`)."""
     key = id(node)
     if key in memo:
         return memo[key]
     memo[key] = limit + 1  # a node met again while being counted: a cycle, count it as too many
     total = 1
+    if isinstance(node, yaml.ScalarNode):
+        _check_scalar(node, path)
     if isinstance(node, yaml.SequenceNode):
         children = node.value
     elif isinstance(node, yaml.MappingNode):
@@ -498,7 +577,7 @@ def _expanded_nodes(node: yaml.Node, memo: dict[int, int], limit: int) -> int:
     else:
         children = []
     for child in children:
-        total += _expanded_nodes(child, memo, limit)
+        total += _expanded_nodes(child, memo, limit, path)
         if total > limit:
             break
     memo[key] = total
@@ -512,12 +591,13 @@ def _safe_load_bounded(text: str, path: str) -> Any:
     loads fast, but anything that walks or prints the result (validation, an error message)
     would expand it; the expanded size is counted on the node graph before construction.
     """
+    _check_depth(text, path)
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()
         if node is None:
             return None
-        n = _expanded_nodes(node, {}, MAX_NODES)
+        n = _expanded_nodes(node, {}, MAX_NODES, path)
         if n > MAX_NODES:
             raise SpaceError(
                 f"{path}: the YAML expands to more than {MAX_NODES:,} nodes through its "

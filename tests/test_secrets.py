@@ -1,0 +1,100 @@
+"""Secrets never leave the process: ``redact`` masks every credential form that reaches a message,
+and what is logged as an MLflow parameter names a store by host and database only."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench import errors
+from bench.errors import redact
+
+
+@pytest.mark.parametrize("password", ["s3cr'et", 's3cr"et', "s3'c\"r/e:t?#", "p@ss"], ids=repr)
+def test_a_password_holding_quotes_or_an_at_sign_is_masked(password):
+    url = f"postgresql://bench:{password}@db/optuna"
+    assert redact(url) == "postgresql://bench:***@db/optuna"
+    text = f"cannot connect to {url} (timeout)"
+    assert redact(text) == "cannot connect to postgresql://bench:***@db/optuna (timeout)"
+    assert redact(f"'{url}'") == "'postgresql://bench:***@db/optuna'"
+
+
+def test_a_whole_url_with_a_space_in_its_password_is_masked():
+    assert redact("postgresql://bench:my s3cret@db/optuna") == "postgresql://bench:***@db/optuna"
+
+
+@pytest.mark.parametrize(
+    ("dsn", "secret"),
+    [
+        ("host=db user=bench password=s3cret dbname=optuna", "s3cret"),
+        ("host=db user=bench password='s3 cr\\'et' dbname=optuna", "cr\\'et"),
+        ("host=db user=bench password = 'a b c' dbname=optuna", "a b c"),
+        ('host=db password="s3 cret" dbname=optuna', "cret"),
+    ],
+    ids=["plain", "quoted with an escaped quote", "spaces around =", "double quotes"],
+)
+def test_a_libpq_dsn_password_is_masked_whole(dsn, secret):
+    out = redact(f"connection failed: {dsn}")
+    assert secret not in out and "s3" not in out
+    assert "password" in out and "***" in out
+    assert out.endswith("dbname=optuna")  # what follows the password is kept
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        ("https://ghp_T0KEN@mlflow.example/api", "https://***@mlflow.example/api"),
+        ("https://user:T0KEN@mlflow.example:443/", "https://user:***@mlflow.example:443/"),
+        (
+            "http://mlflow.example:5000/?token=T0KEN&x=1",
+            "http://mlflow.example:5000/?token=***&x=1",
+        ),
+    ],
+)
+def test_a_token_in_an_http_url_is_masked(url, masked):
+    assert redact(url) == masked
+    assert redact(f"tracking {url} failed") == f"tracking {masked} failed"
+
+
+def test_urls_without_credentials_are_left_alone():
+    for url in (
+        "http://127.0.0.1:5000/#/experiments/1/runs",
+        "sqlite:///mlflow.db",
+        "postgresql://bench@db.example:5432/optuna",
+        "optuna-studies.log",
+    ):
+        assert redact(url) == url
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://bench:s3cr'et@db.example:5432/optuna?sslmode=require",
+         "postgresql://db.example:5432/optuna"),
+        ("postgresql+psycopg://bench@db/optuna", "postgresql+psycopg://db/optuna"),
+        ("mysql+pymysql://u:p@ss@h/db", "mysql+pymysql://h/db"),
+        ("https://T0KEN@mlflow.example/path?token=x", "https://mlflow.example/path"),
+        ("sqlite:///mlflow.db", "sqlite:///mlflow.db"),
+        ("optuna-studies.log", "optuna-studies.log"),
+    ],
+)  # fmt: skip
+def test_store_location_keeps_host_and_database_only(url, shown):
+    assert errors.store_location(url) == shown
+
+
+def test_parent_runs_log_the_storage_by_location_only():
+    """The storage URL goes to every parent run's params, which an unauthenticated MLflow shows to
+    anyone: the CLIs that open batches log it through :func:`store_location`."""
+    import ast
+
+    from tests.conftest import REPO
+
+    for module in ("search", "ablate"):
+        tree = ast.parse((REPO / "bench" / f"{module}.py").read_text(encoding="utf-8"))
+        values = [
+            ast.unparse(node.values[node.keys.index(key)])
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Dict)
+            for key in node.keys
+            if isinstance(key, ast.Constant) and key.value == "storage"
+        ]
+        assert values == ["store_location(storage)"], (module, values)

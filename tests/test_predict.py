@@ -447,3 +447,81 @@ def test_reader_closing_the_pipe_early_is_not_an_error(fashion_search):
     _, err = proc.communicate(timeout=300)
     assert first.split("\t")[0].endswith("t10k-images-idx3-ubyte.gz[0]")
     assert proc.returncode == 0 and err == "", err
+
+
+# ---------------------------------------------------------------- safe mode's edges (in process)
+
+
+@pytest.fixture(scope="module")
+def saved_keras(tmp_path_factory):
+    """A tiny keras-flavour model folder saved by MLflow, and a copy of its .keras file outside."""
+    import keras
+    import mlflow
+
+    root = tmp_path_factory.mktemp("keras-model")
+    model = keras.Sequential([keras.Input((8, 8)), keras.layers.Flatten(), keras.layers.Dense(3)])
+    mlflow.keras.save_model(model, str(root / "model"))
+    outside = root / "outside"
+    outside.mkdir()
+    (outside / "model.keras").write_bytes((root / "model/data/model.keras").read_bytes())
+    return root
+
+
+def _tampered(saved_keras, tmp_path, **flavor):
+    import shutil
+
+    import yaml
+
+    folder = tmp_path / "model"
+    shutil.copytree(saved_keras / "model", folder)
+    conf = yaml.safe_load((folder / "MLmodel").read_text())
+    conf["flavors"]["keras"].update(flavor)
+    (folder / "MLmodel").write_text(yaml.safe_dump(conf))
+    return folder
+
+
+def _load(folder, trust_model=False):
+    from bench.tracking.models import load_checked_model
+
+    return load_checked_model(str(folder), f"sqlite:///{folder.parent / 'mlflow.db'}", trust_model)
+
+
+def test_a_plain_keras_folder_loads_in_safe_mode(saved_keras, tmp_path):
+    loaded = _load(_tampered(saved_keras, tmp_path))
+    assert loaded.model.predict(np.zeros((2, 8, 8), np.uint8)).shape == (2, 3)
+
+
+def test_an_exported_keras_model_needs_trust_model(saved_keras, tmp_path):
+    from bench.errors import BenchError
+
+    folder = _tampered(saved_keras, tmp_path, save_exported_model=True)
+    with pytest.raises(BenchError, match="exported Keras model.*--trust-model"):
+        _load(folder)
+
+
+@pytest.mark.parametrize("data", ["../../outside", "ABSOLUTE"])
+def test_a_data_path_outside_the_model_folder_is_refused(saved_keras, tmp_path, data):
+    from bench.errors import BenchError
+
+    if data == "ABSOLUTE":
+        data = str(saved_keras / "outside")
+    folder = _tampered(saved_keras, tmp_path, data=data)
+    (tmp_path.parent / "outside").mkdir(exist_ok=True)  # where ../../outside would point
+    (tmp_path.parent / "outside" / "model.keras").write_bytes(
+        (saved_keras / "outside" / "model.keras").read_bytes()
+    )
+    with pytest.raises(BenchError, match="outside the model's folder.*--trust-model"):
+        _load(folder)
+
+
+def test_a_keras_file_linked_from_outside_the_folder_is_refused(saved_keras, tmp_path):
+    # MLflow's local download already refuses such a link; the check holds for any store
+    from bench.errors import BenchError
+    from bench.tracking.models import keras_file
+
+    folder = _tampered(saved_keras, tmp_path)
+    target = folder / "data" / "model.keras"
+    target.unlink()
+    target.symlink_to(saved_keras / "outside" / "model.keras")
+    with pytest.raises(BenchError, match="not a plain file inside"):
+        keras_file(folder)

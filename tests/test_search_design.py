@@ -11,9 +11,11 @@ from bench.designs.search import SearchDesign
 from bench.records import (
     ALL,
     COMPLETED,
+    DIVERGED,
     DONE,
     FAILED,
     PRUNED,
+    REEVAL,
     REFIT,
     REGISTER,
     SEARCH,
@@ -123,3 +125,94 @@ def test_the_summary_names_the_ensemble_and_each_member_alone():
     assert summary["source"] == "search-0001+search-0003"
     assert summary["val_test_gap"] == pytest.approx(0.905 - 0.9)
     assert [m["test_accuracy"] for m in summary["ensemble"]] == [0.9, 0.91]
+
+
+# ---------------------------------------------------------------- failures never choose silently
+
+
+def _reeval(job_id: int, source: str, seed: int, value: float | None, status: str = COMPLETED,
+            state: str = DONE) -> Job:  # fmt: skip
+    config = next(j.result.config for j in SEARCHED if j.key == source)
+    spec = JobSpec(key=f"reeval-{source}-s{seed}", purpose=REEVAL, seed=seed, config=config,
+                   info={"source": source})  # fmt: skip
+    result = JobResult(status, value, 9, 10, 1.0, 10, 1.0, config, test_accuracy=value)
+    return Job(job_id, 1, spec, state, attempts=1, result=result, synced=True)
+
+
+def test_a_configuration_that_fails_one_reevaluation_seed_is_not_chosen():
+    # search-0001 diverges on 2 of 3 seeds; its one good seed beats search-0003's mean
+    jobs = SEARCHED + [
+        _reeval(30, "search-0001", 0, 0.99),
+        _reeval(31, "search-0001", 1, None, DIVERGED),
+        _reeval(32, "search-0001", 2, None, "failed", state=FAILED),
+        *(_reeval(33 + s, "search-0003", s, v) for s, v in enumerate([0.90, 0.91, 0.89])),
+    ]
+    (choice,) = _design(ensemble=1).choices(jobs, 2)
+    assert choice.source == "search-0003" and choice.score == pytest.approx(0.90)
+    (refit,) = _design(ensemble=1).next_jobs(jobs, 36)
+    assert refit.info["source"] == "search-0003"
+    assert refit.info["selection"] == "mean over 3 re-evaluation seeds"
+    rows = {r["source"]: r for r in _design().summary(jobs)["reeval"]}
+    assert rows["search-0001"]["seeds"] == 1 and rows["search-0001"]["failed_seeds"] == 2
+
+
+def test_when_every_reevaluated_configuration_failed_a_seed_the_summary_says_so():
+    jobs = SEARCHED + [_reeval(30, "search-0001", 0, 0.9), _reeval(31, "search-0001", 1, None,
+                                                                   DIVERGED)]  # fmt: skip
+    design = _design(ensemble=1)
+    assert design.next_jobs(jobs, 36) == []
+    assert "re-evaluat" in design.summary(jobs)["no_champion"]
+
+
+def test_a_diverged_refit_falls_back_to_the_next_choice():
+    design = _design(ensemble=1)
+    (first,) = design.next_jobs(SEARCHED, 36)
+    assert first.info["selection"] == "one search run"
+    diverged = _done(first, 10, 21, 0.0)
+    diverged.result.status = DIVERGED
+    (second,) = design.next_jobs([*SEARCHED, diverged], 36)
+    assert second.purpose == REFIT and second.key == "refit.1"
+    assert second.info["source"] == "search-0003" and "member" not in second.info
+    assert second.info["selection_score"] == pytest.approx(0.90)
+
+
+def test_refits_that_all_diverge_end_with_a_reason_not_a_silent_batch():
+    design = _design(ensemble=1, refit_tries=2)
+    jobs = list(SEARCHED)
+    for i in range(2):
+        (spec,) = design.next_jobs(jobs, 36)
+        job = _done(spec, 10 + i, 5, 0.0)
+        job.result.status = DIVERGED
+        jobs.append(job)
+    assert design.next_jobs(jobs, 36) == []
+    reason = design.summary(jobs)["no_champion"]
+    assert "refit" in reason and "search-0001" in reason and "search-0003" in reason
+
+
+def test_an_ensemble_whose_members_all_diverge_says_so():
+    design = _design(ensemble=2)
+    a, b = design.next_jobs(SEARCHED, 36)
+    jobs = SEARCHED + [_done(a, 10, 21, 0.0), _done(b, 11, 31, 0.0, state=FAILED)]
+    jobs[-2].result.status = DIVERGED
+    assert design.next_jobs(jobs, 36) == []
+    assert "every ensemble member" in design.summary(jobs)["no_champion"]
+
+
+def test_the_ensemble_states_what_its_selection_score_is():
+    design = _design(ensemble=2)
+    members = design.next_jobs(SEARCHED, 36)
+    jobs = SEARCHED + [_done(s, 10 + i, 21, 0.9) for i, s in enumerate(members)]
+    (ensemble,) = design.next_jobs(jobs, 36)
+    assert ensemble.info["selection"] == "mean of 2 members' (one search run)"
+
+
+def test_the_val_test_gap_of_a_loss_compares_losses():
+    design = _design(ensemble=1)
+    (spec,) = design.next_jobs(SEARCHED, 36)
+    registered = {"version": "1", "champion_version": "1", "promoted": True, "reason": "x",
+                  "selection_metric": "val_loss"}  # fmt: skip
+    spec.info["selection_score"] = 0.30  # a val_loss
+    result = JobResult(COMPLETED, 0.30, 0, 21, 0, 0, 0, {}, test_accuracy=0.9, test_loss=0.35,
+                       model_uri="models:/r", registered=registered)  # fmt: skip
+    summary = design.summary([*SEARCHED, Job(20, 1, spec, DONE, result=result)])
+    assert summary["val_test_gap"] == pytest.approx(0.30 - 0.35)

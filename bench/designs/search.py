@@ -36,6 +36,7 @@ from bench.records import (
 )
 
 REEVAL_SEED0 = 1_000_000  # re-evaluation seeds: disjoint from the search's (seed + job index)
+REFIT_TRIES = 3  # configurations refit in turn when a refit diverges: a few, not the whole list
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class Choice:
     best_epoch: int  # epochs its validation runs found best (0-based; median over seeds)
     n_runs: int
     model_uri: str | None
+    how: str = "one search run"  # what ``score`` measures (the champion rule compares like)
 
 
 def _config_key(spec: JobSpec, config: dict) -> str:
@@ -159,11 +161,15 @@ class SearchDesign:
         With re-evaluation runs the score is each configuration's mean over its seeds; without,
         its search (or baseline) run's own score.
         """
-        reevals = self._scored(jobs, (REEVAL,))
+        reevals = [j for j in jobs if j.purpose == REEVAL and j.state in (DONE, FAILED)]
         if reevals:
+            completed = set(map(id, self._scored(jobs, (REEVAL,))))
             groups: dict[str, list[Job]] = {}
             for j in reevals:
                 groups.setdefault(j.spec.info["source"], []).append(j)
+            # a seed that diverged or failed is a failure of its configuration, not a seed to
+            # leave out: a configuration is ranked only when every one of its seeds completed
+            groups = {s: g for s, g in groups.items() if all(id(j) in completed for j in g)}
             order = {j.key: j.id for j in jobs}
 
             def mean(src: str) -> float:
@@ -184,6 +190,7 @@ class SearchDesign:
                         best_epoch=int(statistics.median_low([r.result.best_epoch for r in runs])),
                         n_runs=len(runs),
                         model_uri=None,
+                        how=f"mean over {len(runs)} re-evaluation seeds",
                     )
                 )
             return out
@@ -232,6 +239,7 @@ class SearchDesign:
             "selection_score": choice.score,
             "n_runs": choice.n_runs,
             "best_epoch": choice.best_epoch,
+            "selection": choice.how,
         }
 
     def _ensemble_job(self, refits: list[Job]) -> list[JobSpec]:
@@ -253,9 +261,11 @@ class SearchDesign:
         if not members:
             return []
         scores = [float(j.spec.info["selection_score"]) for j in members]
+        how = members[0].spec.info.get("selection", "one search run")
         info = {
             "source": "+".join(j.spec.info["source"] for j in members),
             "selection_score": statistics.fmean(scores),
+            "selection": how if len(members) == 1 else f"mean of {len(members)} members' ({how})",
             "n_runs": sum(int(j.spec.info.get("n_runs", 1)) for j in members),
             "refit_epochs": "+".join(str(j.result.epochs_run) for j in members),
             "members": [
@@ -274,6 +284,22 @@ class SearchDesign:
             info["model_uri"] = members[0].result.model_uri
         return [JobSpec(key="ensemble", purpose=REGISTER, seed=members[0].spec.seed, info=info)]
 
+    def _fallback_refit(self, jobs: list[Job], refits: list[Job], max_epochs: int) -> list[JobSpec]:
+        """After a single refit that diverged or failed, the next choice is refit instead
+        (``refit.1``, ``refit.2``; up to ``refit_tries`` configurations in all); [] once one
+        completed or the tries are spent (the summary then says why there is no champion)."""
+        if any(_completed(j) for j in refits):
+            return []
+        tries = int(self.settings.get("refit_tries", REFIT_TRIES))
+        if len(refits) >= tries:
+            return []
+        tried = {j.spec.info.get("source") for j in refits}
+        for choice in self.choices(jobs, tries):
+            if choice.source not in tried:
+                info = {**self._info(choice), "fallback_from": sorted(tried)}
+                return [self._refit_job(choice, max_epochs, f"refit.{len(refits)}", info)]
+        return []
+
     def next_jobs(self, jobs: list[Job], max_epochs: int) -> list[JobSpec]:
         """The next stage's jobs once nothing waits or runs; [] when the batch is complete."""
         again = self.replacements(jobs)
@@ -288,7 +314,7 @@ class SearchDesign:
         refits = [j for j in jobs if j.purpose == REFIT]
         if refits:
             if all(j.spec.info.get("member") is None for j in refits):
-                return []
+                return self._fallback_refit(jobs, refits, max_epochs)
             # members are enqueued one by one: a crash between two leaves some out, and the
             # (deterministic) choice says which
             have = {j.key for j in refits}
@@ -337,8 +363,13 @@ class SearchDesign:
             out["best_value"] = best[0].result.value
             out["best_trial"] = best[0].trial_number
         groups: dict[str, list[Job]] = {}
+        failed_seeds: dict[str, int] = {}
         for j in self._scored(jobs, (REEVAL,)):
             groups.setdefault(j.spec.info["source"], []).append(j)
+        for j in jobs:
+            if j.purpose == REEVAL and j.state in (DONE, FAILED) and not _completed(j):
+                failed_seeds[j.spec.info["source"]] = failed_seeds.get(j.spec.info["source"], 0) + 1
+                groups.setdefault(j.spec.info["source"], [])
         if groups:
             rows = []
             for src, runs in groups.items():
@@ -348,6 +379,7 @@ class SearchDesign:
                     {
                         "source": src,
                         "seeds": len(runs),
+                        "failed_seeds": failed_seeds.get(src, 0),
                         "val_mean": val[0],
                         "val_ci": [val[1], val[2]],
                         "test_mean": test[0],
@@ -378,6 +410,47 @@ class SearchDesign:
             out["source"] = job.spec.info.get("source")
             score = job.spec.info.get("selection_score")
             out["selection_score"] = score
-            if score is not None and r.test_accuracy is not None:
-                out["val_test_gap"] = score - r.test_accuracy
+            # validation minus test in the selection metric's own terms: a loss minus a loss
+            metric = r.registered.get("selection_metric") or "val_accuracy"
+            test = r.test_loss if metric == "val_loss" else r.test_accuracy
+            if score is not None and test is not None:
+                out["val_test_gap"] = score - test
+        elif self.settings.get("register", True):
+            reason = self._no_champion(jobs)
+            if reason:
+                out["no_champion"] = reason
         return out
+
+    def _no_champion(self, jobs: list[Job]) -> str | None:
+        """Why a batch that was to register a champion chose none; None when nothing says why
+        (no job completed at all: the search's own failures are reported first)."""
+        refits = [j for j in jobs if j.purpose == REFIT and j.state in (DONE, FAILED)]
+
+        def outcome(j: Job) -> str:
+            what = j.result.status if j.result and j.state == DONE else "failed"
+            return f"{j.spec.info.get('source')} {what}"
+
+        members = [j for j in refits if j.spec.info.get("member") is not None]
+        if members and not any(_completed(j) for j in members):
+            return (
+                "every ensemble member's refit did not complete ("
+                + ", ".join(map(outcome, members))
+                + "); nothing to average or register"
+            )
+        singles = [j for j in refits if j.spec.info.get("member") is None]
+        if singles and not any(_completed(j) for j in singles):
+            return (
+                f"no refit completed ({', '.join(map(outcome, singles))}); tried {len(singles)} "
+                "configuration(s) in order of validation score"
+            )
+        reevals = [j for j in jobs if j.purpose == REEVAL and j.state in (DONE, FAILED)]
+        if reevals and not refits and not self.choices(jobs, 1):
+            return (
+                "every re-evaluated configuration failed on at least one seed (a diverged or "
+                "failed seed fails its configuration); nothing to refit"
+            )
+        return None
+
+
+def _completed(job: Job) -> bool:
+    return job.state == DONE and job.result is not None and job.result.status == COMPLETED

@@ -1,0 +1,64 @@
+"""A batch that was to register a champion and could not says so and exits 1 (never a silent 0).
+
+Component tier: a real job store in ``tmp_path`` driven the way workers drive it (take, finish,
+next stage from the search design), then the search command's own summary step; no training.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.designs.search import SearchDesign
+from bench.engine.owner import new_owner
+from bench.engine.store import JobStore
+from bench.errors import EXIT_FAILURE
+from bench.records import COMPLETED, DIVERGED, REFIT, SEARCH, JobResult
+from bench.search import _summary
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = JobStore(str(tmp_path / "journal.log"))
+    yield s
+    s.dispose()
+
+
+def _run_batch(store, settings, outcome) -> object:
+    """Create a search batch, finish each job as ``outcome(spec)`` says, stage after stage."""
+    batch = store.create_batch("s", "search", "search", settings)
+    store.set_batch_state(batch.id, "running")
+    design = SearchDesign(settings)
+    store.add_jobs(batch.id, design.initial_jobs([], settings["n_trials"]))
+    token, owner = (o := new_owner()).pop("token"), o
+    while True:
+        job = store.take(batch.id, token, owner, 30.0)
+        if job is None:
+            specs = design.next_jobs(store.jobs(batch.id), 10)
+            if not specs:
+                break
+            store.add_jobs(batch.id, specs)
+            continue
+        assert store.finish(job.id, token, "done", outcome(job.spec))
+    assert store.finish_batch(batch.id, design.summary(store.jobs(batch.id)))
+    return store.get_batch(batch.id)
+
+
+def _outcome(spec):
+    config = {"units": [8 + spec.seed]}
+    if spec.purpose == SEARCH:
+        return JobResult(COMPLETED, 0.5 + spec.seed / 100, 3, 4, 1.0, 10, 1.0, config)
+    assert spec.purpose == REFIT
+    return JobResult(DIVERGED, None, 0, 1, 1.0, 10, 1.0, spec.config, reason="loss is nan")
+
+
+@pytest.mark.parametrize("ensemble", [1, 2])
+def test_refits_that_all_diverge_exit_1_with_the_reason(store, capsys, ensemble):
+    settings = {"seed": 0, "n_trials": 4, "ensemble": ensemble, "refit": True}
+    batch = _run_batch(store, settings, _outcome)
+    refits = [j for j in store.jobs(batch.id) if j.purpose == REFIT]
+    # a single refit falls back to the next choices (three tries); an ensemble's members all fail
+    assert len(refits) == (3 if ensemble == 1 else 2)
+    rc = _summary(store, batch, None, "sqlite:///x.db", ("search",), 1.0, 0, None)
+    err = capsys.readouterr().err
+    assert rc == EXIT_FAILURE
+    assert "error: no champion registered:" in err and "diverged" in err

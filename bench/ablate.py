@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.cli import Parser, add_worker_flags, bounded_int
-from bench.errors import EXIT_OK, BenchError, redact
+from bench.errors import EXIT_OK, BenchError, redact, store_location
 
 log = logging.getLogger("bench")
 # Measured here: one 55,000-image epoch of a 784-300-100-10 MLP takes about 1.2 s on 2 cores.
@@ -356,8 +356,9 @@ def _run(args: argparse.Namespace, interrupts) -> int:
     from bench.cli import check_name
     from bench.designs.ablation import plan_to_settings
     from bench.designs.ablation_plan import plan as make_plan
+    from bench.engine import batch_space
     from bench.resources import plan_workers, usable_cpus, visible_gpus
-    from bench.space import load_space, resolve_space
+    from bench.space import load_space_text, resolve_space
     from bench.tracking import check_uri, resolve_uri
     from bench.training import download_dataset
 
@@ -381,7 +382,12 @@ def _run(args: argparse.Namespace, interrupts) -> int:
         )
     space_path = str(Path(resolve_space(args.space or s.get("space") or "mlp")).resolve())
     max_epochs = args.max_epochs or s.get("max_epochs")
-    space = load_space(space_path).with_overrides(max_epochs=max_epochs)
+    if args.space is None and s.get("space_text") is not None:  # the search's own space
+        space_text = s["space_text"]
+        space = batch_space({**s, "max_epochs": max_epochs})
+    else:
+        space, space_text = load_space_text(space_path)
+        space = space.with_overrides(max_epochs=max_epochs)
     dataset_name = args.dataset or s.get("dataset") or "fashion-mnist"
     data_dir = args.data_dir or s.get("data_dir")
     study_name = check_name("--study-name", view.name or f"{dataset_name}-{Path(space_path).stem}")
@@ -452,7 +458,9 @@ def _run(args: argparse.Namespace, interrupts) -> int:
     )
     settings = {
         "space": space_path,
+        "space_text": space_text,
         "dataset": dataset_name,
+        "dataset_digest": dataset.digest,
         "data_dir": data_dir,
         "experiment": experiment,
         "model_name": s.get("model_name") or f"{dataset.name}-mlp",
@@ -474,6 +482,9 @@ def _run(args: argparse.Namespace, interrupts) -> int:
         store, study_name, ident, settings, space, dataset, tracker, storage
     )
     if batch.state == "done":
+        from bench.engine.mirror import complete_mirrors
+
+        complete_mirrors(store, study_name, tracker)
         print(
             f"ablation batch {batch.number} of study '{study_name}' is already complete; "
             "its results:",
@@ -519,7 +530,7 @@ def open_ablation_batch(store, study_name, ident, settings, space, dataset, trac
                 "dataset": dataset.name,
                 "space": Path(settings["space"]).name,
                 "metric": space.metric,
-                "storage": storage,
+                "storage": store_location(storage),  # never a password
                 "seeds": len(settings["seeds"]),
                 "cells": len(plan["cells"]),
                 "factors": ",".join(settings["factors"]),
@@ -543,7 +554,7 @@ def open_ablation_batch(store, study_name, ident, settings, space, dataset, trac
                 "ablation_identity": ident,
             },
         )
-        tracker.safe(tracker.log_artifact, run_id, settings["space"], "space")
+        tracker.safe(tracker.log_space, run_id, settings)
         return run_id
 
     def initial(stored: dict):

@@ -46,12 +46,11 @@ def _run(args: argparse.Namespace, interrupts) -> int:
     from bench import data
     from bench import optuna_adapter as opt
     from bench.designs.search import SearchDesign
-    from bench.engine import batch_tag, open_batch
+    from bench.engine import batch_space, batch_tag, check_same_data, open_batch
     from bench.engine.store import JobStore
     from bench.records import BASELINE, SEARCH
     from bench.resources import plan_workers, usable_cpus, visible_gpus
     from bench.search import run_batch
-    from bench.space import load_space
     from bench.tracking import Tracker, check_uri, resolve_uri
     from bench.training import download_dataset
 
@@ -92,12 +91,11 @@ def _run(args: argparse.Namespace, interrupts) -> int:
         ).encode()
     ).hexdigest()[:16]
     specs = SearchDesign(settings, design.maximize).reeval_jobs(sources)
-    space = load_space(last.settings["space"]).with_overrides(
-        max_epochs=last.settings.get("max_epochs")
-    )
+    space = batch_space(last.settings)  # the space stored with the search batch
     dataset = data.load_dataset(
         last.settings["dataset"], last.settings.get("data_dir"), download=download_dataset
     )
+    check_same_data(last, dataset.digest)  # re-evaluated on the data the search scored
     uri = resolve_uri(args.tracking_uri)
     check_uri(uri)
     tracker = Tracker(uri, last.settings["experiment"])
@@ -127,6 +125,9 @@ def _run(args: argparse.Namespace, interrupts) -> int:
         join_done=True,
     )
     if batch.state == "done":
+        from bench.engine.mirror import complete_mirrors
+
+        complete_mirrors(store, args.study_name, tracker)
         print(f"already re-evaluated in batch {batch.number}:", file=sys.stderr)
         print_reeval(batch.summary or {})
         return 0

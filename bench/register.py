@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from bench.cli import Parser
-from bench.errors import EXIT_OK, EXIT_USAGE, BenchError, redact
+from bench.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, BenchError, redact
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,10 +37,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace, interrupts) -> int:
     from bench import optuna_adapter as opt
+    from bench.engine import batch_space
+    from bench.engine.mirror import complete_mirrors
     from bench.engine.store import JobStore
     from bench.resources import plan_workers, usable_cpus, visible_gpus
     from bench.search import run_batch
-    from bench.space import load_space
     from bench.tracking import Tracker, check_uri, resolve_uri
 
     storage = args.storage or opt.DEFAULT_STORAGE
@@ -52,7 +53,20 @@ def _run(args: argparse.Namespace, interrupts) -> int:
         raise BenchError(f"--study-name {args.study_name}: the study was not made by bench.search")
     info = batch.summary or {}
     if batch.state == "done":
+        uri = resolve_uri(args.tracking_uri)
+        check_uri(uri)
+        store = JobStore(storage)
+        if store.unmirrored(args.study_name):  # an outage left runs RUNNING: end them now
+            try:
+                tracker = Tracker(uri, batch.settings["experiment"])
+            except BenchError as exc:  # still down: reporting needs no tracking store
+                print(f"note: MLflow runs not ended yet: {exc}", file=sys.stderr)
+            else:
+                complete_mirrors(store, args.study_name, tracker)
         if not info.get("version"):
+            if info.get("no_champion"):  # the batch ended without one: a failure, not usage
+                print(f"error: no champion registered: {info['no_champion']}", file=sys.stderr)
+                return EXIT_FAILURE
             print("nothing to register: the batch chose no model", file=sys.stderr)
             return EXIT_USAGE
         print(
@@ -62,9 +76,7 @@ def _run(args: argparse.Namespace, interrupts) -> int:
         return EXIT_OK
     uri = resolve_uri(args.tracking_uri)
     check_uri(uri)
-    space = load_space(batch.settings["space"]).with_overrides(
-        max_epochs=batch.settings.get("max_epochs")
-    )
+    space = batch_space(batch.settings)
     tracker = Tracker(uri, batch.settings["experiment"])
     store = JobStore(storage)
     args.quiet, args.timeout, args.tensorboard = True, None, None

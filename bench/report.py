@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.errors import EXIT_OK, EXIT_USAGE, BenchError, redact
+from bench.errors import EXIT_OK, EXIT_USAGE, BenchError, folder_name, redact
 from bench.optuna_adapter import metric_name
 
 if TYPE_CHECKING:
@@ -160,7 +159,7 @@ def _run(args: argparse.Namespace) -> int:
         code = reevaluate.main(argv)
         if code != EXIT_OK:
             return code
-    out = Path(args.out or Path("reports") / study.study_name.replace(os.sep, "_"))
+    out = Path(args.out or Path("reports") / folder_name(study.study_name))
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -171,7 +170,7 @@ def _run(args: argparse.Namespace) -> int:
     print(report.text)
     print(f"\nwrote {out / 'report.md'} and {len(report.images)} plot(s) to {out}/")
     if not args.no_mlflow:
-        where = log_artifacts(batches, uri, report.files)
+        where = log_artifacts(batches, uri, report.files, store)
         print(where, file=sys.stderr if where.startswith("not logged") else sys.stdout)
     return EXIT_OK
 
@@ -375,12 +374,13 @@ def _done(batches: list[Batch], *designs: str) -> list[Batch]:
 def equal_budget(batches: list[Batch]) -> int:
     """Epochs of the first pruning rung (the pruner's ``min_resource``) of the study's latest
     search space; every finished trial reached it. The default pruner's when unknown."""
-    from bench.space import PrunerSpec, load_space
+    from bench.engine import batch_space
+    from bench.space import PrunerSpec
 
     searches = [b for b in batches if b.design == "search"]
     if searches:
-        try:
-            return load_space(searches[-1].settings["space"]).pruner.min_resource
+        try:  # the space stored with the batch: the file may have moved since
+            return batch_space(searches[-1].settings).pruner.min_resource
         except (BenchError, KeyError, TypeError):
             pass
     return PrunerSpec().min_resource
@@ -406,16 +406,22 @@ def champion_section(batches: list[Batch]) -> str | None:
         if s.get("refit")
         else f"the search run {s.get('source')}'s own model"
     )
+    loss = s.get("selection_metric") == "val_loss"  # the gap is then a loss minus a loss
+    gap = s.get("val_test_gap")
     lines = [
         f"batch {batch.number} registered {batch.settings.get('model_name')} version "
         f"{s['version']} (champion: version {s.get('champion_version')}): {how}.",
-        f"chosen by validation {s.get('selection_score', float('nan')):.4f}"
+        f"chosen by validation {'loss ' if loss else ''}"
+        f"{s.get('selection_score', float('nan')):.4f}"
         + (" (the members' mean)" if len(members) > 1 else "")
+        + (f"; test loss {s.get('test_loss', float('nan')):.4f}" if loss else "")
         + f"; test accuracy {s.get('test_accuracy', float('nan')):.4f}"
         + (
-            f"; val->test gap {s['val_test_gap'] * 100:+.1f} points"
-            if s.get("val_test_gap") is not None
-            else ""
+            ""
+            if gap is None
+            else f"; val->test gap {gap:+.4f} (loss)"
+            if loss
+            else f"; val->test gap {gap * 100:+.1f} points"
         )
         + ".",
     ]
@@ -561,9 +567,10 @@ def build(study: optuna.Study, out: Path, top_k: int, batches: list[Batch] | Non
     return report
 
 
-def log_artifacts(batches: list[Batch], uri: str, files: list[Path]) -> str:
+def log_artifacts(batches: list[Batch], uri: str, files: list[Path], store=None) -> str:
     """Log the report files to the study's latest search parent run (else its latest ablation's);
-    returns a line saying where."""
+    returns a line saying where. With the job ``store``, first finish the MLflow mirror of any
+    batch a tracking outage left with runs RUNNING."""
     runs = [b for b in batches if b.design == "search" and b.parent_run_id]
     runs = runs or [b for b in batches if b.design == "ablation" and b.parent_run_id]
     if not runs:
@@ -574,6 +581,10 @@ def log_artifacts(batches: list[Batch], uri: str, files: list[Path]) -> str:
 
     try:
         tracker = Tracker(uri, experiment)
+        if store is not None:
+            from bench.engine.mirror import complete_mirrors
+
+            complete_mirrors(store, runs[-1].study, tracker)
         for path in files:
             tracker.log_artifact(parent, str(path), "report")
     except Exception as exc:  # noqa: BLE001 - the files on disk are the report; MLflow is a copy

@@ -23,7 +23,14 @@ from bench.cli import (
     bounded_int,
     positive_seconds,
 )
-from bench.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, BenchError, redact
+from bench.errors import (
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    BenchError,
+    redact,
+    store_location,
+)
 
 log = logging.getLogger("bench")
 MAX_TRIALS = 100_000  # more would take days; a typo like 10**9 must not enqueue for hours
@@ -144,12 +151,13 @@ def _run(args: argparse.Namespace, interrupts) -> int:
     from bench.cli import check_name
     from bench.engine.store import JobStore
     from bench.resources import plan_workers, usable_cpus, visible_gpus
-    from bench.space import load_space, resolve_space
+    from bench.space import load_space, load_space_text, resolve_space
     from bench.tracking import Tracker, check_uri, resolve_uri
     from bench.training import download_dataset
 
     space_path = str(Path(resolve_space(args.space)).resolve())
-    space = load_space(space_path).with_overrides(max_epochs=args.max_epochs)
+    space, space_text = load_space_text(space_path)
+    space = space.with_overrides(max_epochs=args.max_epochs)
     dataset = data.load_dataset(args.dataset, args.data_dir, download=download_dataset)
     data.check_validation_size(dataset, space.train.validation_size, space.path)
     if args.tensorboard and importlib.util.find_spec("tensorboard") is None:
@@ -176,7 +184,9 @@ def _run(args: argparse.Namespace, interrupts) -> int:
     plan = plan_workers(args.jobs, args.threads, n_trials, usable_cpus(), visible_gpus())
     settings = {
         "space": space_path,
+        "space_text": space_text,  # what every worker trains, wherever the file is
         "dataset": args.dataset,
+        "dataset_digest": dataset.digest,  # what every worker's data must match
         "data_dir": args.data_dir,
         "experiment": experiment,
         "model_name": model_name,
@@ -192,14 +202,35 @@ def _run(args: argparse.Namespace, interrupts) -> int:
     }
     # creates the study, or checks it was made for this space, before anything else is written
     study = opt.open_study(study_name, storage, space, args.seed, args.allow_space_change)
+    store = JobStore(storage)
+    if not args.allow_space_change:
+        check_split_seed(store, study_name, args.seed)
     if space.enqueue and n_trials:
         opt.enqueue(study, space.enqueue)  # the space's starting points, once per study
-    store = JobStore(storage)
     tracker = Tracker(uri, experiment)
     batch, created = open_search_batch(
         store, study_name, settings, space, dataset, tracker, storage
     )
     return run_batch(args, interrupts, store, batch, created, tracker, uri, storage, plan, space)
+
+
+def check_split_seed(store, study: str, seed: int) -> None:
+    """``--seed`` also seeds the validation split (and the cross-validation folds): a study's
+    batches are ranked together, so a new one must be scored on the split of the last one.
+
+    Raises:
+        BenchError: another seed than the study's latest search batch, in one line.
+    """
+    latest = store.latest_batch(study, "search")
+    if latest is None:
+        return
+    old = int(latest.settings.get("seed", 0))
+    if old != seed:
+        raise BenchError(
+            f"--seed {seed}: study '{study}' is scored on the validation split of --seed {old} "
+            f"(batch {latest.number}); use --seed {old}, another --study-name, or "
+            "--allow-space-change to mix splits knowingly"
+        )
 
 
 def open_search_batch(store, study_name, settings, space, dataset, tracker, storage):
@@ -217,7 +248,7 @@ def open_search_batch(store, study_name, settings, space, dataset, tracker, stor
                 "pruner": space.pruner.name,
                 "seed": settings["seed"],
                 "metric": space.metric,
-                "storage": storage,
+                "storage": store_location(storage),  # never a password
                 "refit": settings["refit"],
                 "ensemble": settings["ensemble"],
                 "reeval_top_k": settings["reeval_top_k"],
@@ -234,7 +265,7 @@ def open_search_batch(store, study_name, settings, space, dataset, tracker, stor
                 "role": "study",
             },
         )
-        tracker.safe(tracker.log_artifact, run_id, settings["space"], "space")
+        tracker.safe(tracker.log_space, run_id, settings)
         tracker.safe(tracker.log_dataset, run_id, dataset)
         return run_id
 
@@ -268,8 +299,10 @@ def run_batch(
 ) -> int:
     """Run workers on an open batch, with progress; print the outcome. Shared by the CLIs."""
     from bench.engine import Progress, counts, run_workers
+    from bench.engine.mirror import complete_mirrors
     from bench.engine.worker import WorkerSettings
 
+    complete_mirrors(store, batch.study, tracker)  # what an outage left of earlier batches
     jobs = [j for j in store.jobs(batch.id) if j.purpose in purposes]
     done_before = counts(jobs)["done"]
     total = len(jobs)
@@ -393,17 +426,30 @@ def _summary(store, batch, tracker, uri, purposes, seconds, failed_workers, dead
             else "the search run's own model"
         )
         gap = info.get("val_test_gap")
+        loss = info.get("selection_metric") == "val_loss"  # the gap is then a loss minus a loss
         print(
             f"registered {record.settings['model_name']} version {info['version']} "
-            f"({how}; chosen by validation {info.get('selection_score', float('nan')):.4f}, "
-            f"test accuracy {info['test_accuracy']:.4f}"
-            + (f", val->test gap {gap * 100:+.1f} points" if gap is not None else "")
+            f"({how}; chosen by validation {'loss ' if loss else ''}"
+            f"{info.get('selection_score', float('nan')):.4f}, "
+            + (f"test loss {info['test_loss']:.4f}, " if loss else "")
+            + f"test accuracy {info['test_accuracy']:.4f}"
+            + (
+                f", val->test gap {gap:+.4f}"
+                if gap is not None and loss
+                else f", val->test gap {gap * 100:+.1f} points"
+                if gap is not None
+                else ""
+            )
             + f"); champion: version {info['champion_version']}, "
             f"models:/{record.settings['model_name']}@champion"
+            + ("" if info.get("promoted", True) else f" ({info.get('reason')})")
         )
     final = [j for j in jobs if j.purpose in ("refit", "register")]
     registers = record.design in ("search", "reeval") and record.settings.get("register", True)
     if record.state == "done" and registers and not info.get("version"):
+        if info.get("no_champion"):
+            print(f"error: no champion registered: {info['no_champion']}", file=sys.stderr)
+            return EXIT_FAILURE
         if any(j.state == "failed" for j in final):
             cause = next(j.reason for j in final if j.state == "failed")
             print(f"error: the champion was not registered: {redact(cause)}", file=sys.stderr)

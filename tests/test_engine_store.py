@@ -143,7 +143,7 @@ def test_finish_release_heartbeat_only_by_the_owner(store):
     again = store.get_job(second.id)
     assert again.state == WAITING and again.owner["token"] is None and again.reason == "interrupted"
     assert store.take(b.id, other, me, LEASE).id == second.id  # it is taken again
-    assert store.get_job(second.id).attempts == 2
+    assert store.get_job(second.id).attempts == 1  # a release is not a death (see below)
 
 
 def test_reap_only_while_the_dead_owners_token_is_on_the_job(store):
@@ -381,3 +381,76 @@ def test_open_batch_from_two_threads_opens_one_batch(tmp_path):
         t.join()
     assert len({b.id for b in out}) == 1
     assert len(JobStore(path).jobs(out[0].id)) == 3
+
+
+def test_release_gives_back_the_attempt_its_take_counted(store):
+    # Ctrl-C and registration outages release a job; only a worker's death (a reap) may use up
+    # one of its MAX_ATTEMPTS, or three interrupts would fail a job that never crashed
+    b = _batch(store)
+    store.add_jobs(b.id, _specs(1))
+    token, owner = _owner()
+    for reason in ("interrupted by the user", "registration failed: down", "interrupted"):
+        job = store.take(b.id, token, owner, LEASE)
+        assert job.attempts == 1
+        assert store.release(job.id, token, reason)
+        assert store.get_job(job.id).attempts == 0
+    job = store.take(b.id, token, owner, LEASE)
+    assert store.reap(job, WAITING, "worker died")
+    assert store.take(b.id, token, owner, LEASE).attempts == 2  # the death counted
+
+
+def test_a_done_batch_stays_unmirrored_until_its_mirror_is_complete(store):
+    b = _batch(store)
+    store.set_batch_state(b.id, "running", expect="opening")
+    assert store.unmirrored("s") == []  # running: not done yet
+    assert store.finish_batch(b.id, {})
+    assert [x.id for x in store.unmirrored("s")] == [b.id]
+    assert store.unmirrored("another study") == []
+    store.set_mirrored(b.id)
+    assert store.unmirrored("s") == []
+
+
+def test_a_store_made_before_the_mirrored_flag_gains_it(tmp_path):
+    import sqlalchemy as sa
+
+    url = store_url(str(tmp_path / "journal.log"))
+    engine = sa.create_engine(url)
+    with engine.begin() as c:  # the bench_batches table as bench 5e6d82b created it
+        c.execute(sa.text(
+            "CREATE TABLE bench_batches (id INTEGER PRIMARY KEY, study VARCHAR(512) NOT NULL, "
+            "number INTEGER NOT NULL, design VARCHAR(32) NOT NULL, identity VARCHAR(128) NOT "
+            "NULL, state VARCHAR(16) NOT NULL, settings TEXT NOT NULL, parent_run_id "
+            "VARCHAR(64), summary TEXT, created FLOAT NOT NULL)"
+        ))  # fmt: skip
+        c.execute(sa.text(
+            "INSERT INTO bench_batches (study, number, design, identity, state, settings, "
+            "parent_run_id, created) VALUES ('s', 1, 'search', 'search', 'done', '{}', 'r', 0)"
+        ))  # fmt: skip
+    engine.dispose()
+    store = JobStore(str(tmp_path / "journal.log"))
+    assert store.unmirrored("s") == []  # a batch done before the flag: left alone
+    b = _batch(store)
+    store.set_batch_state(b.id, "running")
+    assert store.finish_batch(b.id, {})
+    assert [x.number for x in store.unmirrored("s")] == [2]
+    store.dispose()
+
+
+def test_open_batch_refuses_to_join_a_batch_opened_on_other_data(store):
+    from bench.errors import BenchError
+
+    def go(digest):
+        return open_batch(
+            store, "s", "search", "search", {"n": 1, "dataset": "idx", "dataset_digest": digest},
+            lambda st: _specs(st["n"]), lambda b: f"run-{b.number}", _Tracker([]),
+        )  # fmt: skip
+
+    batch, created = go("aaaa1111")
+    assert created
+    with pytest.raises(BenchError) as err:
+        go("bbbb2222")
+    message = str(err.value)
+    assert "aaaa1111" in message and "bbbb2222" in message and "\n" not in message
+    assert [b.number for b in store.batches("s")] == [1]  # nothing opened, nothing joined
+    assert [j.attempts for j in store.jobs(batch.id)] == [0]
+    assert go("aaaa1111") == (store.get_batch(batch.id), False)  # the same data joins

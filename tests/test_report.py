@@ -481,3 +481,24 @@ def test_what_matters_leads_with_a_forest_plot_and_no_tensorflow(tmp_path):
     assert "![What matters](what_matters.png)" in text
     with Image.open(tmp_path / "r" / "what_matters.png") as img:
         assert img.format == "PNG" and img.width >= 400 and img.height >= 250
+
+
+def _champion_batch(summary: dict):
+    from bench.records import Batch
+
+    return Batch(1, STUDY, 1, "search", "i", "done", {"model_name": "m"}, "p", summary)
+
+
+def test_champion_section_states_a_loss_gap_as_a_loss_not_as_points():
+    from bench.report import champion_section
+
+    loss = {"version": "3", "champion_version": "3", "source": "search-0004", "refit": True,
+            "refit_epochs": 12, "selection_metric": "val_loss", "selection_score": 0.30,
+            "test_loss": 0.35, "test_accuracy": 0.88, "val_test_gap": -0.05}  # fmt: skip
+    text = champion_section([_champion_batch(loss)])
+    assert "chosen by validation loss 0.3000; test loss 0.3500; test accuracy 0.8800" in text
+    assert "val->test gap -0.0500 (loss)" in text and "points" not in text
+    accuracy = {**loss, "selection_metric": "val_accuracy", "selection_score": 0.905,
+                "test_accuracy": 0.9, "val_test_gap": 0.005}  # fmt: skip
+    text = champion_section([_champion_batch(accuracy)])
+    assert "chosen by validation 0.9050; test accuracy 0.9000; val->test gap +0.5 points" in text

@@ -24,6 +24,7 @@ from typing import Any
 
 from bench.engine.store import JobStore
 from bench.engine.worker import WorkerSettings
+from bench.errors import BenchError
 from bench.faults import kill_point
 from bench.records import DONE, FAILED, RUNNING, WAITING, Batch, Job, JobSpec
 
@@ -52,7 +53,9 @@ def open_batch(
         study: The study the batch belongs to.
         design: ``search``, ``reeval`` or ``ablation``.
         identity: Batches with the same identity are the same piece of work.
-        settings: Stored with a new batch; a continued or joined batch keeps its own.
+        settings: Stored with a new batch; a continued or joined batch keeps its own. Its
+            ``space_text`` (the validated YAML) and ``dataset_digest`` are what every worker
+            trains and checks its data against (:func:`batch_space`).
         initial_jobs: ``f(settings) -> specs`` of a new batch.
         start_parent: Creates the batch's MLflow parent run (tagged with :func:`batch_tag`);
             returns its id.
@@ -61,9 +64,14 @@ def open_batch(
 
     Returns:
         ``(batch, created)``: ``created`` is False when an existing batch was joined.
+
+    Raises:
+        BenchError: the batch to join or continue was opened on data with another digest.
     """
     for _ in range(20):
         latest = store.latest_batch(study, design, identity if design != "search" else None)
+        if latest is not None and (latest.state != "done" or join_done):
+            check_same_data(latest, settings.get("dataset_digest"))
         if latest is not None and latest.state == "running":
             return latest, False
         if latest is not None and latest.state == "done" and join_done:
@@ -87,6 +95,43 @@ def open_batch(
         store.set_batch_state(batch.id, "running", expect="opening")
         return store.get_batch(batch.id), created
     raise RuntimeError(f"study {study}: could not open a batch after 20 tries")
+
+
+def check_same_data(batch: Batch, digest: str | None) -> None:
+    """Refuse data whose digest differs from the one ``batch`` was opened on.
+
+    Raises:
+        BenchError: one line naming both digests.
+    """
+    stored = batch.settings.get("dataset_digest")
+    if stored and digest and stored != digest:
+        raise BenchError(data_mismatch(batch, digest))
+
+
+def data_mismatch(batch: Batch, here: str) -> str:
+    """The one line for data that differs from what a batch was opened on."""
+    return (
+        f"dataset {batch.settings.get('dataset')}: the data here has digest {here}, but "
+        f"{batch.design} batch {batch.number} of study '{batch.study}' was opened on digest "
+        f"{batch.settings.get('dataset_digest')}; give every machine the same files "
+        "(--data-dir or BENCH_DATA_DIR)"
+    )
+
+
+def batch_space(settings: dict[str, Any]):
+    """The space a batch trains: the YAML stored when it was opened, never the file at its path
+    (which may be gone, moved, edited, or another file on another machine). Batches opened
+    before the text was stored fall back to the path.
+
+    Raises:
+        SpaceError: the stored text (or the fallback file) is not a valid space.
+    """
+    from bench.space import load_space, space_from_text
+
+    text = settings.get("space_text")
+    path = str(settings.get("space") or "<batch space>")
+    space = space_from_text(text, path) if text is not None else load_space(path)
+    return space.with_overrides(max_epochs=settings.get("max_epochs"))
 
 
 def batch_tag(batch: Batch) -> dict[str, str]:

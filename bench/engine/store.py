@@ -46,6 +46,9 @@ batches = sa.Table(
     sa.Column("parent_run_id", sa.String(64)),
     sa.Column("summary", sa.Text),
     sa.Column("created", sa.Float, nullable=False),
+    # False from the moment a batch is done until its MLflow mirror is complete (parent run
+    # ended, no run left RUNNING); NULL: a batch done before the flag existed, left alone
+    sa.Column("mirrored", sa.Boolean),
     sa.UniqueConstraint("study", "number", name="bench_batches_study_number"),
 )
 jobs = sa.Table(
@@ -108,6 +111,7 @@ class JobStore:
         for attempt in range(6):
             try:
                 _meta.create_all(self.engine, checkfirst=True)
+                self._add_missing_columns()
                 return
             except (sa_exc.IntegrityError, sa_exc.ProgrammingError, sa_exc.OperationalError):
                 # processes starting together on an empty database race to create the tables;
@@ -115,6 +119,13 @@ class JobStore:
                 if attempt == 5:
                     raise
                 time.sleep(0.2 + random.random() * 0.5)
+
+    def _add_missing_columns(self) -> None:
+        """Columns added since a store was created (``create_all`` never alters a table)."""
+        have = {c["name"] for c in sa.inspect(self.engine).get_columns("bench_batches")}
+        if "mirrored" not in have:
+            with self.engine.begin() as c:
+                c.execute(sa.text("ALTER TABLE bench_batches ADD COLUMN mirrored BOOLEAN"))
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -189,9 +200,27 @@ class JobStore:
             n = c.execute(
                 batches.update()
                 .where(batches.c.id == batch_id, batches.c.state == "running")
-                .values(state="done", summary=_dumps(summary))
+                .values(state="done", summary=_dumps(summary), mirrored=False)
             ).rowcount
         return n == 1
+
+    def unmirrored(self, study: str) -> list[Batch]:
+        """The study's done batches whose MLflow mirror a tracking outage left incomplete."""
+        with self.engine.connect() as c:
+            rows = c.execute(
+                sa.select(batches)
+                .where(
+                    batches.c.study == study,
+                    batches.c.state == "done",
+                    batches.c.mirrored.is_(False),
+                )
+                .order_by(batches.c.number)
+            ).all()
+        return [_batch(r) for r in rows]
+
+    def set_mirrored(self, batch_id: int) -> None:
+        with self.engine.begin() as c:
+            c.execute(batches.update().where(batches.c.id == batch_id).values(mirrored=True))
 
     # ------------------------------------------------------------ jobs
 
@@ -294,12 +323,22 @@ class JobStore:
         return n == 1
 
     def release(self, job_id: int, token: str, reason: str) -> bool:
-        """Give a job back (an interrupted worker): it waits for the next taker."""
+        """Give a job back (an interrupt, a registration outage): it waits for the next taker.
+
+        The attempt its taking counted is given back too: ``attempts`` counts the deaths of
+        workers (what :meth:`reap` acts on), and a job handed back alive is not one.
+        """
         with self.engine.begin() as c:
             n = c.execute(
                 self._owned(job_id, token)
                 .where(jobs.c.state == RUNNING)
-                .values(state=WAITING, owner_token=None, lease_until=None, reason=reason)
+                .values(
+                    state=WAITING,
+                    owner_token=None,
+                    lease_until=None,
+                    reason=reason,
+                    attempts=jobs.c.attempts - 1,
+                )
             ).rowcount
         return n == 1
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from bench import optuna_adapter as opt
 from bench.engine.interrupts import Interrupts
+from bench.engine.mirror import finish_mirror, mirror_job_run
 from bench.engine.owner import LEASE_SECONDS, is_dead, new_owner
 from bench.engine.store import JobStore
 from bench.errors import BenchError, redact
@@ -95,7 +96,7 @@ class Worker:
     def __init__(self, settings: WorkerSettings, interrupts: Interrupts | None = None):
         from bench import data
         from bench.designs import make_design
-        from bench.space import load_space
+        from bench.engine import batch_space, data_mismatch
         from bench.tracking import Tracker
         from bench.training import configure_threads
 
@@ -105,9 +106,11 @@ class Worker:
         self.store = JobStore(settings.storage)
         self.batch = self.store.get_batch(settings.batch_id)
         s = self.batch.settings
-        self.space = load_space(s["space"]).with_overrides(max_epochs=s.get("max_epochs"))
+        self.space = batch_space(s)  # the copy stored with the batch, not the opener's path
         self.design = make_design(self.batch, self.space)
         self.dataset = data.load_dataset(s["dataset"], s.get("data_dir"))
+        if s.get("dataset_digest") and self.dataset.digest != s["dataset_digest"]:
+            raise BenchError(data_mismatch(self.batch, self.dataset.digest))  # before any take
         self.study = opt.open_study(
             self.batch.study, settings.storage, self.space, s["seed"], record_space=False
         )
@@ -124,8 +127,13 @@ class Worker:
         Returns:
             ``"done"`` or ``"timeout"``. Raises KeyboardInterrupt when interrupted.
         """
+        with self.interrupts.cooperative():
+            return self._loop()
+
+    def _loop(self) -> str:
         bid = self.batch.id
         while True:
+            self.interrupts.check()
             self.recover()
             if self.settings.deadline is not None and time.time() >= self.settings.deadline:
                 return "timeout"
@@ -149,7 +157,7 @@ class Worker:
                 j.state in (WAITING, RUNNING) or (j.state in (DONE, FAILED) and not j.synced)
                 for j in jobs
             ):
-                time.sleep(1.0)  # a peer is still working; its job may yet come back
+                self.interrupts.wait(1.0)  # a peer is still working; its job may come back
                 continue
             specs = self.design.next_jobs(jobs, self.space.train.max_epochs)
             if specs and self.store.add_jobs(bid, specs):
@@ -160,34 +168,18 @@ class Worker:
             return "done"
 
     def finish_batch(self, jobs: list[Job]) -> None:
-        summary = self.design.summary(jobs)
-        if self.store.finish_batch(self.batch.id, summary) and self.batch.parent_run_id:
-            self._close_stale_runs(jobs)
-            metrics = {
-                k: summary[k]
-                for k in ("test_accuracy", "selection_score", "val_test_gap")
-                if isinstance(summary.get(k), float)
-            }
-            if metrics:
-                self.tracker.safe(self.tracker.log_metrics, self.batch.parent_run_id, metrics)
-            self.tracker.safe(self.tracker.end_run, self.batch.parent_run_id, "FINISHED")
-
-    def _close_stale_runs(self, jobs: list[Job]) -> None:
-        """Close job runs a tracking outage left RUNNING although every job is recorded.
+        """Mark the batch done, then end its MLflow mirror (job runs an outage left RUNNING,
+        final metrics, the parent run) whatever the tracker's breaker says; what still fails
+        leaves the batch unmirrored for the next command (:mod:`bench.engine.mirror`).
 
         A job is marked synced even when the tracking store was down as it finished (the job
         store is the source of truth, and waiting for MLflow would stall the batch), so its run
         may still say RUNNING; once the batch is complete nothing under its parent should.
         """
-        stale = self.tracker.safe(
-            self.tracker.find_runs, {"mlflow.parentRunId": self.batch.parent_run_id}, "RUNNING"
-        )
-        recorded = {j.run_id: j for j in jobs if j.run_id and j.state in (DONE, FAILED)}
-        for run_id in stale or []:
-            if run_id in recorded:
-                self.sync(recorded[run_id])  # idempotent: Optuna is already up to date
-            else:  # an attempt whose worker died before recording its run on the job
-                self.tracker.safe(self.tracker.end_run, run_id, "FAILED")
+        summary = self.design.summary(jobs)
+        if self.store.finish_batch(self.batch.id, summary):
+            done = self.store.get_batch(self.batch.id)
+            finish_mirror(self.store, done, self.tracker, self.space.metric, jobs)
 
     # ------------------------------------------------------------ recovery
 
@@ -273,7 +265,9 @@ class Worker:
     def run_job(self, job: Job) -> None:
         from bench.space import flat_config
 
-        if job.purpose in (REFIT, REGISTER) and job.attempts > 1 and not _is_member(job):
+        # a previous attempt (died, interrupted or stopped by an outage) may have registered
+        again = job.attempts > 1 or job.run_id is not None
+        if job.purpose in (REFIT, REGISTER) and again and not _is_member(job):
             # a refit or an ensemble whose worker died after registering: the registered model
             # is the result
             version = self.tracker.safe(
@@ -377,6 +371,7 @@ class Worker:
                 metric=self.space.metric,
                 tensorboard_dir=self._tb_dir(job),
                 schedule_epochs=job.spec.train.get("schedule_epochs"),
+                on_batch=self.interrupts.check,
             )
 
         if spec.cv_folds <= 1 or job.spec.split == ALL:
@@ -486,7 +481,7 @@ class Worker:
         return not mine or sign * out.value >= max(sign * v for v in mine)
 
     def _register(self, job: Job, out: JobResult) -> dict:
-        from bench.tracking.registry import register_champion
+        from bench.tracking.registry import register_champion, selection_procedure
 
         s = self.batch.settings
         info = job.spec.info
@@ -516,8 +511,13 @@ class Worker:
                 "class_names": _json(list(self.dataset.class_names)),
                 "space_hash": self.space.search_hash,
             },
-            selection_score=float(info.get("selection_score") or 0.0),
+            selection_score=_score_or_nan(info.get("selection_score")),
             dataset_digest=self.dataset.digest,
+            metric=self.space.metric,
+            direction=self.space.direction,
+            procedure=selection_procedure(
+                info.get("selection"), self.space.train.validation_size, self.space.train.cv_folds
+            ),
         )
 
     def _store_confusion(self, job: Job, model) -> None:
@@ -569,7 +569,7 @@ class Worker:
         from bench.training import average_models
 
         members = job.spec.info["members"]
-        if job.attempts > 1 and job.run_id:  # a dead attempt's run, not registered: replaced
+        if job.run_id:  # an earlier attempt's run, not registered: replaced
             self.tracker.safe(self.tracker.end_run, job.run_id, "FAILED")
         with self._registration(job):
             models = [self.tracker.load_model(m["model_uri"]) for m in members]
@@ -638,24 +638,7 @@ class Worker:
                     self._add_trial(job, state, value)  # reaped while finishing: add it back
             elif state != "FAIL":
                 self._add_trial(job, state, value)
-        if job.run_id and r is not None:
-            final = {
-                "epochs_run": r.epochs_run,
-                "train_seconds": r.train_seconds,
-                "param_count": r.param_count,
-            }
-            if r.value is not None and r.status == COMPLETED:
-                final[f"best_{self.space.metric}"] = r.value
-            if r.test_accuracy is not None:
-                final.update({"test_accuracy": r.test_accuracy, "test_loss": r.test_loss})
-            self.tracker.safe(self.tracker.log_metrics, job.run_id, final, 0)
-            status = {COMPLETED: "FINISHED", PRUNED: "KILLED"}.get(r.status, "FAILED")
-            self.tracker.safe(
-                self.tracker.set_tags,
-                job.run_id,
-                {"state": r.status, "state_reason": r.reason or None},
-            )
-            self.tracker.safe(self.tracker.end_run, job.run_id, status)
+        mirror_job_run(self.tracker, job, self.space.metric)
         self.store.mark_synced(job.id, self.token)
 
     def _add_trial(self, job: Job, state: str, value: float | None) -> None:
@@ -718,6 +701,11 @@ def _trial_attrs(job: Job, r: JobResult) -> dict[str, Any]:
         if r.test_accuracy is not None:
             attrs[TRIAL_TEST_ACCURACY] = r.test_accuracy
     return attrs
+
+
+def _score_or_nan(value: Any) -> float:
+    """A selection score; NaN when missing, so it never wins the champion rule."""
+    return math.nan if value is None else float(value)
 
 
 def _is_member(job: Job) -> bool:

@@ -199,7 +199,7 @@ def open_study(
     if not record_space:
         return study
     known = study.user_attrs.get(STUDY_SPACE)
-    if known is None:
+    if known is None or known == space.legacy_search_hash:  # recorded before the split was in it
         study.set_user_attr(STUDY_SPACE, space.search_hash)
     elif known != space.search_hash:
         if not allow_space_change:

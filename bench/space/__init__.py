@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bench.errors import SpaceError
+from bench.space._schema import MAX_FILE_BYTES, _safe_load_bounded, parse_space
 from bench.space._schema import load_space as _load_file
-from bench.space._schema import parse_space
 from bench.space._types import (
     ACTIVATIONS,
     LR_SCHEDULES,
@@ -58,6 +59,43 @@ def load_space(name_or_path: str | Path) -> Space:
     return _load_file(resolve_space(name_or_path))
 
 
+def load_space_text(name_or_path: str | Path) -> tuple[Space, str]:
+    """Read and validate a space file once, and return its text with it.
+
+    A batch stores the text, so every worker, on any machine, trains exactly the space that was
+    validated when the batch was opened, wherever (or whether) the file still is.
+
+    Raises:
+        SpaceError: as :func:`load_space`.
+    """
+    path = resolve_space(name_or_path)
+    _load_file(path)  # every check and message of a file read: missing, too big, not a file
+    with open(path, "rb") as f:
+        raw = f.read(MAX_FILE_BYTES + 1)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SpaceError(f"{path}: cannot read the search-space file (not UTF-8)") from None
+    return space_from_text(text, str(path)), text
+
+
+def space_from_text(text: str, path: str) -> Space:
+    """Validate a space's YAML text (one stored with a batch); ``path`` names it in messages.
+
+    Raises:
+        SpaceError: malformed YAML or an invalid space, in one line.
+    """
+    import yaml
+
+    if len(text.encode("utf-8")) > MAX_FILE_BYTES:
+        raise SpaceError(f"{path}: the search space is over {MAX_FILE_BYTES:,} bytes")
+    try:
+        data = _safe_load_bounded(text, path)
+    except yaml.YAMLError:
+        raise SpaceError(f"{path}: the stored search space is not valid YAML") from None
+    return parse_space(data, path)
+
+
 __all__ = [
     "ACTIVATIONS",
     "BUILTIN_DIR",
@@ -81,7 +119,9 @@ __all__ = [
     "builtin_names",
     "flat_config",
     "load_space",
+    "load_space_text",
     "parse_space",
     "resolve_space",
+    "space_from_text",
     "suggest",
 ]

@@ -36,6 +36,8 @@ PARAM_DEFAULTS: dict[str, Any] = {
     "lr_schedule": "constant",  # decay is opt-in
 }
 PER_LAYER_OK = ("units", "dropout", "activation")
+# train: fields that change which images a score is measured on (part of the study's hash)
+SCORING_TRAIN_FIELDS = ("validation_size", "cv_folds")
 
 
 @dataclass(frozen=True)
@@ -130,7 +132,26 @@ class Space:
 
     @property
     def search_hash(self) -> str:
-        """Digest of what defines the search (params, metric); identifies a study's space."""
+        """Digest of what defines the search and how it is scored; identifies a study's space.
+
+        Params, metric and baselines, and the ``train:`` fields that decide which images a
+        score is measured on (:data:`SCORING_TRAIN_FIELDS`): batches of one study scored on
+        different validation splits would rank configurations by incomparable numbers. The
+        epoch budget is left out: ``--max-epochs`` may differ between batches.
+        """
+        payload = {
+            "metric": self.metric,
+            "params": {k: _jsonable(v) for k, v in self.params.items()},
+            "baselines": [b.payload() for b in self.baselines],
+            "scoring": {k: getattr(self.train, k) for k in SCORING_TRAIN_FIELDS},
+        }
+        blob = json.dumps(payload, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    @property
+    def legacy_search_hash(self) -> str:
+        """:attr:`search_hash` as bench computed it before the scoring fields were in it, so a
+        study recorded then is recognised (and its record upgraded) instead of refused."""
         payload = {
             "metric": self.metric,
             "params": {k: _jsonable(v) for k, v in self.params.items()},

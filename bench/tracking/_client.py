@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from bench.errors import BenchError, redact
+from bench.faults import signal_point
 
 if TYPE_CHECKING:
     from bench.data import Dataset
@@ -104,6 +105,7 @@ class Tracker:
         logging.getLogger("mlflow").setLevel(logging.ERROR)  # mlflow sets its own on import
         logging.getLogger("alembic").setLevel(logging.ERROR)
         self.uri = uri
+        self.experiment = experiment
         self.mlflow = mlflow
         mlflow.set_tracking_uri(uri)
         self.client = MlflowClient(uri)
@@ -148,9 +150,18 @@ class Tracker:
         if time.monotonic() < self._down_until:
             self.failures += 1
             return None
+        return self.now(fn, *args, **kwargs)
+
+    def now(self, fn, *args, **kwargs) -> Any:
+        """Like :meth:`safe`, but tried even within ``RETRY_AFTER`` of a failure.
+
+        For the calls that end a batch's mirror (its parent run, the runs an outage left
+        RUNNING): skipping them would leave runs RUNNING for good, and they are few.
+        """
         for attempt in range(3):
             try:
-                return fn(*args, **kwargs)
+                with signal_point(getattr(fn, "__name__", "")):
+                    return fn(*args, **kwargs)
             except Exception as exc:  # noqa: BLE001
                 if _is_locked(exc) and attempt < 2:
                     time.sleep(0.5 * (attempt + 1))
@@ -228,6 +239,15 @@ class Tracker:
 
     def log_artifact(self, run_id: str, path: str, artifact_path: str | None = None) -> None:
         self.client.log_artifact(run_id, path, artifact_path)
+
+    def log_space(self, run_id: str, settings: dict[str, Any]) -> None:
+        """Log a batch's space file under ``space/``: the text stored with the batch (the file
+        itself may since have moved), else the file at its path."""
+        name = Path(settings["space"]).name
+        if settings.get("space_text") is not None:
+            self.client.log_text(run_id, settings["space_text"], f"space/{name}")
+        else:
+            self.client.log_artifact(run_id, settings["space"], "space")
 
     def log_dataset(self, run_id: str, ds: Dataset) -> None:
         """Record the dataset (name, digest, source, shape) as the parent run's input."""

@@ -54,10 +54,10 @@ def _run(args: argparse.Namespace, interrupts) -> int:
     info = batch.summary or {}
     if batch.state == "done":
         uri = resolve_uri(args.tracking_uri)
-        check_uri(uri)
         store = JobStore(storage)
         if store.unmirrored(args.study_name):  # an outage left runs RUNNING: end them now
             try:
+                check_uri(uri)
                 tracker = Tracker(uri, batch.settings["experiment"])
             except BenchError as exc:  # still down: reporting needs no tracking store
                 print(f"note: MLflow runs not ended yet: {exc}", file=sys.stderr)

@@ -298,8 +298,9 @@ def run_batch(
     purposes=("search", "baseline"),
 ) -> int:
     """Run workers on an open batch, with progress; print the outcome. Shared by the CLIs."""
-    from bench.engine import Progress, counts, run_workers
+    from bench.engine import counts, run_workers
     from bench.engine.mirror import complete_mirrors
+    from bench.engine.progress import Progress
     from bench.engine.worker import WorkerSettings
 
     complete_mirrors(store, batch.study, tracker)  # what an outage left of earlier batches
@@ -343,7 +344,15 @@ def run_batch(
         return _interrupted(store, batch, tracker, purposes, done_before)
     progress.stop()
     return _summary(
-        store, batch, tracker, uri, purposes, time.time() - started, failed_workers, deadline
+        store,
+        batch,
+        tracker,
+        uri,
+        storage,
+        purposes,
+        time.time() - started,
+        failed_workers,
+        deadline,
     )
 
 
@@ -362,7 +371,19 @@ def _interrupted(store, batch, tracker, purposes, done_before: int) -> int:
     return EXIT_INTERRUPTED
 
 
-def _summary(store, batch, tracker, uri, purposes, seconds, failed_workers, deadline) -> int:
+def ui_command(uri: str, storage: str) -> str:
+    """The ``bench.ui`` command that serves this store, with the flags it needs here."""
+    from bench.optuna_adapter import DEFAULT_STORAGE
+    from bench.tracking import resolve_uri
+
+    flags = "" if uri == resolve_uri(None) else f" --tracking-uri {redact(uri)}"
+    flags += "" if storage == DEFAULT_STORAGE else f" --storage {redact(storage)}"
+    return f"python -m bench.ui{flags}"
+
+
+def _summary(
+    store, batch, tracker, uri, storage, purposes, seconds, failed_workers, deadline
+) -> int:
     import pandas as pd
 
     from bench.engine import counts
@@ -463,8 +484,8 @@ def _summary(store, batch, tracker, uri, purposes, seconds, failed_workers, dead
     print(f"runs:   {links['runs']}")
     if info.get("version"):
         print(f"model:  {links['model']}")
-    if "start" in links:
-        print(f"        (start the UI first: {links['start']})")
+    if "start" in links:  # a local store: nothing serves it until `bench.ui` does
+        print(f"        (start the UI first: {ui_command(uri, storage)})")
     print(f"report: python -m bench.report --study-name {batch.study}")
     if record.state != "done":
         reason = "the --timeout passed" if deadline and time.time() >= deadline else None

@@ -84,3 +84,21 @@ def fashion_search(tmp_path_factory):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return folder
+
+
+@pytest.fixture(scope="session")
+def digits_search(tmp_path_factory):
+    """One small piped digits search through every stage: 4 trials, re-evaluation of the best 2
+    with 2 seeds, 2 refit members in parallel, their ensemble registered (about 40 s).
+
+    Returns:
+        ``(folder, proc)``: the folder holds ``mlflow.db``, ``mlruns/``, ``optuna-studies.log``
+        and its job store; ``proc`` is the finished search with its stdout and stderr.
+    """
+    folder = tmp_path_factory.mktemp("digits-search")
+    proc = run_module(
+        "bench.search", "--dataset", "digits", "--space", "smoke", "--trials", "4",
+        "--reeval-top-k", "2", "--reeval-seeds", "2", "--jobs", "2", cwd=folder,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return folder, proc

@@ -7,7 +7,7 @@ Layers, low to high (a module may import its own layer and any lower one)::
     1  space, data                                    what to train on, what to search
     2  training (Keras), optuna_adapter (Optuna), tracking (MLflow)
     3  engine, designs, results
-    4  CLIs: cli, search, ablate, reevaluate, report, predict, register
+    4  CLIs: cli, search, ablate, reevaluate, report, predict, register, ui
 
 Imports inside ``if TYPE_CHECKING:`` never run and are not counted. ``bench.tracking`` logs and
 loads Keras models through ``mlflow.keras``; it never imports Keras itself, so no exception to the
@@ -33,6 +33,7 @@ LAYERS = {
     "training": 2, "optuna_adapter": 2, "tracking": 2,
     "engine": 3, "designs": 3, "results": 3,
     "cli": 4, "search": 4, "ablate": 4, "reevaluate": 4, "report": 4, "predict": 4, "register": 4,
+    "ui": 4,
 }  # fmt: skip
 # Each heavy library and the one package allowed to import it.
 OWNERS = {

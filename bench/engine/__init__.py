@@ -3,7 +3,8 @@ cells, refits) on crash-safe workers, with one tracking layout.
 
 - :mod:`bench.engine.store`: batches and jobs, the source of truth (compare-and-set updates).
 - :mod:`bench.engine.worker`: the loop every worker process runs.
-- this module: opening (or joining) a batch, and running workers for it, with progress.
+- :mod:`bench.engine.progress`: what a batch's run prints while it runs.
+- this module: opening (or joining) a batch, and running workers for it.
 
 Guarantees, each proven by a kill-point test: a plain rerun finishes what a killed run left, never
 waits on a dead claimant, keeps every recorded result, leaves no Optuna trial or MLflow run
@@ -16,7 +17,6 @@ import logging
 import os
 import signal
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -188,102 +188,3 @@ def _child(settings: WorkerSettings, index: int) -> None:
     from bench.engine.worker import worker_main
 
     sys.exit(worker_main(settings, index))
-
-
-class Progress:
-    """Progress of a batch, fed by polling the job store (any number of workers and machines).
-
-    On a terminal: a bar. Otherwise (a pipe, a log file, CI): one line per finished job with its
-    state, value, the best so far and an estimate of the time left.
-    """
-
-    def __init__(
-        self,
-        storage: str,
-        batch: Batch,
-        purposes: tuple[str, ...],
-        maximize: bool,
-        total: int,
-        enabled: bool = True,
-        stream=None,
-    ):
-        self.storage, self.batch, self.purposes = storage, batch, purposes
-        self.maximize, self.total, self.enabled = maximize, total, enabled
-        self.stream = stream or sys.stderr
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def start(self) -> None:
-        if self.enabled:
-            self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5)
-
-    def _loop(self) -> None:
-        try:
-            store = JobStore(self.storage)
-        except Exception:  # noqa: BLE001 - progress is cosmetic
-            return
-        tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-        bar = None
-        seen: set[int] = set()
-        started = time.time()
-        first_done = None
-        while True:
-            try:
-                jobs = [j for j in store.jobs(self.batch.id) if j.purpose in self.purposes]
-                done = [j for j in jobs if j.state in (DONE, FAILED)]
-                values = [
-                    j.result.value
-                    for j in done
-                    if j.result and j.result.value is not None and j.result.status == "completed"
-                ]
-                best = (max(values) if self.maximize else min(values)) if values else None
-                if first_done is None:
-                    first_done = len(done)
-                if tty:
-                    if bar is None:
-                        from tqdm import tqdm
-
-                        bar = tqdm(
-                            total=self.total,
-                            desc="jobs",
-                            unit="job",
-                            file=self.stream,
-                            dynamic_ncols=True,
-                        )
-                    bar.n = len([j for j in done if j.state == DONE])
-                    if best is not None:
-                        bar.set_postfix_str(f"best {best:.4f}", refresh=False)
-                    bar.refresh()
-                else:
-                    for j in sorted(done, key=lambda j: j.id):
-                        if j.id in seen:
-                            continue
-                        seen.add(j.id)
-                        if first_done and len(seen) <= first_done:
-                            continue  # finished before this run started
-                        self.stream.write(self._line(j, len(seen), best, started, first_done))
-                        self.stream.flush()
-            except Exception:  # noqa: BLE001 - progress is cosmetic
-                pass
-            if self._stop.wait(2.0):
-                break
-        if bar is not None:
-            bar.close()
-
-    def _line(self, job: Job, n: int, best, started: float, before: int) -> str:
-        r = job.result
-        value = f"{r.value:.4f}" if r and r.value is not None else "-"
-        state = r.status if r else job.state
-        mine = n - before
-        left = max(0, self.total - n)
-        eta = (time.time() - started) / mine * left if mine > 0 else 0
-        best_s = f"{best:.4f}" if best is not None else "-"
-        return (
-            f"[{n}/{self.total}] {job.key}: {state} {value} (best {best_s}; "
-            f"about {eta / 60:.0f} min left)\n"
-        )

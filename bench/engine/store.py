@@ -140,6 +140,15 @@ class JobStore:
             row = c.execute(q.order_by(batches.c.number.desc()).limit(1)).first()
         return _batch(row) if row else None
 
+    def newest_batch(self, study: str | None = None) -> Batch | None:
+        """The batch opened last, of ``study`` or of any study (``bench.ui`` shows its runs)."""
+        q = sa.select(batches)
+        if study is not None:
+            q = q.where(batches.c.study == study)
+        with self.engine.connect() as c:
+            row = c.execute(q.order_by(batches.c.created.desc(), batches.c.id.desc())).first()
+        return _batch(row) if row else None
+
     def batches(self, study: str) -> list[Batch]:
         with self.engine.connect() as c:
             rows = c.execute(

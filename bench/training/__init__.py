@@ -25,12 +25,23 @@ def download_dataset(name: str) -> None:
     """Let Keras fetch ``fashion-mnist`` or ``mnist`` into its cache (only works online).
 
     The downloader :func:`bench.data.load_dataset` takes: the files land where it looks
-    (:func:`bench.data.keras_cache_dir`).
+    (:func:`bench.data.keras_cache_dir`). TensorFlow is imported without its start-up chatter,
+    and Keras' "Downloading data from" line and progress bar are hidden unless ``--verbose``
+    (``BENCH_VERBOSE``): offline, a missing dataset is one line from bench, nothing else.
     """
-    import keras
+    import contextlib
+    import io
+    import os
 
+    from bench.training.model import import_keras
+
+    keras = import_keras()
     loader = {"fashion-mnist": keras.datasets.fashion_mnist, "mnist": keras.datasets.mnist}[name]
-    loader.load_data()
+    if os.environ.get("BENCH_VERBOSE"):
+        loader.load_data()
+        return
+    with contextlib.redirect_stdout(io.StringIO()):
+        loader.load_data()
 
 
 def average_models(models: list):

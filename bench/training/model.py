@@ -43,6 +43,14 @@ def import_tensorflow():
     return tf
 
 
+def import_keras():
+    """Import Keras (and TensorFlow, its backend) without TensorFlow's start-up chatter."""
+    import_tensorflow()
+    import keras
+
+    return keras
+
+
 def configure_threads(intra_op: int | None, inter_op: int | None = None) -> None:
     """Pin TensorFlow's thread pools; must run before TensorFlow executes anything.
 

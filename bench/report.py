@@ -1,4 +1,4 @@
-"""``python -m bench.report``: a study's tables, plots and ``report.md``, from its storage.
+"""``python -m bench.report``: a study's tables, plots, ``report.html`` and ``report.md``.
 
 Everything shown comes from the trials' user attributes (``bench.config``, ``bench.history``, ...)
 and the job store's batches (search, re-evaluation and ablation summaries), so a report takes
@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = Parser(
         prog="python -m bench.report",
-        description="Tables, plots and report.md of a study, led by 'What matters' when "
+        description="Tables, plots, report.html and report.md of a study, with 'What matters' when "
         "it has an ablation; --reevaluate retrains the top configurations "
         "with several seeds first.",
     )
@@ -168,7 +168,10 @@ def _run(args: argparse.Namespace) -> int:
     batches = store.batches(study.study_name) if store is not None else []
     report = build(study, out, args.top_k, batches)
     print(report.text)
-    print(f"\nwrote {out / 'report.md'} and {len(report.images)} plot(s) to {out}/")
+    print(
+        f"\nwrote {out / 'report.html'} (open it in a browser), report.md and "
+        f"{len(report.images)} plot(s) to {out}/"
+    )
     if not args.no_mlflow:
         where = log_artifacts(batches, uri, report.files, store)
         print(where, file=sys.stderr if where.startswith("not logged") else sys.stdout)
@@ -335,14 +338,22 @@ def _text(frame: pd.DataFrame) -> str:
 
 
 class Report:
-    """What :func:`build` produced: printable text, markdown, and the files written."""
+    """What :func:`build` produced: printable text, markdown, a page, and the files written."""
 
     def __init__(self) -> None:
         self.sections: list[tuple[str, pd.DataFrame | str]] = []
+        self.roles: list[str] = []  # where each section goes on the page (see add)
         self.images: list[tuple[str, Path]] = []
         self.notes: list[str] = []
         self.files: list[Path] = []
         self.lead: list[tuple[str, str]] = []  # (text, markdown) shown before every section
+        self.what_matters_html: str | None = None  # the page's "What matters" body
+        self.ablate_hint: str = ""  # the command that would measure what matters
+
+    def add(self, title: str, body: pd.DataFrame | str, role: str = "search") -> None:
+        """Append a section; ``role`` (summary, champion, search, trials) places it on the page."""
+        self.sections.append((title, body))
+        self.roles.append(role)
 
     @property
     def text(self) -> str:
@@ -365,6 +376,67 @@ class Report:
         if self.notes:
             parts.append("## Notes\n\n" + "\n".join(f"- {n}" for n in self.notes))
         return "\n\n".join(parts) + "\n"
+
+    def html(self, study_name: str) -> str:
+        """The report as one self-contained page, ordered for a reader: the summary, the
+        champion (with its test confusion matrix), "What matters" (with its forest plot), then
+        the search's breakdowns and plots, and the long trial table last."""
+        from bench.results import html as h
+
+        def body(value: pd.DataFrame | str) -> str:
+            return h.text_block(value) if isinstance(value, str) else h.frame_table(value)
+
+        def role(name: str) -> list[tuple[str, pd.DataFrame | str]]:
+            return [sec for sec, r in zip(self.sections, self.roles, strict=True) if r == name]
+
+        def remark(heading: str, title: str) -> list[str]:
+            """What a section's text heading says beyond the page's short title, as a line."""
+            rest = heading.removeprefix(title).strip().lstrip(",").strip()
+            if rest.startswith("(") and rest.endswith(")"):
+                rest = rest[1:-1]
+            return [h.paragraph(rest[:1].upper() + rest[1:] + ".", "sub")] if rest else []
+
+        plots = {path.name: (title, path) for title, path in self.images}
+        placed = {"confusion_matrix.png", "what_matters.png"}
+        sections = []
+        for name, title in (("summary", "Summary"), ("champion", "Champion")):
+            for heading, value in role(name):
+                sections.append(h.Section(name, title, [*remark(heading, title), body(value)]))
+        if "confusion_matrix.png" in plots:
+            title, path = plots["confusion_matrix.png"]
+            figure = h.image(path, title, narrow=True)
+            if sections and sections[-1].id == "champion":  # the words beside the matrix
+                sections[-1].parts = [h.beside(sections[-1].parts, figure)]
+            else:
+                sections.append(h.Section("champion", "Champion", [figure]))
+        matters = self.what_matters_html or h.text_block(
+            "No controlled ablation in this study yet. The per-level tables under The search "
+            "compare levels tried unequally; to measure what matters, run "
+            f"`{self.ablate_hint or 'python -m bench.ablate --seeds 3'}`."
+        )
+        parts = [matters]
+        if "what_matters.png" in plots:
+            parts.append(h.image(plots["what_matters.png"][1], plots["what_matters.png"][0]))
+        sections.append(h.Section("what-matters", "What matters", parts))
+        search = []
+        for heading, value in role("search"):
+            # "Ablation by optimizer, from an adaptive search — ...": a short heading, the caveat
+            short = heading.partition(", ")[0] if len(heading) > 80 else heading
+            search += [f"<h3>{h.esc(short)}</h3>", *remark(heading, short + ","), body(value)]
+        search += [h.image(path, title) for title, path in self.images if path.name not in placed]
+        if search:
+            sections.append(h.Section("search", "The search", search))
+        if self.notes:
+            notes = "\n".join(f"- {n}" for n in self.notes)
+            sections.append(h.Section("notes", "Notes", [h.text_block(notes)]))
+        for heading, value in role("trials"):
+            parts = [*remark(heading, "Trials"), body(value)]
+            sections.append(h.Section("trials", "Trials", parts))
+        intro = (
+            "Chosen by validation scores; the test set is read once, to report. Written by "
+            "python -m bench.report; report.md beside it holds the same numbers."
+        )
+        return h.page(f"Benchmark report: {study_name}", intro, sections)
 
 
 def _done(batches: list[Batch], *designs: str) -> list[Batch]:
@@ -458,6 +530,7 @@ def what_matters(report: Report, batches: list[Batch], out: Path) -> None:
                 f"## What matters\n\n{head}: no analysis: {why}",
             )
         )
+        report.what_matters_html = html_text(f"{head[:1].upper()}{head[1:]}: no analysis: {why}")
         return
     text = wm.text(results).split("\n", 1)[1]
     md = wm.markdown(results).split("\n", 1)[1]
@@ -470,6 +543,7 @@ def what_matters(report: Report, batches: list[Batch], out: Path) -> None:
         report.images.insert(0, ("What matters: each level minus the base", plot))
         md = md.rstrip() + f"\n\n![What matters]({plot.name})\n"
     report.lead.append((f"What matters\n{head}\n{text}", f"## What matters\n\n{head}.\n{md}"))
+    report.what_matters_html = html_text(f"{head[:1].upper()}{head[1:]}.") + "\n" + wm.html(results)
 
 
 def reeval_frame(batches: list[Batch]) -> pd.DataFrame | None:
@@ -501,7 +575,8 @@ def reeval_frame(batches: list[Batch]) -> pd.DataFrame | None:
 
 
 def build(study: optuna.Study, out: Path, top_k: int, batches: list[Batch] | None = None) -> Report:
-    """Compute every table and plot of ``study``, write them and ``report.md`` into ``out``.
+    """Compute every table and plot of ``study``; write them, ``report.md`` and ``report.html``
+    (the same, as one self-contained page) into ``out``.
 
     Args:
         study: The Optuna study.
@@ -523,38 +598,36 @@ def build(study: optuna.Study, out: Path, top_k: int, batches: list[Batch] | Non
     if not done.empty:
         best = done.iloc[0]
         summary += f"; best {metric} {best[metric]:.4f} (trial {best['trial']})"
-    report.sections.append(
-        (
-            "Summary",
-            summary + f". at_budget is each trial's {metric} after {budget} epoch(s), the first "
-            "pruning rung, which every finished trial reached.",
-        )
+    report.add(
+        "Summary",
+        summary + f". at_budget is each trial's {metric} after {budget} epoch(s), the first "
+        "pruning rung, which every finished trial reached.",
+        "summary",
     )
     champion = champion_section(batches)
     if champion:
         title = "Champion (chosen by validation; the test set read once, to report)"
-        report.sections.append((title, champion))
-    report.sections.append((f"Trials (top {top_k} ranked first)", frame))
+        report.add(title, champion, "champion")
+    report.add(f"Trials (top {top_k} ranked first)", frame, "trials")
+    report.ablate_hint = f"python -m bench.ablate --study-name {study.study_name} --seeds 3"
     if not done.empty:
         for by, label in (
             ("normalization", "normalization"),
             ("optimizer", "optimizer"),
             ("layers", "depth (hidden layers)"),
         ):
-            report.sections.append(
-                (
-                    f"Ablation by {label}, {ADAPTIVE}. best/median: final {metric} of completed "
-                    f"trials; *_eq_budget: every finished trial's {metric} after {budget} epoch(s)",
-                    ablation(frame, by, metric, maximize),
-                )
+            report.add(
+                f"Ablation by {label}, {ADAPTIVE}. best/median: final {metric} of completed "
+                f"trials; *_eq_budget: every finished trial's {metric} after {budget} epoch(s)",
+                ablation(frame, by, metric, maximize),
             )
     baselines = baselines_frame(study)
     if baselines is not None:
-        report.sections.append(("Baselines: published vs reproduced test accuracy", baselines))
+        report.add("Baselines: published vs reproduced test accuracy", baselines)
     reeval = reeval_frame(batches)
     if reeval is not None:
-        report.sections.append(
-            ("Re-evaluated configurations (mean over seeds; chosen by validation only)", reeval)
+        report.add(
+            "Re-evaluated configurations (mean over seeds; chosen by validation only)", reeval
         )
     from bench.results.plots import draw_plots
 
@@ -563,8 +636,17 @@ def build(study: optuna.Study, out: Path, top_k: int, batches: list[Batch] | Non
     report.notes += notes
     md = out / "report.md"
     md.write_text(report.markdown(study.study_name), encoding="utf-8")
-    report.files = [md] + [p for _, p in report.images]
+    page = out / "report.html"
+    page.write_text(report.html(study.study_name), encoding="utf-8")
+    report.files = [md, page] + [p for _, p in report.images]
     return report
+
+
+def html_text(text: str) -> str:
+    """Plain report text as an HTML fragment (:func:`bench.results.html.text_block`)."""
+    from bench.results.html import text_block
+
+    return text_block(text)
 
 
 def log_artifacts(batches: list[Batch], uri: str, files: list[Path], store=None) -> str:

@@ -1,15 +1,17 @@
 """``mlflow ui`` as a person sees it: a real headless Chromium on the shared search's results.
 
-The server is started the way the README tells users: ``mlflow ui`` in the folder the search ran
-in, with no backend flags (MLflow 3.17's default store is ``sqlite:///mlflow.db`` in the current
-folder). Screenshots land in ``$BENCH_TEST_ARTIFACTS/mlflow-ui/`` (default
-``<repo>/test-artifacts/``). Expected values come from the store itself through MlflowClient.
+The server is plain ``mlflow ui`` started in the folder the search ran in, with no backend flags
+(MLflow 3.17's default store is ``sqlite:///mlflow.db`` in the current folder); ``bench.ui``, which
+starts it for users, is tested in ``tests/test_ui.py``. Screenshots land in
+``$BENCH_TEST_ARTIFACTS/mlflow-ui/`` (default ``<repo>/test-artifacts/``). Expected values come
+from the store itself through MlflowClient.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import urllib.parse
 from pathlib import Path
@@ -63,7 +65,11 @@ def expected(fashion_search):
     history = client.get_metric_history(trials["trial-0"].info.run_id, "val_accuracy")
     assert len(history) >= 2, "expected one val_accuracy point per epoch"
     champion = client.get_model_version_by_alias(MODEL, "champion")
+    note = client.get_run(champion.run_id).data.tags["mlflow.note.content"]
     return {
+        "champion_run": champion.run_id,
+        "champion_description": champion.description,
+        "champion_links": re.findall(r"\]\((#/experiments/[^)]+)\)", note),
         "experiment_id": exp.experiment_id,
         "parent": parent.info.run_name,
         "trial0_id": trials["trial-0"].info.run_id,
@@ -262,3 +268,28 @@ def test_registered_model_carries_the_champion_alias(page, mlflow_ui, expected):
     expect(version).to_contain_text("champion")
     expect(version).to_contain_text("test_accuracy")
     shot(page, "07-model-versions")
+
+
+def test_the_champion_run_says_what_it_is_and_links_its_members(page, mlflow_ui, expected):
+    from playwright.sync_api import expect
+
+    base, _ = mlflow_ui
+    links = expected["champion_links"]
+    assert links, "the champion's run note should link the runs it was made from"
+    page.goto(f"{base}/#/experiments/{expected['experiment_id']}/runs/{expected['champion_run']}")
+    # the run's description is the version's sentence: how it was made and chosen
+    expect(page.get_by_text(expected["champion_description"]).first).to_be_visible()
+    more = page.get_by_text("Show more", exact=True)  # MLflow folds a long description
+    if more.count():
+        more.first.click()
+    for href in links:
+        expect(page.locator(f'a[href="{href}"]')).to_be_visible()
+    shot(page, "08-champion-run")
+    with page.context.expect_page() as opened:  # MLflow opens a note's links in a new tab
+        page.locator(f'a[href="{links[0]}"]').click()
+    member = opened.value
+    try:
+        expect(member).to_have_url(re.compile(re.escape(links[0].rsplit("/", 1)[1]) + "$"))
+        expect(member.get_by_text("Parent run", exact=True)).to_be_visible()
+    finally:
+        member.close()

@@ -218,6 +218,11 @@ def test_kill_while_registering_the_ensemble_then_plain_rerun_recovers(tmp_path)
     assert champion.tags["source"] == "ensemble" and champion.tags["ensemble_size"] == "2"
     assert champion.tags["refit"] == "true"
     assert champion.tags["chosen_from"] == "+".join(j.spec.info["source"] for j in members)
+    # what the registration writes after the kill point is written by the rerun
+    assert champion.description.startswith("Mean of the probabilities of 2 configurations (")
+    note = client.get_run(champion.run_id).data.tags["mlflow.note.content"]
+    assert champion.description in note
+    assert all(f"/runs/{j.run_id})" in note for j in members)
 
 
 def test_kill_of_every_worker_exits_nonzero_and_rerun_recovers(tmp_path):

@@ -376,7 +376,7 @@ def test_report_is_logged_to_the_parent_run(reported):
         a.path.split("/")[-1]
         for a in MlflowClient(reported["uri"]).list_artifacts(reported["parent"], "report")
     }
-    assert names == {"report.md", *PLOTS}
+    assert names == {"report.md", "report.html", *PLOTS}
 
 
 def test_report_never_imports_tensorflow(reported):

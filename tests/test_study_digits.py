@@ -161,6 +161,65 @@ def test_the_champion_averages_the_two_best_configurations_refit_on_all_images(s
     np.testing.assert_allclose(probs, (parts[0] + parts[1]) / 2, atol=1e-5)
 
 
+def test_the_champion_run_and_version_say_what_the_model_averages(searched):
+    from bench.data import load_dataset
+
+    folder, _ = searched
+    jobs = jobs_of(folder, STUDY)
+    by_key = {j.key: j for j in jobs}
+    refits = sorted((j for j in jobs if j.purpose == "refit"), key=lambda j: j.spec.info["member"])
+    (ensemble,) = [j for j in jobs if j.purpose == "register"]
+    summary = JobStore(str(folder / "optuna-studies.log")).batches(STUDY)[0].summary
+    client, runs = mlflow_runs(folder)
+    run = {r.info.run_id: r for r in runs}[ensemble.run_id]
+    experiment = run.info.experiment_id
+    note = run.data.tags["mlflow.note.content"]
+    for i, member in enumerate(refits):
+        source = by_key[member.spec.info["source"]]
+        # each member's configuration, on the ensemble's own run
+        assert run.data.params[f"member{i}.source"] == source.key
+        assert run.data.params[f"member{i}.normalization"] == member.spec.config["normalization"]
+        assert run.data.params[f"member{i}.optimizer"] == member.spec.config["optimizer"]
+        assert run.data.params[f"member{i}.units_0"] == str(member.spec.config["units"][0])
+        assert run.data.params[f"member{i}.refit_epochs"] == str(member.result.epochs_run)
+        # and the runs that trained and scored it, as tags and as links in the run's note
+        assert run.data.tags[f"member{i}.run"] == member.run_id
+        assert run.data.tags[f"member{i}.source_run"] == source.run_id
+        assert f"(#/experiments/{experiment}/runs/{member.run_id})" in note
+        assert f"(#/experiments/{experiment}/runs/{source.run_id})" in note
+
+    version = client.get_model_version_by_alias(MODEL, "champion")
+    text = version.description
+    images = len(load_dataset("digits").x_train)
+    epochs = "+".join(str(j.result.epochs_run) for j in refits)
+    assert text.startswith("Mean of the probabilities of 2 configurations (search-"), text
+    assert f"refit on all {images:,} training images for {epochs} epochs" in text
+    assert f"chosen by validation accuracy {summary['selection_score']:.4f}" in text
+    assert text.endswith(f"test accuracy {summary['test_accuracy']:.4f}."), text
+    assert "\n" not in text and ". " not in text  # one sentence
+    assert text in note
+
+
+def test_predicting_with_the_champion_prints_no_keras_warning(searched):
+    import warnings
+
+    import mlflow
+
+    from bench.data import load_dataset
+
+    folder, _ = searched
+    mlflow.set_tracking_uri(f"sqlite:///{folder}/mlflow.db")
+    images = load_dataset("digits").x_test[:5]
+    model = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        for _ in range(2):
+            assert np.asarray(model.predict(images)).shape == (5, 10)
+    messages = [str(w.message) for w in seen]
+    keras_warnings = [m for m in messages if "structure" in m or "Expected" in m]
+    assert not keras_warnings, keras_warnings
+
+
 def test_ensemble_1_registers_the_single_best_configuration_refit(tmp_path):
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(SPACE))
     proc = run_module(
@@ -179,6 +238,13 @@ def test_ensemble_1_registers_the_single_best_configuration_refit(tmp_path):
     version = client.get_model_version_by_alias(MODEL, "champion")
     assert version.tags["source"] == "refit" and version.run_id == refit.run_id
     assert float(version.tags["selection_score"]) == pytest.approx(best.result.value)
+    assert version.description.startswith(f"{best.key} ({best.result.config['normalization']}, ")
+    assert f"for {refit.result.epochs_run} epochs; chosen by validation accuracy" in (
+        version.description
+    )
+    runs = {r.info.run_id: r for r in mlflow_runs(tmp_path)[1]}
+    note = runs[refit.run_id].data.tags["mlflow.note.content"]
+    assert version.description in note and f"/runs/{best.run_id})" in note
     assert "refit on all training images for" in proc.stdout
 
 

@@ -481,6 +481,7 @@ class Worker:
         return not mine or sign * out.value >= max(sign * v for v in mine)
 
     def _register(self, job: Job, out: JobResult) -> dict:
+        from bench.results.champion import version_description
         from bench.tracking.registry import register_champion, selection_procedure
 
         s = self.batch.settings
@@ -488,7 +489,17 @@ class Worker:
         members = info.get("members") or []
         refit = job.purpose == REFIT or bool(members)
         metric = self.space.metric.removeprefix("val_")
-        return register_champion(
+        parts = self._members(job, out)
+        description = version_description(
+            parts,
+            refit=refit,
+            train_images=len(self.dataset.x_train),
+            metric=self.space.metric,
+            score=info.get("selection_score"),
+            test_accuracy=out.test_accuracy,
+            test_loss=out.test_loss,
+        )
+        registered = register_champion(
             self.tracker,
             out.model_uri,
             s["model_name"],
@@ -518,7 +529,63 @@ class Worker:
             procedure=selection_procedure(
                 info.get("selection"), self.space.train.validation_size, self.space.train.cv_folds
             ),
+            description=description,
         )
+        self._describe_run(job, parts, description, registered)
+        return registered
+
+    def _members(self, job: Job, out: JobResult | None = None) -> list:
+        """The configurations a refit, ensemble or register job's model is made of, with the
+        runs that trained and scored them (:class:`bench.results.champion.Member`)."""
+        from bench.results.champion import Member
+
+        by_key = {j.key: j for j in self.store.jobs(self.batch.id)}
+
+        def run_of(key: str | None) -> str | None:
+            found = by_key.get(key) if key else None
+            return found.run_id if found else None
+
+        info = job.spec.info
+        if info.get("members"):
+            parts = []
+            for m in info["members"]:
+                refit = by_key.get(m["job"])
+                parts.append(
+                    Member(
+                        source=m["source"],
+                        config=(refit.spec.config or {}) if refit else {},
+                        epochs=m.get("refit_epochs"),
+                        run_id=refit.run_id if refit else None,
+                        source_run_id=run_of(m["source"]),
+                        test_accuracy=m.get("test_accuracy") if len(info["members"]) > 1 else None,
+                        selection=refit.spec.info.get("selection") if refit else None,
+                    )
+                )
+            return parts
+        source = info.get("source") or job.key
+        config = job.spec.config or (out.config if out else {}) or {}
+        how = info.get("selection")
+        if job.purpose == REFIT:
+            epochs = out.epochs_run if out else None
+            return [Member(source, config, epochs, job.run_id, run_of(source), selection=how)]
+        # --no-refit: the search run's own model is registered
+        found = by_key.get(source)
+        epochs = found.result.epochs_run if found and found.result else None
+        return [Member(source, config, epochs, run_of(source), None, selection=how)]
+
+    def _describe_run(self, job: Job, parts: list, description: str, registered: dict) -> None:
+        """Put the sentence and links to the members' runs on the registered model's run, as
+        its MLflow note (the run page's description); a failure costs only the note."""
+        from bench.results.champion import run_note
+
+        run_id = job.run_id or (parts[0].run_id if len(parts) == 1 else None)
+        if not run_id:
+            return
+        name = self.batch.settings["model_name"]
+        champion = registered.get("champion_version") == registered.get("version")
+        words = f"{name} version {registered.get('version')}" + (" (champion)" if champion else "")
+        note = run_note(parts, self.tracker.experiment_id, description, words, here=run_id)
+        self.tracker.safe(self.tracker.set_tags, run_id, {"mlflow.note.content": note})
 
     def _store_confusion(self, job: Job, model) -> None:
         """The registered model's test confusion matrix, for bench.report (reported only)."""
@@ -566,6 +633,7 @@ class Worker:
         that version by its identity tags); after a crash before registering, the rerun ends the
         dead attempt's run as FAILED and starts again from the members' logged models.
         """
+        from bench.results.champion import member_params, member_tags
         from bench.training import average_models
 
         members = job.spec.info["members"]
@@ -574,6 +642,7 @@ class Worker:
         with self._registration(job):
             models = [self.tracker.load_model(m["model_uri"]) for m in members]
         model = average_models(models)  # a Keras error here is a failure, not an outage
+        parts = self._members(job)
         with self._registration(job):
             run_id = self.tracker.start_child(
                 self.batch.parent_run_id,
@@ -583,8 +652,14 @@ class Worker:
                     "members": ",".join(m["source"] for m in members),
                     "refit_epochs": job.spec.info["refit_epochs"],
                     "dataset": self.dataset.name,
+                    **member_params(parts),  # what it averages, without opening other runs
                 },
-                {**_job_tags(job), "study_name": self.batch.study, "refit": "true"},
+                {
+                    **_job_tags(job),
+                    "study_name": self.batch.study,
+                    "refit": "true",
+                    **member_tags(parts),
+                },
             )
             self.store.update_owned(job.id, self.token, run_id=run_id)
             info = self.tracker.log_model(

@@ -375,6 +375,26 @@ def text(results: Sequence[FactorResult]) -> str:
     return "\n".join(out) + "\n"
 
 
+def html(results: Sequence[FactorResult]) -> str:
+    """The "What matters" section's body as HTML (for ``report.html``): the ranked factors, then
+    a table per factor, as :func:`markdown` has them.
+
+    Args:
+        results: The output of :func:`analyse`, in its order.
+    """
+    from bench.results import html as h
+
+    if not results:
+        return h.paragraph("No ablation results.")
+    out = [h.paragraph(_intro(results))]
+    out.append("<ol>" + "".join(f"<li>{h.esc(headline(r))}</li>" for r in results) + "</ol>")
+    header = [*_COLUMNS, "verdict"]
+    for r in results:
+        out.append(f"<h3>{h.esc(r.factor)} (base: {h.esc(_label(r.base_level))})</h3>")
+        out.append(h.table(header, [_row(lr) for lr in r.levels]))
+    return "\n".join(out)
+
+
 def forest_plot(results: Sequence[FactorResult], path: str | Path) -> Path:
     """Each level's validation-accuracy difference to the base, one panel per factor.
 

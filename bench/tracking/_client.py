@@ -73,6 +73,9 @@ def check_uri(uri: str) -> None:
                 "choose a writable location for the tracking database and mlruns/"
             ) from None
         return
+    if parsed.scheme in ("http", "https"):
+        _check_reachable(parsed, shown)
+        return
     if parsed.scheme not in (
         "http",
         "https",
@@ -85,6 +88,30 @@ def check_uri(uri: str) -> None:
             f"--tracking-uri {shown}: unknown scheme '{parsed.scheme}'; use "
             "sqlite:///PATH, http(s)://HOST:PORT or a database URL"
         )
+
+
+def _check_reachable(parsed, shown: str) -> None:
+    """Refuse a tracking server nothing listens on, before the study or job store is written.
+
+    Only the TCP connection is tried (any HTTP answer, even 401, means a server is there): an
+    outage later in a search is survived, but one at the start is a wrong URL or a server not
+    started, and waiting for MLflow's own retries would first write the Optuna study.
+    """
+    import socket
+
+    try:
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    except ValueError:
+        raise BenchError(f"--tracking-uri {shown}: the port is not a number") from None
+    try:
+        with socket.create_connection((parsed.hostname or "", port), timeout=10):
+            pass
+    except OSError as exc:
+        raise BenchError(
+            f"--tracking-uri {shown}: cannot open the tracking store (nothing answers at "
+            f"{parsed.hostname}:{port}: {exc.strerror or type(exc).__name__}); start the MLflow "
+            "server or fix the URL"
+        ) from None
 
 
 def _limit_http_retries() -> None:
@@ -277,8 +304,11 @@ class Tracker:
         from mlflow.models import ModelSignature
         from mlflow.types import Schema, TensorSpec
 
+        # The input tensor is unnamed. With a name, pyfunc hands Keras ``{"pixels": x}``, which
+        # Keras 3 unpacks to ``[x]`` and then warns that ``[x]`` does not match the model's single
+        # input. Unnamed, pyfunc and the scoring server pass ``x`` on as it is.
         signature = ModelSignature(
-            inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, *image_shape), "pixels")]),
+            inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, *image_shape))]),
             outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, n_classes), "probabilities")]),
         )
         requirements = [
@@ -335,6 +365,10 @@ class Tracker:
 
     def set_alias(self, name: str, version: str, alias: str = "champion") -> None:
         self.client.set_registered_model_alias(name, alias, version)
+
+    def describe_version(self, name: str, version: str, description: str) -> None:
+        """Set a registered version's description (the UI shows it on the version's page)."""
+        self.client.update_model_version(name, version, description=redact(description))
 
     def tag_version(self, name: str, version: str, tags: dict[str, Any]) -> None:
         for k, v in _clean(tags).items():

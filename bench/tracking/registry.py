@@ -120,6 +120,7 @@ def register_champion(
     metric: str = "val_accuracy",
     direction: str = "maximize",
     procedure: str | None = None,
+    description: str | None = None,
 ) -> dict[str, Any]:
     """Register ``model_uri`` under ``name`` (once per identity) and apply the champion rule.
 
@@ -135,6 +136,8 @@ def register_champion(
         direction: ``maximize`` or ``minimize``: which way is better for ``metric``.
         procedure: How the score was computed (:func:`selection_procedure`); None: unrecorded,
             compared with any procedure.
+        description: The version's description (how the model was made, in a sentence); set
+            again on a rerun, so a crash between registering and describing leaves no gap.
 
     Returns:
         ``{"version", "champion_version", "promoted", "reason", "selection_metric",
@@ -157,6 +160,8 @@ def register_champion(
                 PROCEDURE_TAG: procedure,
             },
         )
+    if description is not None and getattr(version, "description", None) != description:
+        tracker.describe_version(name, version.version, description)
     kill_point("register")
     out = {METRIC_TAG: metric, DIRECTION_TAG: direction, PROCEDURE_TAG: procedure}
     lock = getattr(tracker, "lock_path", _lock_path(tracker.uri))

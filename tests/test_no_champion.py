@@ -58,7 +58,7 @@ def test_refits_that_all_diverge_exit_1_with_the_reason(store, capsys, ensemble)
     refits = [j for j in store.jobs(batch.id) if j.purpose == REFIT]
     # a single refit falls back to the next choices (three tries); an ensemble's members all fail
     assert len(refits) == (3 if ensemble == 1 else 2)
-    rc = _summary(store, batch, None, "sqlite:///x.db", ("search",), 1.0, 0, None)
+    rc = _summary(store, batch, None, "sqlite:///x.db", "x.log", ("search",), 1.0, 0, None)
     err = capsys.readouterr().err
     assert rc == EXIT_FAILURE
     assert "error: no champion registered:" in err and "diverged" in err

@@ -286,19 +286,40 @@ class Server:
         return f"the MLflow UI {what}" + (f": {redact(last, limit=300)}" if last else "")
 
     def stop(self) -> None:
-        """SIGTERM to the server's group, then SIGKILL after ``STOP_SECONDS``; idempotent."""
-        if self.proc.poll() is not None:
-            return
-        for sig in (signal.SIGTERM, signal.SIGKILL):
+        """SIGTERM to the server's group, then SIGKILL after ``STOP_SECONDS``; idempotent.
+
+        Returns once nothing listens on the port any more: ``mlflow ui`` (the group's leader)
+        exits at once on SIGTERM, while the web server it started is still shutting down and
+        holding the port, so the leader's exit alone does not mean the UI is gone.
+        """
+        if self.proc.poll() is None:
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                try:
+                    os.killpg(self.proc.pid, sig)
+                except ProcessLookupError:
+                    break
+                try:
+                    self.proc.wait(timeout=STOP_SECONDS)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        deadline = time.monotonic() + STOP_SECONDS
+        while _listening(self.port) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _listening(self.port):
             try:
-                os.killpg(self.proc.pid, sig)
+                os.killpg(self.proc.pid, signal.SIGKILL)  # what is left of the group
             except ProcessLookupError:
-                return
-            try:
-                self.proc.wait(timeout=STOP_SECONDS)
-                return
-            except subprocess.TimeoutExpired:
-                continue
+                pass
+
+
+def _listening(port: int) -> bool:
+    """Whether something accepts connections on 127.0.0.1:``port``."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
 
 
 def stop_on_sigterm() -> None:

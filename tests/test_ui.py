@@ -146,5 +146,11 @@ def test_it_serves_the_folders_store_at_the_latest_batch_and_stops_on_ctrl_c(dig
             raise
     assert proc.returncode == 0
     assert proc.stderr.read().strip().splitlines()[-1] == "stopped the MLflow UI"
-    with socket.socket() as s:  # the server went with it: its port is free again
+    # the server went with it: nothing listens on its port any more. SO_REUSEADDR lets the bind
+    # past the closed connections' TIME_WAIT entries, but never past a listening socket
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", port))
+        s.listen()

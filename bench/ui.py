@@ -221,6 +221,9 @@ def _check_local_store(uri: str) -> None:
 
 def _check_port_free(port: int) -> None:
     with socket.socket() as s:
+        # like the server's own bind: a UI stopped a moment ago leaves TIME_WAIT entries on the
+        # port, which only SO_REUSEADDR lets past; a listening socket still refuses it
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:

@@ -9,7 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.errors import SpaceError
-from bench.space._schema import MAX_FILE_BYTES, _safe_load_bounded, parse_space
+from bench.space._schema import (
+    MAX_FILE_BYTES,
+    _read_bounded,
+    _safe_load_bounded,
+    parse_space,
+    space_from_file_text,
+)
 from bench.space._schema import load_space as _load_file
 from bench.space._types import (
     ACTIVATIONS,
@@ -68,15 +74,9 @@ def load_space_text(name_or_path: str | Path) -> tuple[Space, str]:
     Raises:
         SpaceError: as :func:`load_space`.
     """
-    path = resolve_space(name_or_path)
-    _load_file(path)  # every check and message of a file read: missing, too big, not a file
-    with open(path, "rb") as f:
-        raw = f.read(MAX_FILE_BYTES + 1)
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise SpaceError(f"{path}: cannot read the search-space file (not UTF-8)") from None
-    return space_from_text(text, str(path)), text
+    path = str(resolve_space(name_or_path))
+    text = _read_bounded(path)  # one bounded read: missing, too big, not a file, not UTF-8
+    return space_from_file_text(text, path), text
 
 
 def space_from_text(text: str, path: str) -> Space:

@@ -470,7 +470,15 @@ def load_space(path: str | Path) -> Space:
         SpaceError: unreadable file, malformed YAML or an invalid space, in one line.
     """
     path = str(path)
-    text = _read_bounded(path)
+    return space_from_file_text(_read_bounded(path), path)
+
+
+def space_from_file_text(text: str, path: str) -> Space:
+    """Validate the text just read from the file ``path`` (messages name its line and column).
+
+    Raises:
+        SpaceError: malformed YAML or an invalid space, in one line.
+    """
     try:
         data = _safe_load_bounded(text, path)
     except yaml.YAMLError as exc:

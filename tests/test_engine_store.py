@@ -383,6 +383,28 @@ def test_open_batch_from_two_threads_opens_one_batch(tmp_path):
     assert len(JobStore(path).jobs(out[0].id)) == 3
 
 
+def test_a_peer_that_opens_a_batch_between_look_and_create_is_joined_not_doubled(tmp_path):
+    # the interleaving the threads above hit only by chance: this caller saw no batch, then a
+    # peer opened (and started) batch 1 before this caller inserted; it must join batch 1
+    path = str(tmp_path / "journal.log")
+    mine, peer = JobStore(path), JobStore(path)
+    real = mine.latest_batch
+    looked = []
+
+    def latest_then_a_peer_opens(*args):
+        seen = real(*args)
+        if not looked:
+            looked.append(seen)
+            _open(peer, [])
+        return seen
+
+    mine.latest_batch = latest_then_a_peer_opens
+    batch, created = _open(mine, [])
+    assert looked == [None]  # the race happened: nothing seen, then the peer's batch appeared
+    assert not created and batch.number == 1
+    assert [b.number for b in mine.batches("s")] == [1]
+
+
 def test_release_gives_back_the_attempt_its_take_counted(store):
     # Ctrl-C and registration outages release a job; only a worker's death (a reap) may use up
     # one of its MAX_ATTEMPTS, or three interrupts would fail a job that never crashed

@@ -69,6 +69,9 @@ def open_batch(
         BenchError: the batch to join or continue was opened on data with another digest.
     """
     for _ in range(20):
+        # the study's last number first, then this design's latest batch: a batch that a peer
+        # opens after the first read takes the number this caller would insert (see create_batch)
+        seen = store.last_number(study)
         latest = store.latest_batch(study, design, identity if design != "search" else None)
         if latest is not None and (latest.state != "done" or join_done):
             check_same_data(latest, settings.get("dataset_digest"))
@@ -79,7 +82,11 @@ def open_batch(
         created = latest is None or latest.state == "done"
         # a random id, so a fresh storage beside an old tracking store never adopts its runs
         fresh = {**settings, "uid": uuid.uuid4().hex[:16]}
-        batch = latest if not created else store.create_batch(study, design, identity, fresh)
+        batch = (
+            latest
+            if not created
+            else store.create_batch(study, design, identity, fresh, after=seen)
+        )
         if batch is None:
             continue  # a peer created this number a moment ago: look again
         kill_point("open-batch")

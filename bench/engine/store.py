@@ -163,18 +163,31 @@ class JobStore:
             raise BenchError(f"batch {batch_id} is gone from the job store {redact(self.url)}")
         return _batch(row)
 
-    def create_batch(self, study: str, design: str, identity: str, settings: dict) -> Batch | None:
-        """Insert the study's next batch in state ``opening``; None when a peer just did."""
+    def last_number(self, study: str) -> int:
+        """The highest batch number of ``study`` (0 when it has none)."""
         with self.engine.connect() as c:
             last = c.execute(
                 sa.select(sa.func.max(batches.c.number)).where(batches.c.study == study)
             ).scalar()
+        return last or 0
+
+    def create_batch(
+        self, study: str, design: str, identity: str, settings: dict, after: int | None = None
+    ) -> Batch | None:
+        """Insert the study's batch number ``after + 1`` in state ``opening``; None when taken.
+
+        ``after`` is the last number the caller saw *before* it decided to create: any batch a
+        peer opened since then holds that number, so the insert fails and the caller looks
+        again, instead of opening a second batch beside the peer's. Without it, the store's
+        current last number is used.
+        """
+        last = self.last_number(study) if after is None else after
         try:
             with self.engine.begin() as c:
                 new_id = c.execute(
                     batches.insert().values(
                         study=study,
-                        number=(last or 0) + 1,
+                        number=last + 1,
                         design=design,
                         identity=identity,
                         state="opening",

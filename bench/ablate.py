@@ -19,10 +19,10 @@ import logging
 import statistics
 import sys
 from pathlib import Path
-from typing import Any
 
 from bench.cli import Parser, add_worker_flags, bounded_int
-from bench.errors import EXIT_OK, BenchError, redact, store_location
+from bench.errors import EXIT_OK, BenchError, redact
+from bench.records import DONE
 
 log = logging.getLogger("bench")
 # Measured here: one 55,000-image epoch of a 784-300-100-10 MLP takes about 1.2 s on 2 cores.
@@ -354,12 +354,15 @@ def _run(args: argparse.Namespace, interrupts) -> int:
     from bench import data
     from bench import optuna_adapter as opt
     from bench.cli import check_name
-    from bench.designs.ablation import plan_to_settings
+    from bench.designs.ablation import AblationDesign, plan_to_settings
     from bench.designs.ablation_plan import plan as make_plan
     from bench.engine import batch_space
+    from bench.engine.driver import BatchRun, drive, open_design_batch
+    from bench.engine.store import JobStore
     from bench.resources import plan_workers, usable_cpus, visible_gpus
+    from bench.results.what_matters import summary_text
     from bench.space import load_space_text, resolve_space
-    from bench.tracking import check_uri, resolve_uri
+    from bench.tracking import Tracker, check_uri, resolve_uri
     from bench.training import download_dataset
 
     storage = args.storage or opt.DEFAULT_STORAGE
@@ -472,15 +475,13 @@ def _run(args: argparse.Namespace, interrupts) -> int:
         "seeds": seeds,
         "plan": plan_to_settings(plan, train),
     }
-    from bench.engine.store import JobStore
-    from bench.tracking import Tracker
-
     opt.open_study(study_name, storage, space, settings["seed"], record_space=False)
     store = JobStore(storage)
     tracker = Tracker(uri, experiment)
-    batch, created = open_ablation_batch(
-        store, study_name, ident, settings, space, dataset, tracker, storage
-    )
+    batch, created = open_design_batch(
+        store, tracker, AblationDesign, study_name, ident, settings, space, dataset, storage,
+        join_done=True,
+    )  # fmt: skip
     if batch.state == "done":
         from bench.engine.mirror import complete_mirrors
 
@@ -490,108 +491,18 @@ def _run(args: argparse.Namespace, interrupts) -> int:
             "its results:",
             file=sys.stderr,
         )
-        print_results(batch.summary or {})
+        print(summary_text(batch.summary or {}), end="")
         return EXIT_OK
-    from bench.search import run_batch
-
-    code = run_batch(
-        args,
-        interrupts,
-        store,
-        batch,
-        created,
-        tracker,
-        uri,
-        storage,
-        workers,
-        space,
-        purposes=("ablation",),
-    )
+    run = BatchRun(
+        store, batch, created, AblationDesign, tracker, uri, storage, workers, space,
+        quiet=args.quiet,
+    )  # fmt: skip
+    code = drive(run, interrupts)
     record = store.get_batch(batch.id)
-    if record.state == "done":
+    if record.state == DONE:
         print()
-        print_results(record.summary or {})
+        print(summary_text(record.summary or {}), end="")
     return code
-
-
-def open_ablation_batch(store, study_name, ident, settings, space, dataset, tracker, storage):
-    from bench.designs.ablation import AblationDesign
-    from bench.designs.ablation_plan import fmt_level
-    from bench.engine import batch_tag, open_batch
-
-    plan = settings["plan"]
-    base = plan["cells"][0]["config"]
-
-    def start_parent(batch) -> str:
-        run_id = tracker.start_parent(
-            f"{study_name}-ablation-{batch.number}",
-            {
-                "design": "ablation",
-                "dataset": dataset.name,
-                "space": Path(settings["space"]).name,
-                "metric": space.metric,
-                "storage": store_location(storage),  # never a password
-                "seeds": len(settings["seeds"]),
-                "cells": len(plan["cells"]),
-                "factors": ",".join(settings["factors"]),
-                "base_source": settings["base_source"],
-                **{f"base.{k}": fmt_level(v) for k, v in base.items()},
-                **{f"train.{k}": v for k, v in space.train.__dict__.items()},
-                **{f"base_train.{k}": v for k, v in plan["train"].items()},
-            },
-            {
-                "study_name": study_name,
-                "batch": batch.number,
-                **batch_tag(batch),
-                "design": "ablation",
-                "role": "ablation",
-                "base": settings["base_source"],
-                "base_config": json.dumps(base, sort_keys=True)[:4000],
-                "factors": ",".join(settings["factors"]),
-                "seeds": ",".join(map(str, settings["seeds"])),
-                "space_hash": space.search_hash,
-                "dataset_digest": dataset.digest,
-                "ablation_identity": ident,
-            },
-        )
-        tracker.safe(tracker.log_space, run_id, settings)
-        return run_id
-
-    def initial(stored: dict):
-        return AblationDesign(stored, space.direction == "maximize").initial_jobs()
-
-    return open_batch(
-        store,
-        study_name,
-        "ablation",
-        ident,
-        settings,
-        initial,
-        start_parent,
-        tracker,
-        join_done=True,
-    )
-
-
-def results_of(summary: dict[str, Any]):
-    """The what_matters results of a finished ablation batch's summary (recomputed from its
-    records, so the text and plot come from the same code as a fresh analysis)."""
-    from bench.results.what_matters import analyse
-
-    recs = summary.get("records") or []
-    if not recs or not any(r.get("factor") == "base" for r in recs):
-        return []
-    return analyse(recs, base_levels=summary.get("base_levels") or None)
-
-
-def print_results(summary: dict[str, Any]) -> None:
-    from bench.results.what_matters import text
-
-    if summary.get("error"):
-        print(f"no analysis: {summary['error']}")
-        return
-    results = results_of(summary)
-    print(text(results), end="")
 
 
 def console() -> None:

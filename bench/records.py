@@ -20,6 +20,15 @@ REFIT = "refit"  # the chosen configuration re-trained on all training images, t
 REGISTER = "register"  # register an already trained model (the search's best, --no-refit)
 PURPOSES = (SEARCH, BASELINE, REEVAL, ABLATION, REFIT, REGISTER)
 
+# Designs: what a batch is (the key of bench.designs.DESIGNS, stored as Batch.design).
+SEARCH_DESIGN = "search"  # sampler-proposed configurations, then re-evaluation, refit, register
+REEVAL_DESIGN = "reeval"  # a finished search's best configurations, re-trained, then refit
+ABLATION_DESIGN = "ablation"  # a controlled one-factor-at-a-time comparison
+
+# Batch states in the job store: OPENING (row, parent run, jobs being written), then RUNNING
+# and DONE, the same words and meanings as a job's.
+OPENING = "opening"
+
 # Splits a job trains on.
 HOLDOUT = "holdout"  # training minus the seeded, stratified validation split; judged on it
 ALL = "all"  # every training image (refit): no validation, a fixed epoch count

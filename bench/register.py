@@ -16,6 +16,7 @@ from pathlib import Path
 
 from bench.cli import Parser
 from bench.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, BenchError, redact
+from bench.records import SEARCH_DESIGN
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,18 +38,19 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace, interrupts) -> int:
     from bench import optuna_adapter as opt
+    from bench.designs import DESIGNS
     from bench.engine import batch_space
+    from bench.engine.driver import BatchRun, drive
     from bench.engine.mirror import complete_mirrors
     from bench.engine.store import JobStore
     from bench.resources import plan_workers, usable_cpus, visible_gpus
-    from bench.search import run_batch
     from bench.tracking import Tracker, check_uri, resolve_uri
 
     storage = args.storage or opt.DEFAULT_STORAGE
     if opt.is_journal(storage) and not Path(storage).is_file():
         raise BenchError(f"--storage {redact(storage)}: no such journal file")
     opt.load_study(args.study_name, storage)  # a missing study is named in one line
-    batch = JobStore(storage).latest_batch(args.study_name, "search")
+    batch = JobStore(storage).latest_batch(args.study_name, SEARCH_DESIGN)
     if batch is None:
         raise BenchError(f"--study-name {args.study_name}: the study was not made by bench.search")
     info = batch.summary or {}
@@ -79,9 +81,10 @@ def _run(args: argparse.Namespace, interrupts) -> int:
     space = batch_space(batch.settings)
     tracker = Tracker(uri, batch.settings["experiment"])
     store = JobStore(storage)
-    args.quiet, args.timeout, args.tensorboard = True, None, None
     plan = plan_workers(1, None, 1, usable_cpus(), visible_gpus())
-    return run_batch(args, interrupts, store, batch, False, tracker, uri, storage, plan, space)
+    design = DESIGNS[batch.design]
+    run = BatchRun(store, batch, False, design, tracker, uri, storage, plan, space, quiet=True)
+    return drive(run, interrupts)
 
 
 def console() -> None:

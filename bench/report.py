@@ -4,8 +4,8 @@ Everything shown comes from the trials' user attributes (``bench.config``, ``ben
 and the job store's batches (search, re-evaluation and ablation summaries), so a report takes
 seconds and never imports TensorFlow. When the study has a finished ablation (``bench.ablate``),
 the report leads with its "What matters" section and forest plot. Only ``--reevaluate``
-(alias ``--finalize``) trains, through :mod:`bench.reevaluate`. The files are also logged as
-artifacts of the study's latest search parent MLflow run.
+(alias ``--finalize``) trains, through :mod:`bench.engine.reevaluation` (what
+``bench.reevaluate`` runs). The files are also logged as artifacts of the study's latest search parent MLflow run.
 """
 
 from __future__ import annotations
@@ -137,26 +137,19 @@ def _run(args: argparse.Namespace) -> int:
 
     uri = resolve_uri(args.tracking_uri)
     if args.reevaluate:
-        from bench import reevaluate
+        from bench.cli import engine_main
+        from bench.engine.reevaluation import ReevalRequest, reevaluate
 
-        argv = [
-            "--study-name",
-            study.study_name,
-            "--top-k",
-            str(args.top_k),
-            "--seeds",
-            str(args.seeds),
-        ]
-        for flag, value in (
-            ("--storage", args.storage),
-            ("--tracking-uri", args.tracking_uri),
-            ("--jobs", args.jobs),
-        ):
-            if value is not None:
-                argv += [flag, str(value)]
-        if args.quiet:
-            argv.append("--quiet")
-        code = reevaluate.main(argv)
+        req = ReevalRequest(
+            study=study.study_name,
+            storage=args.storage,
+            tracking_uri=args.tracking_uri,
+            top_k=args.top_k,
+            seeds=args.seeds,
+            workers=args.jobs,
+            quiet=args.quiet,
+        )
+        code = engine_main(lambda _args, interrupts: reevaluate(req, interrupts), args)
         if code != EXIT_OK:
             return code
     out = Path(args.out or Path("reports") / folder_name(study.study_name))
@@ -508,7 +501,6 @@ def champion_section(batches: list[Batch]) -> str | None:
 
 def what_matters(report: Report, batches: list[Batch], out: Path) -> None:
     """Lead the report with the latest finished ablation's "What matters" and its forest plot."""
-    from bench.ablate import results_of
     from bench.results import what_matters as wm
 
     done = _done(batches, "ablation")
@@ -516,7 +508,7 @@ def what_matters(report: Report, batches: list[Batch], out: Path) -> None:
         return
     batch = done[-1]
     summary = batch.summary or {}
-    results = results_of(summary) if not summary.get("error") else []
+    results = wm.from_summary(summary)
     source = batch.settings.get("base_source", "the base configuration")
     head = (
         f"controlled ablation (batch {batch.number}, around {source}; "

@@ -11,8 +11,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import logging
-import sys
-import time
 from pathlib import Path
 
 from bench.cli import (
@@ -24,13 +22,9 @@ from bench.cli import (
     positive_seconds,
 )
 from bench.errors import (
-    EXIT_FAILURE,
-    EXIT_INTERRUPTED,
-    EXIT_OK,
     BenchError,
-    redact,
-    store_location,
 )
+from bench.records import SEARCH_DESIGN
 
 log = logging.getLogger("bench")
 MAX_TRIALS = 100_000  # more would take days; a typo like 10**9 must not enqueue for hours
@@ -149,6 +143,8 @@ def _run(args: argparse.Namespace, interrupts) -> int:
     from bench import data
     from bench import optuna_adapter as opt
     from bench.cli import check_name
+    from bench.designs.search import SearchDesign
+    from bench.engine.driver import BatchRun, drive, open_design_batch
     from bench.engine.store import JobStore
     from bench.resources import plan_workers, usable_cpus, visible_gpus
     from bench.space import load_space, load_space_text, resolve_space
@@ -208,10 +204,14 @@ def _run(args: argparse.Namespace, interrupts) -> int:
     if space.enqueue and n_trials:
         opt.enqueue(study, space.enqueue)  # the space's starting points, once per study
     tracker = Tracker(uri, experiment)
-    batch, created = open_search_batch(
-        store, study_name, settings, space, dataset, tracker, storage
+    batch, created = open_design_batch(
+        store, tracker, SearchDesign, study_name, SEARCH_DESIGN, settings, space, dataset, storage
     )
-    return run_batch(args, interrupts, store, batch, created, tracker, uri, storage, plan, space)
+    run = BatchRun(
+        store, batch, created, SearchDesign, tracker, uri, storage, plan, space,
+        timeout=args.timeout, tensorboard=args.tensorboard, quiet=args.quiet,
+    )  # fmt: skip
+    return drive(run, interrupts)
 
 
 def check_split_seed(store, study: str, seed: int) -> None:
@@ -221,7 +221,7 @@ def check_split_seed(store, study: str, seed: int) -> None:
     Raises:
         BenchError: another seed than the study's latest search batch, in one line.
     """
-    latest = store.latest_batch(study, "search")
+    latest = store.latest_batch(study, SEARCH_DESIGN)
     if latest is None:
         return
     old = int(latest.settings.get("seed", 0))
@@ -231,277 +231,6 @@ def check_split_seed(store, study: str, seed: int) -> None:
             f"(batch {latest.number}); use --seed {old}, another --study-name, or "
             "--allow-space-change to mix splits knowingly"
         )
-
-
-def open_search_batch(store, study_name, settings, space, dataset, tracker, storage):
-    from bench.designs.search import SearchDesign
-    from bench.engine import batch_tag, open_batch
-
-    def start_parent(batch) -> str:
-        run_id = tracker.start_parent(
-            f"{study_name}-batch-{batch.number}",
-            {
-                "n_trials": settings["n_trials"],
-                "dataset": dataset.name,
-                "space": Path(settings["space"]).name,
-                "sampler": space.sampler.name,
-                "pruner": space.pruner.name,
-                "seed": settings["seed"],
-                "metric": space.metric,
-                "storage": store_location(storage),  # never a password
-                "refit": settings["refit"],
-                "ensemble": settings["ensemble"],
-                "reeval_top_k": settings["reeval_top_k"],
-                **{f"train.{k}": v for k, v in space.train.__dict__.items()},
-                **{f"fixed.{k}": v for k, v in space.fixed_values().items()},
-            },
-            {
-                "study_name": study_name,
-                "batch": batch.number,
-                **batch_tag(batch),
-                "design": batch.design,
-                "space_hash": space.search_hash,
-                "dataset_digest": dataset.digest,
-                "role": "study",
-            },
-        )
-        tracker.safe(tracker.log_space, run_id, settings)
-        tracker.safe(tracker.log_dataset, run_id, dataset)
-        return run_id
-
-    def initial(stored: dict):
-        return SearchDesign(stored).initial_jobs(stored.get("baselines") or [], stored["n_trials"])
-
-    return open_batch(
-        store,
-        study_name,
-        "search",
-        "search",
-        settings,
-        initial,
-        start_parent,
-        tracker,
-    )
-
-
-def run_batch(
-    args,
-    interrupts,
-    store,
-    batch,
-    created,
-    tracker,
-    uri,
-    storage,
-    plan,
-    space,
-    purposes=("search", "baseline"),
-) -> int:
-    """Run workers on an open batch, with progress; print the outcome. Shared by the CLIs."""
-    from bench.engine import counts, run_workers
-    from bench.engine.mirror import complete_mirrors
-    from bench.engine.progress import Progress
-    from bench.engine.worker import WorkerSettings
-
-    complete_mirrors(store, batch.study, tracker)  # what an outage left of earlier batches
-    jobs = [j for j in store.jobs(batch.id) if j.purpose in purposes]
-    done_before = counts(jobs)["done"]
-    total = len(jobs)
-    if not created:
-        tracker.safe(tracker.reopen, batch.parent_run_id)
-        print(
-            f"joining {batch.design} batch {batch.number} of study '{batch.study}': "
-            f"{done_before}/{total} jobs already finished",
-            file=sys.stderr,
-        )
-    print(
-        f"study '{batch.study}' {batch.design} batch {batch.number}: {total} jobs on {plan.jobs} "
-        f"worker(s) x {plan.threads} thread(s); storage {redact(storage)}; tracking {redact(uri)}",
-        file=sys.stderr,
-    )
-    deadline = time.time() + args.timeout if getattr(args, "timeout", None) else None
-    settings = [
-        WorkerSettings(
-            storage=storage,
-            tracking_uri=uri,
-            batch_id=batch.id,
-            threads=plan.threads,
-            deadline=deadline,
-            tensorboard_dir=getattr(args, "tensorboard", None),
-            env=plan.per_worker_env[i] if plan.per_worker_env else {},
-        )
-        for i in range(plan.jobs)
-    ]
-    progress = Progress(
-        storage, batch, purposes, space.direction == "maximize", total, enabled=not args.quiet
-    )
-    progress.start()
-    started = time.time()
-    try:
-        failed_workers = run_workers(settings, interrupts)
-    except KeyboardInterrupt:
-        progress.stop()
-        return _interrupted(store, batch, tracker, purposes, done_before)
-    progress.stop()
-    return _summary(
-        store,
-        batch,
-        tracker,
-        uri,
-        storage,
-        purposes,
-        time.time() - started,
-        failed_workers,
-        deadline,
-    )
-
-
-def _interrupted(store, batch, tracker, purposes, done_before: int) -> int:
-    from bench.engine import counts
-
-    c = counts([j for j in store.jobs(batch.id) if j.purpose in purposes])
-    if not c["running"]:
-        tracker.safe(tracker.end_run, batch.parent_run_id, "KILLED")
-    total = sum(c.values())
-    print(
-        f"interrupted: kept {c['done']}/{total} finished jobs of batch {batch.number} "
-        f"({c['done'] - done_before} this run); rerun the same command to resume",
-        file=sys.stderr,
-    )
-    return EXIT_INTERRUPTED
-
-
-def ui_command(uri: str, storage: str) -> str:
-    """The ``bench.ui`` command that serves this store, with the flags it needs here."""
-    from bench.optuna_adapter import DEFAULT_STORAGE
-    from bench.tracking import resolve_uri
-
-    flags = "" if uri == resolve_uri(None) else f" --tracking-uri {redact(uri)}"
-    flags += "" if storage == DEFAULT_STORAGE else f" --storage {redact(storage)}"
-    return f"python -m bench.ui{flags}"
-
-
-def _summary(
-    store, batch, tracker, uri, storage, purposes, seconds, failed_workers, deadline
-) -> int:
-    import pandas as pd
-
-    from bench.engine import counts
-    from bench.tracking import ui_links
-
-    jobs = store.jobs(batch.id)
-    mine = [j for j in jobs if j.purpose in purposes]
-    c = counts(mine)
-    rows = []
-    for j in mine:
-        r = j.result
-        if j.state != "done" or r is None:
-            continue
-        cfg = r.config or {}
-        rows.append(
-            {
-                "job": j.key if j.trial_number is None else f"trial {j.trial_number}",
-                "state": r.status,
-                "value": r.value,
-                "normalization": cfg.get("normalization", ""),
-                "units": "-".join(map(str, cfg.get("units") or [])),
-                "dropout": (cfg.get("dropout") or [None])[0],
-                "optimizer": cfg.get("optimizer", ""),
-                "lr": cfg.get("learning_rate"),
-                "batch": cfg.get("batch_size"),
-                "epochs": r.epochs_run,
-                "seconds": r.train_seconds,
-            }
-        )
-    frame = pd.DataFrame(rows)
-    if not frame.empty:  # completed jobs first: a pruned job's value is an early epoch's
-        frame["_pruned"] = frame["state"] != "completed"
-        frame = (
-            frame.sort_values(["_pruned", "value"], ascending=[True, False], na_position="last")
-            .drop(columns="_pruned")
-            .head(10)
-        )
-        print(frame.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    record = store.get_batch(batch.id)
-    total = sum(c.values())
-    print(f"\nbatch {batch.number}: {c['done']}/{total} jobs finished in {seconds:.0f} s")
-    failed = [j for j in mine if j.state == "failed"]
-    if c["done"] == 0 and (failed or failed_workers):
-        cause = failed[-1].reason if failed else "every worker exited with an error (see above)"
-        print(
-            f"error: no job of batch {batch.number} finished; {len(failed)} failed, the last "
-            f"with: {redact(cause)}",
-            file=sys.stderr,
-        )
-        return EXIT_FAILURE
-    info = record.summary or {}
-    if info.get("version"):
-        members = info.get("ensemble") or []
-        how = (
-            f"the mean of {len(members)} configurations refit on all training images for "
-            f"{info.get('refit_epochs')} epochs; alone they score "
-            + ", ".join(f"{m['test_accuracy']:.4f}" for m in members if m.get("test_accuracy"))
-            if len(members) > 1
-            else f"refit on all training images for {info.get('refit_epochs')} epochs"
-            if info.get("refit")
-            else "the search run's own model"
-        )
-        gap = info.get("val_test_gap")
-        loss = info.get("selection_metric") == "val_loss"  # the gap is then a loss minus a loss
-        print(
-            f"registered {record.settings['model_name']} version {info['version']} "
-            f"({how}; chosen by validation {'loss ' if loss else ''}"
-            f"{info.get('selection_score', float('nan')):.4f}, "
-            + (f"test loss {info['test_loss']:.4f}, " if loss else "")
-            + f"test accuracy {info['test_accuracy']:.4f}"
-            + (
-                f", val->test gap {gap:+.4f}"
-                if gap is not None and loss
-                else f", val->test gap {gap * 100:+.1f} points"
-                if gap is not None
-                else ""
-            )
-            + f"); champion: version {info['champion_version']}, "
-            f"models:/{record.settings['model_name']}@champion"
-            + ("" if info.get("promoted", True) else f" ({info.get('reason')})")
-        )
-    final = [j for j in jobs if j.purpose in ("refit", "register")]
-    registers = record.design in ("search", "reeval") and record.settings.get("register", True)
-    if record.state == "done" and registers and not info.get("version"):
-        if info.get("no_champion"):
-            print(f"error: no champion registered: {info['no_champion']}", file=sys.stderr)
-            return EXIT_FAILURE
-        if any(j.state == "failed" for j in final):
-            cause = next(j.reason for j in final if j.state == "failed")
-            print(f"error: the champion was not registered: {redact(cause)}", file=sys.stderr)
-            return EXIT_FAILURE
-        if not final:
-            print(
-                "note: no job completed (all pruned or failed): nothing to register",
-                file=sys.stderr,
-            )
-    links = ui_links(uri, tracker.experiment_id, record.settings.get("model_name"))
-    print(f"runs:   {links['runs']}")
-    if info.get("version"):
-        print(f"model:  {links['model']}")
-    if "start" in links:  # a local store: nothing serves it until `bench.ui` does
-        print(f"        (start the UI first: {ui_command(uri, storage)})")
-    print(f"report: python -m bench.report --study-name {batch.study}")
-    if record.state != "done":
-        reason = "the --timeout passed" if deadline and time.time() >= deadline else None
-        if failed_workers and not reason:
-            print(
-                f"error: {failed_workers} worker(s) exited with an error before the batch was "
-                "complete; finished jobs are kept; rerun the same command to continue",
-                file=sys.stderr,
-            )
-            return EXIT_FAILURE
-        print(
-            f"batch {batch.number} is not complete ({reason or 'jobs remain'}); rerun the same "
-            "command to continue",
-            file=sys.stderr,
-        )
-    return EXIT_OK
 
 
 def console() -> None:

@@ -124,6 +124,25 @@ def test_no_module_imports_a_higher_layer():
     assert not bad, "imports that reach up a layer:\n" + "\n".join(bad)
 
 
+# The commands: one floor of the house. They share ``bench.cli`` (flags, the error wrapper) and
+# call down into the engine and results; none imports another, so none changes under another.
+COMMANDS = {"search", "ablate", "reevaluate", "report", "predict", "register", "ui"}
+
+
+def test_no_command_imports_another_command():
+    bad = []
+    for module in MODULES:
+        here = _component(module)
+        if here not in COMMANDS:
+            continue
+        path = BENCH / f"{here}.py"
+        for line, name in _imports(path, module):
+            there = _component(name) if name.startswith("bench.") else None
+            if there in COMMANDS and there != here:
+                bad.append(f"{path.relative_to(REPO)}:{line} imports {name}")
+    assert not bad, "commands that import another command:\n" + "\n".join(bad)
+
+
 def test_heavy_libraries_are_imported_by_their_one_layer_only():
     bad = []
     for module in MODULES:

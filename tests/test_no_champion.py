@@ -13,7 +13,7 @@ from bench.engine.owner import new_owner
 from bench.engine.store import JobStore
 from bench.errors import EXIT_FAILURE
 from bench.records import COMPLETED, DIVERGED, REFIT, SEARCH, JobResult
-from bench.search import _summary
+from bench.engine.driver import print_outcome
 
 
 @pytest.fixture
@@ -28,7 +28,7 @@ def _run_batch(store, settings, outcome) -> object:
     batch = store.create_batch("s", "search", "search", settings)
     store.set_batch_state(batch.id, "running")
     design = SearchDesign(settings)
-    store.add_jobs(batch.id, design.initial_jobs([], settings["n_trials"]))
+    store.add_jobs(batch.id, design.initial_jobs())
     token, owner = (o := new_owner()).pop("token"), o
     while True:
         job = store.take(batch.id, token, owner, 30.0)
@@ -58,7 +58,7 @@ def test_refits_that_all_diverge_exit_1_with_the_reason(store, capsys, ensemble)
     refits = [j for j in store.jobs(batch.id) if j.purpose == REFIT]
     # a single refit falls back to the next choices (three tries); an ensemble's members all fail
     assert len(refits) == (3 if ensemble == 1 else 2)
-    rc = _summary(store, batch, None, "sqlite:///x.db", "x.log", ("search",), 1.0, 0, None)
+    rc = print_outcome(store, batch, None, "sqlite:///x.db", "x.log", ("search",), 1.0, 0, None)
     err = capsys.readouterr().err
     assert rc == EXIT_FAILURE
     assert "error: no champion registered:" in err and "diverged" in err

@@ -149,6 +149,15 @@ def test_only_the_users_study_is_listed_after_searches_and_a_reevaluation(tmp_pa
         "--jobs", "1", "--quiet", cwd=tmp_path,
     )  # fmt: skip
     assert reeval.returncode == 0, reeval.stderr[-3000:]
+    assert "re-evaluated configurations" in reeval.stdout, reeval.stdout[-3000:]
+    # the report's --reevaluate is the same batch: it joins the finished one, trains nothing
+    report = run_module(
+        "bench.report", "--study-name", "digits-smoke", "--reevaluate", "--top-k", "2",
+        "--seeds", "2", "--quiet", "--no-mlflow", cwd=tmp_path,
+    )  # fmt: skip
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert "already re-evaluated in batch 3" in report.stderr, report.stderr[-3000:]
+    assert "re-evaluated configurations" in report.stdout, (reeval.stdout, report.stdout)
     storage = opt.make_storage(str(tmp_path / "optuna-studies.log"))
     names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
     assert names == ["digits-smoke"]

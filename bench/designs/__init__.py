@@ -2,29 +2,34 @@
 
 A design never trains, never talks to Optuna or MLflow, and never decides who runs what: it
 produces job specs with deterministic keys and, once a stage's jobs are all recorded, the next
-stage's. ``search`` (sampler-proposed configurations, baselines, re-evaluation, refit) and
-``ablation`` (controlled one-factor cells) are the two designs; a re-evaluation batch is the
-search design starting at its re-evaluation stage.
+stage's. The contract is :class:`bench.designs._base.Design`; :data:`DESIGNS` names every one.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from bench.designs._base import Design, OpeningFacts, ParentRun
+from bench.designs.ablation import AblationDesign
+from bench.designs.search import ReevalDesign, SearchDesign
+
 if TYPE_CHECKING:
     from bench.records import Batch
     from bench.space import Space
 
+# A batch's ``design`` -> the class that makes its jobs (a new design: one line here).
+DESIGNS: dict[str, type[Design]] = {d.name: d for d in (SearchDesign, ReevalDesign, AblationDesign)}
 
-def make_design(batch: Batch, space: Space):
+__all__ = ["DESIGNS", "Design", "OpeningFacts", "ParentRun", "make_design"]
+
+
+def make_design(batch: Batch, space: Space) -> Design:
     """The design object of a stored batch (workers rebuild it from the batch's settings)."""
-    maximize = space.direction == "maximize"
-    if batch.design in ("search", "reeval"):
-        from bench.designs.search import SearchDesign
-
-        return SearchDesign(batch.settings, maximize)
-    if batch.design == "ablation":
-        from bench.designs.ablation import AblationDesign
-
-        return AblationDesign(batch.settings, maximize)
-    raise ValueError(f"unknown design {batch.design!r}")
+    try:
+        cls = DESIGNS[batch.design]
+    except KeyError:
+        raise ValueError(
+            f"batch {batch.number} of study '{batch.study}': unknown design {batch.design!r} "
+            f"(known: {', '.join(DESIGNS)}); was it opened by a newer bench?"
+        ) from None
+    return cls(batch.settings, space.direction == "maximize")

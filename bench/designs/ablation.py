@@ -9,12 +9,14 @@ no pruning. There is one stage only; the summary is the paired analysis of
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict
 from typing import Any
 
+from bench.designs._base import Design, OpeningFacts
 from bench.designs.ablation_plan import BASE, Plan, fmt_level
-from bench.records import ABLATION, COMPLETED, DONE, FAILED, Job, JobSpec
+from bench.records import ABLATION, ABLATION_DESIGN, COMPLETED, DONE, FAILED, Job, JobSpec
 
 
 def plan_to_settings(plan: Plan, train: dict) -> dict[str, Any]:
@@ -79,15 +81,36 @@ def records(jobs: list[Job], metric: str = "val_accuracy") -> list[dict[str, Any
     return out
 
 
-class AblationDesign:
+class AblationDesign(Design):
     """Produces an ablation batch's jobs (all at once) and reads their results."""
 
-    name = "ablation"
+    name = ABLATION_DESIGN
+    purposes = (ABLATION,)
 
     def __init__(self, settings: dict[str, Any], maximize: bool = True):
-        self.settings = settings
-        self.maximize = maximize
+        super().__init__(settings, maximize)
         self.plan = settings["plan"]
+
+    def _params(self, facts: OpeningFacts) -> dict[str, Any]:
+        s, base = self.settings, self.plan["cells"][0]["config"]
+        return {
+            "seeds": len(s["seeds"]),
+            "cells": len(self.plan["cells"]),
+            "factors": ",".join(s["factors"]),
+            "base_source": s["base_source"],
+            **{f"base.{k}": fmt_level(v) for k, v in base.items()},
+            **{f"base_train.{k}": v for k, v in self.plan["train"].items()},
+        }
+
+    def _tags(self, batch, facts: OpeningFacts) -> dict[str, str]:
+        s = self.settings
+        return {
+            "base": s["base_source"],
+            "base_config": json.dumps(self.plan["cells"][0]["config"], sort_keys=True)[:4000],
+            "factors": ",".join(s["factors"]),
+            "seeds": ",".join(map(str, s["seeds"])),
+            "ablation_identity": batch.identity,
+        }
 
     def initial_jobs(self) -> list[JobSpec]:
         """Every cell with every seed, seed by seed (a run cut short has whole seeds first)."""
@@ -104,9 +127,6 @@ class AblationDesign:
             for seed in self.plan["seeds"]
             for c in self.plan["cells"]
         ]
-
-    def next_jobs(self, jobs: list[Job], max_epochs: int) -> list[JobSpec]:
-        return []
 
     def analyse(self, jobs: list[Job]):
         """The :func:`bench.results.what_matters.analyse` results of the finished jobs."""

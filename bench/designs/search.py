@@ -21,6 +21,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
+from bench.designs._base import Design, OpeningFacts
 from bench.records import (
     ALL,
     BASELINE,
@@ -28,9 +29,11 @@ from bench.records import (
     DONE,
     FAILED,
     REEVAL,
+    REEVAL_DESIGN,
     REFIT,
     REGISTER,
     SEARCH,
+    SEARCH_DESIGN,
     Job,
     JobSpec,
 )
@@ -58,20 +61,34 @@ def _config_key(spec: JobSpec, config: dict) -> str:
     return json.dumps([config, spec.train], sort_keys=True)
 
 
-class SearchDesign:
+class SearchDesign(Design):
     """Produces a search batch's jobs, stage by stage, and reads their results."""
 
-    name = "search"
+    name = SEARCH_DESIGN
+    purposes = (SEARCH, BASELINE)
+    run_label = "batch"
+    role = "study"
+    _log_dataset = True
 
-    def __init__(self, settings: dict[str, Any], maximize: bool = True):
-        self.settings = settings
-        self.maximize = maximize
-        self.sign = 1.0 if maximize else -1.0
+    def _params(self, facts: OpeningFacts) -> dict[str, Any]:
+        s = self.settings
+        return {
+            "n_trials": s["n_trials"],
+            "sampler": facts.sampler,
+            "pruner": facts.pruner,
+            "seed": s["seed"],
+            "refit": s["refit"],
+            "ensemble": s["ensemble"],
+            "reeval_top_k": s["reeval_top_k"],
+            **{f"fixed.{k}": v for k, v in facts.fixed.items()},
+        }
 
     # ------------------------------------------------------------ stage 1
 
-    def initial_jobs(self, baselines: list[dict], n_trials: int) -> list[JobSpec]:
+    def initial_jobs(self) -> list[JobSpec]:
         """Baseline jobs first (they count as trials), then search jobs up to ``n_trials``."""
+        baselines = self.settings.get("baselines") or []
+        n_trials = int(self.settings["n_trials"])
         seed = int(self.settings["seed"])
         specs = [
             JobSpec(
@@ -450,6 +467,31 @@ class SearchDesign:
                 "failed seed fails its configuration); nothing to refit"
             )
         return None
+
+
+class ReevalDesign(SearchDesign):
+    """A search batch's stages 2 and 3 on configurations a finished search found.
+
+    Opened by ``bench.reevaluate`` (and ``bench.report --reevaluate``) with the re-evaluation
+    jobs already planned in its settings (``reeval_jobs``: made by :meth:`reeval_jobs` from the
+    search batches' best jobs), so every worker rebuilds the same jobs without the sources.
+    """
+
+    name = REEVAL_DESIGN
+    purposes = (REEVAL,)
+    run_label = "reeval"
+    _log_dataset = False
+
+    def initial_jobs(self) -> list[JobSpec]:
+        return [JobSpec.from_dict(d) for d in self.settings.get("reeval_jobs") or []]
+
+    def _params(self, facts: OpeningFacts) -> dict[str, Any]:
+        s = self.settings
+        return {
+            "top_k": s["reeval_top_k"],
+            "seeds": s["reeval_seeds"],
+            "sources": ",".join(s.get("sources") or []),
+        }
 
 
 def _completed(job: Job) -> bool:

@@ -187,6 +187,22 @@ def analyse(
     )
 
 
+def from_summary(summary: Mapping[str, Any]) -> list[FactorResult]:
+    """The results of a finished ablation batch, recomputed from the records its summary keeps
+    (so the text and the plot come from the same code as a fresh analysis); [] without a base."""
+    recs = summary.get("records") or []
+    if summary.get("error") or not any(r.get("factor") == "base" for r in recs):
+        return []
+    return analyse(recs, base_levels=summary.get("base_levels") or None)
+
+
+def summary_text(summary: Mapping[str, Any]) -> str:
+    """What ``bench.ablate`` prints for a finished ablation batch."""
+    if summary.get("error"):
+        return f"no analysis: {summary['error']}\n"
+    return text(from_summary(summary))
+
+
 def _nan_to(x: float, default: float) -> float:
     return default if math.isnan(x) else x
 

@@ -1,0 +1,147 @@
+"""Re-evaluation: re-train a study's best configurations with fresh seeds, then choose.
+
+What ``bench.reevaluate`` and ``bench.report --reevaluate`` run: the study's best ``top_k``
+distinct completed configurations, ``seeds`` fresh seeds each, on the search's validation split,
+as a batch of the :class:`~bench.designs.search.ReevalDesign`; then the refit and registration
+of the best by mean validation score. The test set is read to report, never to choose.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench import data
+from bench import optuna_adapter as opt
+from bench.designs.search import ReevalDesign, SearchDesign
+from bench.engine import batch_space, check_same_data
+from bench.engine.driver import BatchRun, drive, open_design_batch
+from bench.engine.mirror import complete_mirrors
+from bench.engine.store import JobStore
+from bench.errors import BenchError, redact
+from bench.records import BASELINE, DONE, SEARCH, SEARCH_DESIGN
+from bench.resources import plan_workers, usable_cpus, visible_gpus
+from bench.tracking import Tracker, check_uri, resolve_uri
+from bench.training import download_dataset
+
+
+@dataclass(frozen=True)
+class ReevalRequest:
+    """What to re-evaluate, and how (the flags of ``bench.reevaluate``).
+
+    Attributes:
+        study: The searched study.
+        storage: Its Optuna storage (None: the default journal file).
+        tracking_uri: MLflow (None: ``MLFLOW_TRACKING_URI`` or the default).
+        top_k: Configurations re-trained.
+        seeds: Fresh seeds each.
+        ensemble: Configurations the registered model averages.
+        register: Refit and register the choice (False: report only).
+        workers: Worker processes (None: planned from the CPUs and GPUs).
+        threads: TensorFlow threads per worker (None: planned).
+        quiet: No progress output.
+    """
+
+    study: str
+    storage: str | None = None
+    tracking_uri: str | None = None
+    top_k: int = 3
+    seeds: int = 3
+    ensemble: int = 2
+    register: bool = True
+    workers: int | None = None
+    threads: int | None = None
+    quiet: bool = False
+
+
+def reevaluate(req: ReevalRequest, interrupts) -> int:
+    """Open (or join, or report) the re-evaluation batch that ``req`` asks for and drive it.
+
+    Returns:
+        The command's exit code (see :func:`bench.engine.driver.drive`).
+
+    Raises:
+        BenchError: no such storage or study, no search batch, no completed trial, other data.
+    """
+    storage = req.storage or opt.DEFAULT_STORAGE
+    if opt.is_journal(storage) and not Path(storage).is_file():
+        raise BenchError(
+            f"--storage {redact(storage)}: no such journal file; run bench.search first"
+        )
+    study = opt.load_study(req.study, storage)
+    store = JobStore(storage)
+    searches = [b for b in store.batches(req.study) if b.design == SEARCH_DESIGN]
+    if not searches:
+        raise BenchError(f"--study-name {req.study}: no search batch to re-evaluate")
+    last = searches[-1]
+    jobs = [j for b in searches for j in store.jobs(b.id) if j.purpose in (SEARCH, BASELINE)]
+    design = SearchDesign(last.settings, maximize=opt.direction(study) == "maximize")
+    sources = design.candidates(jobs, req.top_k)
+    if not sources:
+        raise BenchError(f"study '{req.study}' has no completed trial to re-evaluate")
+    settings = {
+        **last.settings,
+        "register": req.register,
+        "refit": True,
+        "reeval_top_k": req.top_k,
+        "reeval_seeds": req.seeds,
+        "ensemble": req.ensemble,
+        "sources": [s.key for s in sources],
+    }
+    identity = hashlib.sha256(
+        json.dumps(
+            [
+                settings["sources"],
+                [s.batch_id for s in sources],
+                req.top_k,
+                req.seeds,
+                settings["register"],
+            ]
+        ).encode()
+    ).hexdigest()[:16]
+    specs = ReevalDesign(settings, design.maximize).reeval_jobs(sources)  # its seeds, not 0
+    settings["reeval_jobs"] = [spec.to_dict() for spec in specs]  # ReevalDesign.initial_jobs
+    space = batch_space(last.settings)  # the space stored with the search batch
+    dataset = data.load_dataset(
+        last.settings["dataset"], last.settings.get("data_dir"), download=download_dataset
+    )
+    check_same_data(last, dataset.digest)  # re-evaluated on the data the search scored
+    uri = resolve_uri(req.tracking_uri)
+    check_uri(uri)
+    tracker = Tracker(uri, last.settings["experiment"])
+
+    batch, created = open_design_batch(
+        store, tracker, ReevalDesign, req.study, identity, settings, space, dataset, storage,
+        join_done=True,
+    )  # fmt: skip
+    if batch.state == DONE:
+        complete_mirrors(store, req.study, tracker)
+        print(f"already re-evaluated in batch {batch.number}:", file=sys.stderr)
+        print_reeval(batch.summary or {})
+        return 0
+    plan = plan_workers(req.workers, req.threads, len(specs), usable_cpus(), visible_gpus())
+    run = BatchRun(
+        store, batch, created, ReevalDesign, tracker, uri, storage, plan, space, quiet=req.quiet
+    )
+    code = drive(run, interrupts)
+    print_reeval(store.get_batch(batch.id).summary or {})
+    return code
+
+
+def print_reeval(summary: dict) -> None:
+    rows = summary.get("reeval") or []
+    if not rows:
+        return
+    print("\nre-evaluated configurations (mean over seeds, 95% t-interval; chosen by validation):")
+    for r in sorted(rows, key=lambda r: -(r["val_mean"] or 0)):
+        chosen = {m["source"] for m in summary.get("ensemble") or []} or {summary.get("source")}
+        star = "*" if r["source"] in chosen else " "
+        vl, vh = r["val_ci"]
+        tl, th = r["test_ci"]
+        print(
+            f" {star} {r['source']}: val {r['val_mean']:.4f} [{vl:.4f}, {vh:.4f}]  "
+            f"test {r['test_mean']:.4f} [{tl:.4f}, {th:.4f}]  ({r['seeds']} seeds)"
+        )

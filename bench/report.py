@@ -5,7 +5,8 @@ and the job store's batches (search, re-evaluation and ablation summaries), so a
 seconds and never imports TensorFlow. When the study has a finished ablation (``bench.ablate``),
 the report leads with its "What matters" section and forest plot. Only ``--reevaluate``
 (alias ``--finalize``) trains, through :mod:`bench.engine.reevaluation` (what
-``bench.reevaluate`` runs). The files are also logged as artifacts of the study's latest search parent MLflow run.
+``bench.reevaluate`` runs). The files are also logged as artifacts of the study's latest search
+parent MLflow run.
 """
 
 from __future__ import annotations

@@ -9,11 +9,11 @@ from __future__ import annotations
 import pytest
 
 from bench.designs.search import SearchDesign
+from bench.engine.driver import print_outcome
 from bench.engine.owner import new_owner
 from bench.engine.store import JobStore
 from bench.errors import EXIT_FAILURE
 from bench.records import COMPLETED, DIVERGED, REFIT, SEARCH, JobResult
-from bench.engine.driver import print_outcome
 
 
 @pytest.fixture

@@ -414,7 +414,7 @@ def _run(args: argparse.Namespace, interrupts) -> int:
     check_uri(uri)
     budget = int(spec_train["max_epochs"])
     n_jobs = len(plan.cells) * len(plan.seeds)
-    workers = plan_workers(args.jobs, args.threads, n_jobs, usable_cpus(), visible_gpus())
+    workers = plan_workers(args.workers, args.threads, n_jobs, usable_cpus(), visible_gpus())
     n_train = len(dataset.y_train) - int(spec_train["validation_size"])
     rate, how = seconds_per_mac(view, n_train)
     import numpy as np

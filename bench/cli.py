@@ -134,14 +134,17 @@ def add_ensemble_flag(p: argparse.ArgumentParser, among: str) -> None:
 def add_worker_flags(p: argparse.ArgumentParser) -> None:
     """The flags of every command that runs jobs: workers, threads, progress, start-up noise."""
     p.add_argument(
-        "--jobs",
+        "--workers",
+        "--jobs",  # its first name; a job is one training run, so it reads as the wrong noun
+        dest="workers",
         type=bounded_int(1, 256),
-        help="worker processes on this machine (default: one per usable CPU, or per GPU)",
+        help="worker processes on this machine (default: one per usable CPU, or per GPU); "
+        "--jobs is the same flag",
     )
     p.add_argument(
         "--threads",
         type=bounded_int(1, 1024),
-        help="TensorFlow threads per worker (default: usable CPUs / jobs)",
+        help="TensorFlow threads per worker (default: usable CPUs / workers)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument(

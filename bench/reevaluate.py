@@ -15,6 +15,14 @@ import argparse
 from bench.cli import Parser, add_ensemble_flag, add_worker_flags, bounded_int
 
 
+class _Renamed(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(
+            f"{option_string}: bench.reevaluate calls it --no-register (refit and register "
+            "nothing); --no-refit means 'register the search run's own model' in bench.search"
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="python -m bench.reevaluate", description=__doc__.splitlines()[0])
     p.add_argument("--study-name", required=True, help="the searched study")
@@ -26,7 +34,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=bounded_int(1, 50), default=3, help="configurations (default 3)")
     p.add_argument("--seeds", type=bounded_int(2, 20), default=3, help="seeds each (default 3)")
     add_ensemble_flag(p, "re-evaluated configurations (at most --top-k)")
-    p.add_argument("--no-refit", action="store_true", help="register nothing new; report only")
+    p.add_argument(
+        "--no-register",
+        action="store_true",
+        help="refit and register nothing; only report the re-evaluated configurations",
+    )
+    p.add_argument(  # its old name here; in bench.search --no-refit means "register, unrefit"
+        "--no-refit", action=_Renamed, nargs=0, help=argparse.SUPPRESS
+    )
     add_worker_flags(p)
     return p
 
@@ -47,8 +62,8 @@ def _run(args: argparse.Namespace, interrupts) -> int:
         top_k=args.top_k,
         seeds=args.seeds,
         ensemble=args.ensemble,
-        register=not args.no_refit,
-        workers=args.jobs,
+        register=not args.no_register,
+        workers=args.workers,
         threads=args.threads,
         quiet=args.quiet,
     )

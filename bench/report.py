@@ -71,7 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument(
         "--seeds", type=bounded_int(2, 20), default=3, help="seeds per configuration (default 3)"
     )
-    f.add_argument("--jobs", type=bounded_int(1, 256), help="worker processes (default: per CPU)")
+    f.add_argument(
+        "--workers",
+        "--jobs",
+        dest="workers",
+        type=bounded_int(1, 256),
+        help="worker processes (default: per CPU); --jobs is the same flag",
+    )
     f.add_argument("--quiet", action="store_true", help="no progress output while retraining")
     return p
 
@@ -147,7 +153,7 @@ def _run(args: argparse.Namespace) -> int:
             tracking_uri=args.tracking_uri,
             top_k=args.top_k,
             seeds=args.seeds,
-            workers=args.jobs,
+            workers=args.workers,
             quiet=args.quiet,
         )
         code = engine_main(lambda _args, interrupts: reevaluate(req, interrupts), args)

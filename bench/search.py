@@ -177,7 +177,7 @@ def _run(args: argparse.Namespace, interrupts) -> int:
     experiment = check_name("--experiment", args.experiment or default_name)
     model_name = check_name("--model-name", args.model_name or default_name)
     storage = args.storage or opt.DEFAULT_STORAGE
-    plan = plan_workers(args.jobs, args.threads, n_trials, usable_cpus(), visible_gpus())
+    plan = plan_workers(args.workers, args.threads, n_trials, usable_cpus(), visible_gpus())
     settings = {
         "space": space_path,
         "space_text": space_text,  # what every worker trains, wherever the file is

@@ -95,7 +95,7 @@ def builtin_space(name: str) -> str:
 
 def search_command(args, n_trials: int, study: str, storage: str, tracking: str) -> list[str]:
     cmd = [sys.executable, "-m", "bench.search", "--trials", str(n_trials), "--quiet"]
-    cmd += ["--jobs", "1", "--threads", "1", "--dataset", args.dataset, "--seed", str(args.seed)]
+    cmd += ["--workers", "1", "--threads", "1", "--dataset", args.dataset, "--seed", str(args.seed)]
     cmd += ["--study-name", study, "--experiment", study]
     cmd += ["--storage", storage, "--tracking-uri", tracking]
     space = args.space or (builtin_space("smoke") if args.dataset == "digits" else None)

@@ -30,7 +30,7 @@ fi
 
 pids=()
 for i in $(seq "$workers"); do   # each worker is what one machine would run
-  python -m bench.search --trials "$trials" --jobs 1 --threads 1 --quiet \
+  python -m bench.search --trials "$trials" --workers 1 --threads 1 --quiet \
     --storage "$pgurl/bench_optuna" --tracking-uri "http://127.0.0.1:$port" "$@" \
     >"$run_dir/worker-$i.log" 2>&1 &
   pids+=($!)

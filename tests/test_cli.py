@@ -61,11 +61,22 @@ def test_help_lists_the_flags(tmp_path):
         "--model-name",
         "--max-epochs",
         "--timeout",
+        "--workers",
         "--jobs",
         "--seed",
         "--no-register",
     ):
         assert flag in proc.stdout
+
+
+def test_reevaluate_no_refit_is_renamed_with_one_line(tmp_path):
+    # in bench.search --no-refit registers the search run's own model; bench.reevaluate's
+    # "register nothing" is --no-register, and its old spelling says so instead of acting
+    proc = run_module("bench.reevaluate", "--study-name", "s", "--no-refit", cwd=tmp_path)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--no-register" in lines[0], proc.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def _idx_dir(folder, mutate=None):
@@ -194,6 +205,7 @@ BAD_INPUTS = {
     "trials negative": (lambda t: ["--trials", "-3"], "--trials: must be from 1 to"),
     "trials 10**9": (lambda t: ["--trials", "1000000000"], "--trials: must be from 1 to 100000"),
     "jobs 100000": (lambda t: ["--jobs", "100000"], "--jobs: must be from 1 to 256"),
+    "workers 0": (lambda t: ["--workers", "0"], "--workers/--jobs: must be from 1 to 256"),
     "seed -1": (lambda t: ["--seed", "-1"], "--seed: must be from 0 to"),
     "seed 2**32-1": (lambda t: ["--seed", "4294967295"], "--seed: must be from 0 to"),
     "study name escapes": (lambda t: ["--study-name", "../x"], "--study-name '../x'"),

@@ -8,7 +8,7 @@
     python benchmarks/peer_keras_tuner.py --dataset digits --budget-seconds 30 --seeds 0   # smoke
 
 The peer is what a careful KerasTuner user would write for this task: ``kt.Hyperband`` (max 36
-epochs, factor 3, seeded) over the parameters of ``bench/space/builtin/mlp.yaml``, sampled by
+epochs, factor 3, seeded) over the parameters of ``search_spaces/mlp.yaml``, sampled by
 KerasTuner's own ``hp`` API through bench's ``suggest`` (so ranges, log scales and per-layer
 widths cannot drift from the harness); the model is bench's ``build_mlp`` (normalization inside the
 model), compiled with the space's ``steps_per_execution`` and ``jit_compile`` so that the per-epoch

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SPACES = REPO / "bench" / "space" / "builtin"
+SPACES = REPO / "search_spaces"  # the built-in spaces (shipped as bench/space/builtin/)
 
 
 @pytest.fixture(autouse=True)

@@ -1,7 +1,10 @@
 """A non-editable install works from any folder, and a search starts quietly.
 
-``pip install .`` copies only the ``bench`` package (built-in spaces included) into the
-environment; the search is then run from an empty folder, where nothing of the checkout can help.
+``pip install .`` copies only the ``bench`` package into the environment, with the built-in
+spaces that are edited in the top-level ``search_spaces/`` (``pyproject.toml`` maps them onto
+``bench.space.builtin``, which package discovery cannot see, so it lists the packages; a fast test
+keeps that list equal to the tree). The search is then run from an empty folder, where nothing of
+the checkout can help.
 """
 
 from __future__ import annotations
@@ -14,8 +17,10 @@ import sys
 import venv
 
 import pytest
+import tomllib
+from setuptools import find_packages
 
-from tests.conftest import REPO, cli_env
+from tests.conftest import REPO, SPACES, cli_env
 
 # What TensorFlow, absl and CUDA print on a plain start-up when nothing silences them.
 CHATTER = re.compile(
@@ -28,6 +33,14 @@ def _clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MLFLOW_TRACKING_URI")}
     env.update(extra)
     return env
+
+
+def test_the_package_list_is_the_tree_plus_the_spaces():
+    tool = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["tool"]
+    found = set(find_packages(str(REPO), include=["bench*"]))
+    assert set(tool["setuptools"]["packages"]) == found | {"bench.space.builtin"}
+    assert tool["setuptools"]["package-dir"] == {"bench.space.builtin": "search_spaces"}
+    assert sorted(p.stem for p in SPACES.glob("*.yaml")) == ["baselines", "mlp", "smoke"]
 
 
 @pytest.fixture(scope="module")
@@ -80,14 +93,20 @@ def installed(tmp_path_factory) -> dict:
 @pytest.mark.slow
 def test_non_editable_install_runs_a_search_from_an_empty_folder(installed, tmp_path):
     probe = subprocess.run(
-        [str(installed["python"]), "-c", "import bench, sys; print(bench.__file__)"],
+        [str(installed["python"]), "-c",
+         "import bench; from bench.space import BUILTIN_DIR, builtin_names, load_space\n"
+         "print(bench.__file__); print(BUILTIN_DIR); print(*builtin_names())\n"
+         "for name in builtin_names(): load_space(name)"],
         cwd=tmp_path,
         env=_clean_env(),
         capture_output=True,
         text=True,
         check=True,
-    )
-    assert str(REPO) not in probe.stdout  # the installed copy, not the checkout
+    )  # fmt: skip
+    where, builtin, names = probe.stdout.strip().splitlines()
+    assert str(REPO) not in where  # the installed copy, not the checkout
+    assert builtin.endswith("bench/space/builtin") and str(REPO) not in builtin
+    assert names == "baselines mlp smoke"  # every space of search_spaces/, shipped
     work = tmp_path / "work"
     work.mkdir()
     proc = subprocess.run(

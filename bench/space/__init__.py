@@ -1,7 +1,8 @@
 """Search spaces: typed objects, YAML validation, and the spaces that ship with bench.
 
 ``--space`` takes a path or the name of a built-in space (``mlp``, ``smoke``, ``baselines``): the
-YAML files live in ``bench/space/builtin/`` so a non-editable install finds them.
+YAML files are edited in the top-level ``search_spaces/`` and shipped inside the wheel as
+``bench/space/builtin/``, so a non-editable install finds them by name too.
 """
 
 from __future__ import annotations
@@ -39,12 +40,22 @@ from bench.space._types import (
     suggest,
 )
 
-BUILTIN_DIR = Path(__file__).resolve().parent / "builtin"
+
+def _builtin_dir() -> Path:
+    """Where the built-in spaces are: ``bench/space/builtin/`` inside an installed wheel (the
+    packaging maps the top-level ``search_spaces/`` there), else ``search_spaces/`` itself in a
+    source checkout, editable install or not."""
+    here = Path(__file__).resolve().parent
+    packaged = here / "builtin"
+    return packaged if packaged.is_dir() else here.parents[1] / "search_spaces"
+
+
+BUILTIN_DIR = _builtin_dir()
 DEFAULT_SPACE = "mlp"
 
 
 def builtin_names() -> list[str]:
-    """Names of the spaces shipped with bench (file stems in ``builtin/``)."""
+    """Names of the spaces shipped with bench (file stems in :data:`BUILTIN_DIR`)."""
     return sorted(p.stem for p in BUILTIN_DIR.glob("*.yaml"))
 
 

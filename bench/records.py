@@ -8,8 +8,9 @@ Nothing here imports a third-party library.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, TypedDict
 
 # Purposes of a job: what it trains for. One meaning per word.
 SEARCH = "search"  # a configuration the Optuna sampler proposes (pruned by its pruner)
@@ -167,3 +168,146 @@ class Batch:
     settings: dict
     parent_run_id: str | None = None
     summary: dict | None = None
+
+
+# ---------------------------------------------------------------- batch settings and summaries
+# Stored as JSON on the batch row. Every key a command writes or a reader reads is declared here;
+# :func:`check_keys` refuses an undeclared one where a batch is opened and where it is finished.
+
+
+class BatchSettings(TypedDict, total=False):
+    """How a batch was started; a continued or joined batch keeps the settings it was opened with.
+
+    Every design:
+        uid: A random id that tags the batch's MLflow parent run (unique across storages).
+        space: The space file's path on the machine that opened the batch (for messages only).
+        space_text: The validated YAML that every worker trains (never the file at ``space``).
+        dataset: The dataset name (``fashion-mnist``, ``digits``, ``idx``, ...).
+        dataset_digest: What every worker's data must match.
+        data_dir: ``--data-dir`` where it was given.
+        experiment: The MLflow experiment.
+        model_name: The registered model.
+        seed: The study seed; it also seeds the validation split and the folds.
+        max_epochs: ``--max-epochs`` where it was given (else the space's).
+    Search and re-evaluation:
+        n_trials: Finished search jobs the batch aims at (baselines count).
+        register: Refit (or not) and register a champion at the end.
+        refit: Refit the choice on all training images (False: ``--no-refit``).
+        ensemble: Distinct configurations the registered model averages.
+        reeval_top_k: Configurations re-evaluated before choosing (0: none).
+        reeval_seeds: Fresh seeds per re-evaluated configuration.
+        baselines: The baselines run first (name, config, train), as plain values.
+        max_failures: Failed search jobs replaced by fresh ones (default 10).
+        refit_tries: Configurations refit in turn when a refit diverges (default 3).
+    Re-evaluation only:
+        sources: Keys of the jobs whose configurations are re-evaluated.
+        reeval_jobs: Its planned jobs (:class:`JobSpec` as dicts).
+    Ablation:
+        metric: The space's validation metric.
+        base_source: Where the base configuration came from (the champion, a trial, a file).
+        factors: The factors varied.
+        seeds: The seeds every cell runs with.
+        plan: The cells, levels and base training overrides, as plain values.
+    """
+
+    uid: str
+    space: str
+    space_text: str
+    dataset: str
+    dataset_digest: str
+    data_dir: str | None
+    experiment: str
+    model_name: str
+    seed: int
+    max_epochs: int | None
+    n_trials: int
+    register: bool
+    refit: bool
+    ensemble: int
+    reeval_top_k: int
+    reeval_seeds: int
+    baselines: list[dict]
+    max_failures: int
+    refit_tries: int
+    sources: list[str]
+    reeval_jobs: list[dict]
+    metric: str
+    base_source: str
+    factors: list[str]
+    seeds: list[int]
+    plan: dict
+
+
+class BatchSummary(TypedDict, total=False):
+    """A finished batch's outcome (what its design's ``summary`` returns).
+
+    Search and re-evaluation:
+        finished, failed: Search (or re-evaluation) jobs that finished, that failed for good.
+        best_job, best_value, best_trial: The best completed job, its validation score and
+            its Optuna trial number.
+        reeval: Per re-evaluated configuration: seeds, failed seeds, means and 95% intervals.
+        version, champion_version, promoted, reason, selection_metric, selection_direction,
+            selection_procedure: What registering the champion did (see
+            :func:`bench.tracking.registry.register_and_promote`).
+        test_accuracy, test_loss: The registered model's test scores (reported, never used to
+            choose).
+        refit: Whether the registered model was refit on all training images.
+        refit_epochs: Its epoch count (``"31+30"`` for an ensemble's members).
+        ensemble: The members averaged (source, selection score, test accuracy alone).
+        source: The job (or ``a+b`` jobs) whose configuration was registered.
+        selection_score: The validation score it was chosen by.
+        val_test_gap: Validation minus test, in the selection metric's own terms.
+        no_champion: Why a batch that was to register a champion registered none.
+    Ablation:
+        finished, failed, seeds: As above; the seeds every cell ran with.
+        factors_planned: The factors the plan varied.
+        base_levels: The base configuration's level of each factor.
+        records: One record per completed cell x seed (the input of the analysis).
+        factors: The per-factor analysis (paired differences and intervals).
+        headlines: One sentence per factor.
+        error: Why there is no analysis (e.g. every base job failed).
+    """
+
+    finished: int
+    failed: int
+    best_job: str
+    best_value: float | None
+    best_trial: int | None
+    reeval: list[dict]
+    version: str
+    champion_version: str
+    promoted: bool
+    reason: str
+    selection_metric: str
+    selection_direction: str
+    selection_procedure: str
+    test_accuracy: float | None
+    test_loss: float | None
+    refit: bool
+    refit_epochs: int | str | None
+    ensemble: list[dict]
+    source: str | None
+    selection_score: float | None
+    val_test_gap: float
+    no_champion: str
+    seeds: list[int]
+    factors_planned: list[str]
+    base_levels: dict
+    records: list[dict]
+    factors: list[dict]
+    headlines: list[str]
+    error: str
+
+
+def check_keys(values: Mapping[str, Any], schema: type, what: str) -> None:
+    """Refuse keys that ``schema`` (a TypedDict above) does not declare.
+
+    Raises:
+        ValueError: a programming error, naming the undeclared keys; declare them first.
+    """
+    unknown = sorted(set(values) - set(schema.__annotations__))
+    if unknown:
+        raise ValueError(
+            f"{what}: undeclared key(s) {', '.join(unknown)}; declare them in "
+            f"bench.records.{schema.__name__}"
+        )

@@ -19,9 +19,12 @@ from bench.records import (
     REFIT,
     REGISTER,
     SEARCH,
+    BatchSettings,
+    BatchSummary,
     Job,
     JobResult,
     JobSpec,
+    check_keys,
 )
 
 
@@ -116,7 +119,9 @@ def test_the_summary_names_the_ensemble_and_each_member_alone():
     members = design.next_jobs(SEARCHED, 36)
     jobs = SEARCHED + [_done(s, 10 + i, 21 + 10 * i, 0.9 + i / 100) for i, s in enumerate(members)]
     (spec,) = design.next_jobs(jobs, 36)
-    registered = {"version": "3", "champion_version": "3", "promoted": True, "reason": "x"}
+    registered = {"version": "3", "champion_version": "3", "promoted": True, "reason": "x",
+                  "selection_metric": "val_accuracy", "selection_direction": "maximize",
+                  "selection_procedure": "p"}  # what register_and_promote returns  # fmt: skip
     result = JobResult(COMPLETED, 0.905, 0, 0, 0, 0, 0, {}, test_accuracy=0.9, test_loss=0.3,
                        model_uri="models:/avg", registered=registered)  # fmt: skip
     summary = design.summary([*jobs, Job(20, 1, spec, DONE, result=result)])
@@ -125,6 +130,15 @@ def test_the_summary_names_the_ensemble_and_each_member_alone():
     assert summary["source"] == "search-0001+search-0003"
     assert summary["val_test_gap"] == pytest.approx(0.905 - 0.9)
     assert [m["test_accuracy"] for m in summary["ensemble"]] == [0.9, 0.91]
+    check_keys(summary, BatchSummary, "summary")  # every key it writes is declared
+
+
+def test_an_undeclared_settings_or_summary_key_is_refused_by_name():
+    with pytest.raises(ValueError, match=r"undeclared key\(s\) n_trails; declare them in "
+                       r"bench.records.BatchSettings"):  # fmt: skip
+        check_keys({"seed": 0, "n_trails": 5}, BatchSettings, "search batch settings")
+    with pytest.raises(ValueError, match="bench.records.BatchSummary"):
+        check_keys({"champion": "3"}, BatchSummary, "summary")
 
 
 # ---------------------------------------------------------------- failures never choose silently

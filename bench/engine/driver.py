@@ -20,7 +20,7 @@ from bench.engine.store import JobStore
 from bench.engine.worker import WorkerSettings
 from bench.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, redact, store_location
 from bench.optuna_adapter import DEFAULT_STORAGE
-from bench.records import Batch
+from bench.records import Batch, BatchSettings, check_keys
 from bench.tracking import Tracker, resolve_uri, ui_links
 
 if TYPE_CHECKING:
@@ -43,6 +43,7 @@ def open_design_batch(
 ) -> tuple[Batch, bool]:
     """Open (or join, or continue) a batch of ``design``, its parent run made from the design's
     :meth:`~bench.designs.Design.parent_run`; see :func:`bench.engine.open_batch`."""
+    check_keys(settings, BatchSettings, f"{design.name} batch settings")
     maximize = space.direction == "maximize"
     facts = OpeningFacts(
         study=study,

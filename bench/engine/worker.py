@@ -48,8 +48,10 @@ from bench.records import (
     TRIAL_SEED,
     TRIAL_TEST_ACCURACY,
     WAITING,
+    BatchSummary,
     Job,
     JobResult,
+    check_keys,
 )
 
 log = logging.getLogger("bench")
@@ -177,6 +179,7 @@ class Worker:
         may still say RUNNING; once the batch is complete nothing under its parent should.
         """
         summary = self.design.summary(jobs)
+        check_keys(summary, BatchSummary, f"{self.batch.design} batch summary")
         if self.store.finish_batch(self.batch.id, summary):
             done = self.store.get_batch(self.batch.id)
             finish_mirror(self.store, done, self.tracker, self.space.metric, jobs)

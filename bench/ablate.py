@@ -22,7 +22,7 @@ from pathlib import Path
 
 from bench.cli import Parser, add_worker_flags, bounded_int
 from bench.errors import EXIT_OK, BenchError, redact
-from bench.records import DONE
+from bench.records import BASELINE, DONE, REEVAL, REEVAL_DESIGN, SEARCH, SEARCH_DESIGN
 
 log = logging.getLogger("bench")
 # Measured here: one 55,000-image epoch of a 784-300-100-10 MLP takes about 1.2 s on 2 cores.
@@ -149,14 +149,14 @@ class StudyView:
     def search_batch(self):
         if self.store is None or not self.exists:
             return None
-        return self.store.latest_batch(self.name, "search")
+        return self.store.latest_batch(self.name, SEARCH_DESIGN)
 
-    def jobs(self, purposes=("search", "baseline", "reeval")):
+    def jobs(self, purposes=(SEARCH, BASELINE, REEVAL)):
         if self.store is None or not self.exists:
             return []
         out = []
         for b in self.store.batches(self.name):
-            if b.design in ("search", "reeval"):
+            if b.design in (SEARCH_DESIGN, REEVAL_DESIGN):
                 out += [j for j in self.store.jobs(b.id) if j.purpose in purposes]
         return out
 
@@ -229,7 +229,7 @@ def _champion(view: StudyView, maximize: bool) -> tuple[dict, dict, str]:
         j
         for j in jobs
         if j.purpose in ("search", "baseline")
-        and j.state == "done"
+        and j.state == DONE
         and j.result
         and j.result.status == "completed"
         and j.result.value is not None
@@ -482,7 +482,7 @@ def _run(args: argparse.Namespace, interrupts) -> int:
         store, tracker, AblationDesign, study_name, ident, settings, space, dataset, storage,
         join_done=True,
     )  # fmt: skip
-    if batch.state == "done":
+    if batch.state == DONE:
         from bench.engine.mirror import complete_mirrors
 
         complete_mirrors(store, study_name, tracker)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from bench.cli import Parser
 from bench.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, BenchError, redact
-from bench.records import SEARCH_DESIGN
+from bench.records import DONE, SEARCH_DESIGN
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,7 +54,7 @@ def _run(args: argparse.Namespace, interrupts) -> int:
     if batch is None:
         raise BenchError(f"--study-name {args.study_name}: the study was not made by bench.search")
     info = batch.summary or {}
-    if batch.state == "done":
+    if batch.state == DONE:
         uri = resolve_uri(args.tracking_uri)
         store = JobStore(storage)
         if store.unmirrored(args.study_name):  # an outage left runs RUNNING: end them now

@@ -19,12 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 from bench.errors import EXIT_OK, EXIT_USAGE, BenchError, folder_name, redact
 from bench.optuna_adapter import metric_name
+from bench.records import ABLATION_DESIGN, DONE, REEVAL_DESIGN, SEARCH_DESIGN, Batch
 
 if TYPE_CHECKING:
     import optuna
     import pandas as pd
-
-    from bench.records import Batch
 
 _FINISHED = ("COMPLETE", "PRUNED")
 ADAPTIVE = (
@@ -440,7 +439,7 @@ class Report:
 
 
 def _done(batches: list[Batch], *designs: str) -> list[Batch]:
-    return [b for b in batches if b.design in designs and b.state == "done"]
+    return [b for b in batches if b.design in designs and b.state == DONE]
 
 
 def equal_budget(batches: list[Batch]) -> int:
@@ -449,7 +448,7 @@ def equal_budget(batches: list[Batch]) -> int:
     from bench.engine import batch_space
     from bench.space import PrunerSpec
 
-    searches = [b for b in batches if b.design == "search"]
+    searches = [b for b in batches if b.design == SEARCH_DESIGN]
     if searches:
         try:  # the space stored with the batch: the file may have moved since
             return batch_space(searches[-1].settings).pruner.min_resource
@@ -464,7 +463,9 @@ def champion_section(batches: list[Batch]) -> str | None:
     The selection score is validation only; the test accuracy is read once, to report, and the
     gap between the two is the optimism of choosing the maximum of noisy validation scores.
     """
-    done = [b for b in _done(batches, "search", "reeval") if (b.summary or {}).get("version")]
+    done = [
+        b for b in _done(batches, SEARCH_DESIGN, REEVAL_DESIGN) if (b.summary or {}).get("version")
+    ]
     if not done:
         return None
     batch = done[-1]
@@ -510,7 +511,7 @@ def what_matters(report: Report, batches: list[Batch], out: Path) -> None:
     """Lead the report with the latest finished ablation's "What matters" and its forest plot."""
     from bench.results import what_matters as wm
 
-    done = _done(batches, "ablation")
+    done = _done(batches, ABLATION_DESIGN)
     if not done:
         return
     batch = done[-1]
@@ -549,7 +550,7 @@ def reeval_frame(batches: list[Batch]) -> pd.DataFrame | None:
     """The latest re-evaluation rows (mean validation and test accuracy over seeds), if any."""
     import pandas as pd
 
-    for b in reversed(_done(batches, "reeval", "search")):
+    for b in reversed(_done(batches, REEVAL_DESIGN, SEARCH_DESIGN)):
         rows = (b.summary or {}).get("reeval")
         if rows:
 
@@ -652,8 +653,8 @@ def log_artifacts(batches: list[Batch], uri: str, files: list[Path], store=None)
     """Log the report files to the study's latest search parent run (else its latest ablation's);
     returns a line saying where. With the job ``store``, first finish the MLflow mirror of any
     batch a tracking outage left with runs RUNNING."""
-    runs = [b for b in batches if b.design == "search" and b.parent_run_id]
-    runs = runs or [b for b in batches if b.design == "ablation" and b.parent_run_id]
+    runs = [b for b in batches if b.design == SEARCH_DESIGN and b.parent_run_id]
+    runs = runs or [b for b in batches if b.design == ABLATION_DESIGN and b.parent_run_id]
     if not runs:
         return "not logged to MLflow: the study has no parent run (no search batch in its store)"
     parent = runs[-1].parent_run_id

@@ -26,7 +26,7 @@ from bench.engine.store import JobStore
 from bench.engine.worker import WorkerSettings
 from bench.errors import BenchError
 from bench.faults import kill_point
-from bench.records import DONE, FAILED, RUNNING, WAITING, Batch, Job, JobSpec
+from bench.records import DONE, FAILED, OPENING, RUNNING, WAITING, Batch, Job, JobSpec
 
 log = logging.getLogger("bench")
 
@@ -73,13 +73,13 @@ def open_batch(
         # opens after the first read takes the number this caller would insert (see create_batch)
         seen = store.last_number(study)
         latest = store.latest_batch(study, design, identity if design != "search" else None)
-        if latest is not None and (latest.state != "done" or join_done):
+        if latest is not None and (latest.state != DONE or join_done):
             check_same_data(latest, settings.get("dataset_digest"))
-        if latest is not None and latest.state == "running":
+        if latest is not None and latest.state == RUNNING:
             return latest, False
-        if latest is not None and latest.state == "done" and join_done:
+        if latest is not None and latest.state == DONE and join_done:
             return latest, False
-        created = latest is None or latest.state == "done"
+        created = latest is None or latest.state == DONE
         # a random id, so a fresh storage beside an old tracking store never adopts its runs
         fresh = {**settings, "uid": uuid.uuid4().hex[:16]}
         batch = (
@@ -99,7 +99,7 @@ def open_batch(
         else:
             store.set_parent_run(batch.id, parent)
         store.add_jobs(batch.id, initial_jobs(batch.settings))
-        store.set_batch_state(batch.id, "running", expect="opening")
+        store.set_batch_state(batch.id, RUNNING, expect=OPENING)
         return store.get_batch(batch.id), created
     raise RuntimeError(f"study {study}: could not open a batch after 20 tries")
 

@@ -20,7 +20,16 @@ from bench.engine.store import JobStore
 from bench.engine.worker import WorkerSettings
 from bench.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, redact, store_location
 from bench.optuna_adapter import DEFAULT_STORAGE
-from bench.records import Batch, BatchSettings, check_keys
+from bench.records import (
+    DONE,
+    FAILED,
+    REEVAL_DESIGN,
+    RUNNING,
+    SEARCH_DESIGN,
+    Batch,
+    BatchSettings,
+    check_keys,
+)
 from bench.tracking import Tracker, resolve_uri, ui_links
 
 if TYPE_CHECKING:
@@ -124,7 +133,7 @@ def drive(run: BatchRun, interrupts) -> int:
     plan, space, purposes = run.plan, run.space, run.design.purposes
     complete_mirrors(store, batch.study, tracker)  # what an outage left of earlier batches
     jobs = [j for j in store.jobs(batch.id) if j.purpose in purposes]
-    done_before = counts(jobs)["done"]
+    done_before = counts(jobs)[DONE]
     total = len(jobs)
     if not run.created:
         tracker.safe(tracker.reopen, batch.parent_run_id)
@@ -177,7 +186,7 @@ def drive(run: BatchRun, interrupts) -> int:
 
 def _interrupted(store, batch, tracker, purposes, done_before: int) -> int:
     c = counts([j for j in store.jobs(batch.id) if j.purpose in purposes])
-    if not c["running"]:
+    if not c[RUNNING]:
         tracker.safe(tracker.end_run, batch.parent_run_id, "KILLED")
     total = sum(c.values())
     print(
@@ -208,7 +217,7 @@ def print_outcome(
     rows = []
     for j in mine:
         r = j.result
-        if j.state != "done" or r is None:
+        if j.state != DONE or r is None:
             continue
         cfg = r.config or {}
         rows.append(
@@ -238,8 +247,8 @@ def print_outcome(
     record = store.get_batch(batch.id)
     total = sum(c.values())
     print(f"\nbatch {batch.number}: {c['done']}/{total} jobs finished in {seconds:.0f} s")
-    failed = [j for j in mine if j.state == "failed"]
-    if c["done"] == 0 and (failed or failed_workers):
+    failed = [j for j in mine if j.state == FAILED]
+    if c[DONE] == 0 and (failed or failed_workers):
         cause = failed[-1].reason if failed else "every worker exited with an error (see above)"
         print(
             f"error: no job of batch {batch.number} finished; {len(failed)} failed, the last "
@@ -279,13 +288,15 @@ def print_outcome(
             + ("" if info.get("promoted", True) else f" ({info.get('reason')})")
         )
     final = [j for j in jobs if j.purpose in ("refit", "register")]
-    registers = record.design in ("search", "reeval") and record.settings.get("register", True)
-    if record.state == "done" and registers and not info.get("version"):
+    registers = record.design in (SEARCH_DESIGN, REEVAL_DESIGN) and record.settings.get(
+        "register", True
+    )
+    if record.state == DONE and registers and not info.get("version"):
         if info.get("no_champion"):
             print(f"error: no champion registered: {info['no_champion']}", file=sys.stderr)
             return EXIT_FAILURE
-        if any(j.state == "failed" for j in final):
-            cause = next(j.reason for j in final if j.state == "failed")
+        if any(j.state == FAILED for j in final):
+            cause = next(j.reason for j in final if j.state == FAILED)
             print(f"error: the champion was not registered: {redact(cause)}", file=sys.stderr)
             return EXIT_FAILURE
         if not final:
@@ -300,7 +311,7 @@ def print_outcome(
     if "start" in links:  # a local store: nothing serves it until `bench.ui` does
         print(f"        (start the UI first: {ui_command(uri, storage)})")
     print(f"report: python -m bench.report --study-name {batch.study}")
-    if record.state != "done":
+    if record.state != DONE:
         reason = "the --timeout passed" if deadline and time.time() >= deadline else None
         if failed_workers and not reason:
             print(

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bench import optuna_adapter as opt
 from bench.errors import EXIT_OK, EXIT_USAGE, BenchError, folder_name, redact
 from bench.optuna_adapter import metric_name
 from bench.records import ABLATION_DESIGN, DONE, REEVAL_DESIGN, SEARCH_DESIGN, Batch
@@ -102,7 +103,6 @@ def open_study(storage_url: str | None, name: str | None) -> optuna.Study:
     Raises:
         BenchError: no storage, no such study, or several studies and no ``name``.
     """
-    from bench import optuna_adapter as opt
 
     url = storage_url or opt.DEFAULT_STORAGE
     if opt.is_journal(url) and not Path(url).is_file():
@@ -126,21 +126,11 @@ def open_study(storage_url: str | None, name: str | None) -> optuna.Study:
     return opt.load_study(name, url)
 
 
-def job_store(storage_url: str | None):
-    """The storage's job store, or None when it has none (a report never creates one)."""
-    from bench import optuna_adapter as opt
-    from bench.engine.store import JobStore, store_url
-
-    url = store_url(storage_url or opt.DEFAULT_STORAGE)
-    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
-        return None
-    return JobStore(storage_url or opt.DEFAULT_STORAGE)
-
-
 def _run(args: argparse.Namespace) -> int:
-    study = open_study(args.storage, args.study_name)
+    from bench.results.study import job_store
     from bench.tracking import resolve_uri
 
+    study = open_study(args.storage, args.study_name)
     uri = resolve_uri(args.tracking_uri)
     if args.reevaluate:
         from bench.cli import engine_main
@@ -163,7 +153,7 @@ def _run(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise BenchError(f"--out {out}: cannot create the folder ({exc.strerror})") from None
-    store = job_store(args.storage)
+    store = job_store(args.storage or opt.DEFAULT_STORAGE)
     batches = store.batches(study.study_name) if store is not None else []
     report = build(study, out, args.top_k, batches)
     print(report.text)

@@ -274,9 +274,9 @@ def test_report_prints_every_table(reported):
     out = proc.stdout
     for title in (
         "Trials (top 3 ranked first)",
-        "Ablation by normalization",
-        "Ablation by optimizer",
-        "Ablation by depth",
+        "Breakdown by normalization",
+        "Breakdown by optimizer",
+        "Breakdown by depth",
         "Baselines: published vs reproduced",
         "Re-evaluated configurations",
     ):
@@ -314,7 +314,7 @@ def test_markdown_lists_every_trial_and_links_existing_images(reported):
 
 
 def test_top_k_are_the_best_completed_trials(reported):
-    from bench.report import trials_frame
+    from bench.results.report import trials_frame
 
     frame = trials_frame(reported["study"], 3)
     done = sorted(
@@ -327,9 +327,9 @@ def test_top_k_are_the_best_completed_trials(reported):
 
 
 def test_ablation_groups_by_normalization(reported):
-    from bench.report import ablation, trials_frame
+    from bench.results.report import breakdown, trials_frame
 
-    table = ablation(trials_frame(reported["study"], 3), "normalization", "val_accuracy", True)
+    table = breakdown(trials_frame(reported["study"], 3), "normalization", "val_accuracy", True)
     by = table.set_index("normalization")
     for norm in NORMS:
         done = [
@@ -490,7 +490,7 @@ def _champion_batch(summary: dict):
 
 
 def test_champion_section_states_a_loss_gap_as_a_loss_not_as_points():
-    from bench.report import champion_section
+    from bench.results.report import champion_section
 
     loss = {"version": "3", "champion_version": "3", "source": "search-0004", "refit": True,
             "refit_epochs": 12, "selection_metric": "val_loss", "selection_score": 0.30,

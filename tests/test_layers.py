@@ -4,7 +4,7 @@ each heavy library is imported by exactly one layer.
 Layers, low to high (a module may import its own layer and any lower one)::
 
     0  errors, records, faults, logs, resources      plain Python
-    1  space, data                                    what to train on, what to search
+    1  space, data, images                            what to train on, what to search, what to read
     2  training (Keras), optuna_adapter (Optuna), tracking (MLflow)
     3  engine, designs, results
     4  CLIs: cli, search, ablate, reevaluate, report, predict, register, ui
@@ -29,7 +29,7 @@ from tests.conftest import REPO, cli_env
 BENCH = REPO / "bench"
 LAYERS = {
     "errors": 0, "records": 0, "faults": 0, "logs": 0, "resources": 0,
-    "space": 1, "data": 1,
+    "space": 1, "data": 1, "images": 1,
     "training": 2, "optuna_adapter": 2, "tracking": 2,
     "engine": 3, "designs": 3, "results": 3,
     "cli": 4, "search": 4, "ablate": 4, "reevaluate": 4, "report": 4, "predict": 4, "register": 4,

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from bench.data import FASHION_CLASSES, read_idx, write_idx
-from bench.predict import convert_image, fit, needs_inversion, read_gray
+from bench.images import convert_image, fit, needs_inversion, read_gray
 from tests.conftest import FASHION_DIR, REPO, cli_env, fashion_available, run_module
 
 CHAMPION = "models:/fashion-mnist-mlp@champion"

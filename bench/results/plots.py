@@ -111,7 +111,8 @@ def draw_plots(
 
     Args:
         study: The study.
-        frame: :func:`bench.results.report.trials_frame` of it (its ``rank`` column picks the top k).
+        frame: :func:`bench.results.report.trials_frame` of it (its ``rank`` column picks the
+            top k).
         out: The folder to write into.
         top_k: How many learning curves to draw.
 

@@ -19,7 +19,15 @@ import logging
 import sys
 from pathlib import Path
 
-from bench.cli import Parser, add_worker_flags, bounded_int
+from bench.cli import (
+    Parser,
+    add_store_flags,
+    add_worker_flags,
+    bounded_int,
+    check_name,
+    engine_main,
+    run,
+)
 from bench.errors import EXIT_OK, BenchError, redact
 from bench.records import DONE
 
@@ -34,17 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Controlled one-factor-at-a-time comparisons around a base configuration: "
         "every level of every factor trains with the same seeds; effects with 95%% intervals.",
     )
-    p.add_argument(
-        "--study-name",
-        help="the study (default: the storage's only study, else <dataset>-<space file stem>)",
-    )
-    p.add_argument(
-        "--storage",
-        help="Optuna storage: a journal file path (default optuna-studies.log) or a database URL",
-    )
-    p.add_argument(
-        "--tracking-uri",
-        help="MLflow tracking URI (default MLFLOW_TRACKING_URI or sqlite:///mlflow.db)",
+    add_store_flags(
+        p, "the study (default: the storage's only study, else <dataset>-<space file stem>)"
     )
     base = p.add_mutually_exclusive_group()
     base.add_argument(
@@ -95,8 +94,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench.cli import engine_main
-
     return engine_main(_run, build_parser().parse_args(argv))
 
 
@@ -173,7 +170,6 @@ def _fmt_minutes(seconds: float) -> str:
 def _run(args: argparse.Namespace, interrupts) -> int:
     from bench import data
     from bench import optuna_adapter as opt
-    from bench.cli import check_name
     from bench.designs.ablation import AblationDesign, plan_to_settings
     from bench.designs.ablation_plan import plan as make_plan
     from bench.engine import batch_space
@@ -334,8 +330,6 @@ def _run(args: argparse.Namespace, interrupts) -> int:
 
 def console() -> None:
     """Console-script entry point (``pip install`` puts it on PATH)."""
-    from bench.cli import run
-
     run(main)
 
 

@@ -119,6 +119,25 @@ def engine_main(run_fn: Callable[..., int], args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
 
 
+def add_store_flags(
+    p: argparse.ArgumentParser, study: str | None = None, required_study: bool = False
+) -> None:
+    """Where a study lives: ``--study-name`` (when ``study`` gives its help), ``--storage`` and
+    ``--tracking-uri``, with one wording across the commands."""
+    if study is not None:
+        p.add_argument("--study-name", required=required_study, help=study)
+    p.add_argument(
+        "--storage",
+        help="Optuna storage: a journal file path (default optuna-studies.log) or a database URL, "
+        "e.g. postgresql://...; the job store lives beside it or in it",
+    )
+    p.add_argument(
+        "--tracking-uri",
+        metavar="URI",
+        help="MLflow tracking URI (default MLFLOW_TRACKING_URI or sqlite:///mlflow.db)",
+    )
+
+
 def add_ensemble_flag(p: argparse.ArgumentParser, among: str) -> None:
     """``--ensemble K``: how many of the best configurations the registered model averages."""
     p.add_argument(

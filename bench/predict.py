@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bench.cli import Parser, positive_int
+from bench.cli import Parser, positive_int, run
 from bench.errors import EXIT_OK, EXIT_USAGE, BenchError, redact
 
 if TYPE_CHECKING:
@@ -153,8 +153,6 @@ def _run(args: argparse.Namespace) -> int:
 
 def console() -> None:
     """Console-script entry point (``pip install`` puts it on PATH)."""
-    from bench.cli import run
-
     run(main)
 
 

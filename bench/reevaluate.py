@@ -12,7 +12,15 @@ from __future__ import annotations
 
 import argparse
 
-from bench.cli import Parser, add_ensemble_flag, add_worker_flags, bounded_int
+from bench.cli import (
+    Parser,
+    add_ensemble_flag,
+    add_store_flags,
+    add_worker_flags,
+    bounded_int,
+    engine_main,
+    run,
+)
 
 
 class _Renamed(argparse.Action):
@@ -25,12 +33,7 @@ class _Renamed(argparse.Action):
 
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="python -m bench.reevaluate", description=__doc__.splitlines()[0])
-    p.add_argument("--study-name", required=True, help="the searched study")
-    p.add_argument("--storage", help="Optuna storage (default optuna-studies.log)")
-    p.add_argument(
-        "--tracking-uri",
-        help="MLflow tracking URI (default MLFLOW_TRACKING_URI or sqlite:///mlflow.db)",
-    )
+    add_store_flags(p, "the searched study", required_study=True)
     p.add_argument("--top-k", type=bounded_int(1, 50), default=3, help="configurations (default 3)")
     p.add_argument("--seeds", type=bounded_int(2, 20), default=3, help="seeds each (default 3)")
     add_ensemble_flag(p, "re-evaluated configurations (at most --top-k)")
@@ -47,8 +50,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench.cli import engine_main
-
     return engine_main(_run, build_parser().parse_args(argv))
 
 
@@ -72,8 +73,6 @@ def _run(args: argparse.Namespace, interrupts) -> int:
 
 def console() -> None:
     """Console-script entry point."""
-    from bench.cli import run
-
     run(main)
 
 

@@ -14,25 +14,18 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench.cli import Parser
+from bench.cli import Parser, add_store_flags, engine_main, run
 from bench.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, BenchError, redact
 from bench.records import DONE, SEARCH_DESIGN
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="python -m bench.register", description=__doc__.splitlines()[0])
-    p.add_argument("--study-name", required=True, help="the study whose champion to register")
-    p.add_argument("--storage", help="Optuna storage (default optuna-studies.log)")
-    p.add_argument(
-        "--tracking-uri",
-        help="MLflow tracking URI (default MLFLOW_TRACKING_URI or sqlite:///mlflow.db)",
-    )
+    add_store_flags(p, "the study whose champion to register", required_study=True)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench.cli import engine_main
-
     return engine_main(_run, build_parser().parse_args(argv))
 
 
@@ -88,8 +81,6 @@ def _run(args: argparse.Namespace, interrupts) -> int:
 
 
 def console() -> None:
-    from bench.cli import run
-
     run(main)
 
 

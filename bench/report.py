@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bench import optuna_adapter as opt
+from bench.cli import Parser, add_store_flags, bounded_int, engine_main, positive_int, run
 from bench.errors import EXIT_OK, EXIT_USAGE, BenchError, folder_name, redact
 from bench.records import ABLATION_DESIGN, SEARCH_DESIGN, Batch
 
@@ -25,23 +26,13 @@ if TYPE_CHECKING:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from bench.cli import Parser, bounded_int, positive_int
-
     p = Parser(
         prog="python -m bench.report",
         description="Tables, plots, report.html and report.md of a study, with 'What matters' when "
         "it has an ablation; --reevaluate retrains the top configurations "
         "with several seeds first.",
     )
-    p.add_argument("--study-name", help="the study (default: the storage's only study)")
-    p.add_argument(
-        "--storage",
-        help="Optuna storage: journal file or database URL (default optuna-studies.log)",
-    )
-    p.add_argument(
-        "--tracking-uri",
-        help="MLflow tracking URI (default MLFLOW_TRACKING_URI or sqlite:///mlflow.db)",
-    )
+    add_store_flags(p, "the study (default: the storage's only study)")
     p.add_argument("--out", help="output folder (default reports/<study>/)")
     p.add_argument(
         "--top-k",
@@ -125,7 +116,6 @@ def _run(args: argparse.Namespace) -> int:
     study = open_study(args.storage, args.study_name)
     uri = resolve_uri(args.tracking_uri)
     if args.reevaluate:
-        from bench.cli import engine_main
         from bench.engine.reevaluation import ReevalRequest, reevaluate
 
         req = ReevalRequest(
@@ -187,8 +177,6 @@ def log_artifacts(batches: list[Batch], uri: str, files: list[Path], store=None)
 
 def console() -> None:
     """Console-script entry point (``pip install`` puts it on PATH)."""
-    from bench.cli import run
-
     run(main)
 
 

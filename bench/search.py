@@ -17,9 +17,13 @@ from bench.cli import (
     SEED_MAX,
     Parser,
     add_ensemble_flag,
+    add_store_flags,
     add_worker_flags,
     bounded_int,
+    check_name,
+    engine_main,
     positive_seconds,
+    run,
 )
 from bench.errors import (
     BenchError,
@@ -58,19 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder with the four IDX .gz files (else BENCH_DATA_DIR, the "
         "Keras cache, /usr/share/datasets/NAME)",
     )
-    p.add_argument(
-        "--study-name",
-        help="Optuna study (default <dataset>-<space file stem>, e.g. fashion-mnist-mlp)",
-    )
-    p.add_argument(
-        "--storage",
-        help="Optuna storage: a journal file path (default "
-        "optuna-studies.log) or a database URL, e.g. postgresql://...",
-    )
-    p.add_argument(
-        "--tracking-uri",
-        help="MLflow tracking URI (default MLFLOW_TRACKING_URI or sqlite:///mlflow.db)",
-    )
+    add_store_flags(p, "Optuna study (default <dataset>-<space file stem>, e.g. fashion-mnist-mlp)")
     p.add_argument("--experiment", help="MLflow experiment (default <dataset>-mlp)")
     p.add_argument("--model-name", help="registered model name (default <dataset>-mlp)")
     p.add_argument(
@@ -134,15 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench.cli import engine_main
-
     return engine_main(_run, build_parser().parse_args(argv))
 
 
 def _run(args: argparse.Namespace, interrupts) -> int:
     from bench import data
     from bench import optuna_adapter as opt
-    from bench.cli import check_name
     from bench.designs.search import SearchDesign
     from bench.engine.driver import BatchRun, drive, open_design_batch
     from bench.engine.store import JobStore
@@ -235,8 +224,6 @@ def check_split_seed(store, study: str, seed: int) -> None:
 
 def console() -> None:
     """Console-script entry point (``pip install`` puts it on PATH)."""
-    from bench.cli import run
-
     run(main)
 
 

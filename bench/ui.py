@@ -27,7 +27,7 @@ import webbrowser
 from collections import deque
 from pathlib import Path
 
-from bench.cli import Parser, bounded_int
+from bench.cli import Parser, add_store_flags, bounded_int, check_name, run
 from bench.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, BenchError, redact
 
 DEFAULT_PORT = 5000  # MLflow's own; the links a search prints point at it
@@ -41,15 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Start the MLflow UI on this folder's tracking store and print (on a "
         "desktop, open) the latest batch's runs page. Ctrl-C stops it.",
     )
-    p.add_argument(
-        "--tracking-uri",
-        help="MLflow tracking URI (default MLFLOW_TRACKING_URI or sqlite:///mlflow.db)",
-    )
-    p.add_argument(
-        "--storage",
-        help="Optuna storage whose latest batch is shown (default optuna-studies.log)",
-    )
-    p.add_argument("--study-name", help="show this study's latest batch (default: any study's)")
+    add_store_flags(p, "show this study's latest batch (default: any study's)")
     p.add_argument(
         "--port",
         type=bounded_int(1, 65535),
@@ -75,7 +67,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from bench.cli import check_name
     from bench.tracking import resolve_uri
 
     if args.study_name:
@@ -338,8 +329,6 @@ def stop_on_sigterm() -> None:
 
 def console() -> None:
     """Console-script entry point (``pip install`` puts ``bench-ui`` on PATH)."""
-    from bench.cli import run
-
     run(main)
 
 

@@ -168,6 +168,7 @@ BAD = [
 ]  # fmt: skip
 
 
+@pytest.mark.component
 @pytest.mark.parametrize("files, study, args, message", BAD)
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, files, study, args, message):
     (tmp_path / "base.yaml").write_text(BASE)
@@ -187,6 +188,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, files, study,
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
 
 
+@pytest.mark.component
 def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
     (tmp_path / "base.yaml").write_text(BASE)
     proc = run_module("bench.ablate", *_args(tmp_path), "--dry-run", cwd=tmp_path, timeout=120)

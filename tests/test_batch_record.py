@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.component  # trains Keras in this process
 pytest.importorskip("keras")
 
 from bench.engine.store import JobStore  # noqa: E402

@@ -14,6 +14,8 @@ import pytest
 from bench.tracking import Tracker
 from bench.tracking.registry import register_champion
 
+pytestmark = pytest.mark.component  # a real MLflow registry in a temporary store
+
 DIGEST = "d1"
 ONE_RUN = "one search run; holdout 0.1"
 

@@ -31,6 +31,7 @@ def _modules_after(code: str) -> set[str]:
     return set(json.loads(out.strip().splitlines()[-1]))
 
 
+@pytest.mark.component
 def test_help_and_space_validation_never_import_tensorflow():
     mods = _modules_after(
         "import contextlib, io\nfrom bench import search\n"
@@ -46,6 +47,7 @@ def test_help_and_space_validation_never_import_tensorflow():
     assert "tensorflow" not in mods and "keras" not in mods
 
 
+@pytest.mark.component
 def test_help_lists_the_flags(tmp_path):
     proc = run_module("bench.search", "--help", cwd=tmp_path)
     assert proc.returncode == 0
@@ -69,6 +71,7 @@ def test_help_lists_the_flags(tmp_path):
         assert flag in proc.stdout
 
 
+@pytest.mark.component
 def test_reevaluate_no_refit_is_renamed_with_one_line(tmp_path):
     # in bench.search --no-refit registers the search run's own model; bench.reevaluate's
     # "register nothing" is --no-register, and its old spelling says so instead of acting
@@ -434,6 +437,7 @@ def _fifo(tmp_path):
     return str(path)
 
 
+@pytest.mark.component
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, case):
     make_args, message = BAD_INPUTS[case]
@@ -459,6 +463,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, case):
     assert list(work.iterdir()) == []  # nothing written
 
 
+@pytest.mark.component
 def test_unreachable_database_message_redacts_the_password(tmp_path):
     proc = run_module(
         "bench.search",
@@ -530,6 +535,7 @@ def test_redact_masks_any_password_before_cutting(password):
     )
 
 
+@pytest.mark.component
 def test_a_study_named_dot_dot_reports_inside_reports(tmp_path):
     """A study name written by another Optuna client is not checked by bench: the report folder
     made from it must stay one folder below ``reports/``."""

@@ -269,6 +269,7 @@ def test_owner_dead_when_lease_is_in_the_past():
     assert is_dead(None, time.time() + 60)  # no owner at all
 
 
+@pytest.mark.component
 def test_owner_dead_at_once_when_its_pid_is_gone():
     code = "import json; from bench.engine.owner import new_owner; print(json.dumps(new_owner()))"
     proc = subprocess.run(

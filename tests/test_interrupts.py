@@ -68,6 +68,7 @@ def test_wait_wakes_on_a_signal(interrupts):
             signal.signal(signal.SIGALRM, previous)
 
 
+@pytest.mark.component
 def test_a_later_second_signal_stops_the_process_at_once(tmp_path):
     script = textwrap.dedent(
         """

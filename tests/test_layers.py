@@ -204,12 +204,14 @@ def _help(module: str) -> str:
     )
 
 
+@pytest.mark.component
 @pytest.mark.parametrize("module", ["bench.search", "bench.report"])
 def test_help_does_not_import_tensorflow(module):
     loaded = _loaded_after(_help(module))
     assert "tensorflow" not in loaded and "keras" not in loaded, loaded
 
 
+@pytest.mark.component
 def test_loading_a_space_does_not_import_tensorflow():
     code = (
         "from bench.space import builtin_names, load_space\n"

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.component  # trains Keras in this process
 keras = pytest.importorskip("keras")
 
 from bench.data import Split  # noqa: E402

@@ -114,6 +114,7 @@ def test_fit_targets_the_models_input_size():
     assert out[0].max() == 0 and out[3:5, 3:5].min() > 100
 
 
+@pytest.mark.component
 def test_help_imports_neither_tensorflow_nor_mlflow():
     code = (
         "import sys, runpy\n"
@@ -154,6 +155,7 @@ def inputs(tmp_path):
     return tmp_path
 
 
+@pytest.mark.component
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
@@ -175,6 +177,7 @@ def test_bad_input_is_one_line_and_exit_2(inputs, args, expected):
     assert not (inputs / "absent.db").exists()  # a typo must not leave an empty store behind
 
 
+@pytest.mark.component
 def test_no_store_in_the_current_folder_is_explained(inputs):
     line = _one_error_line(
         run_module("bench.predict", "ok.png", cwd=inputs, timeout=120, **QUIET_MLFLOW)
@@ -183,6 +186,7 @@ def test_no_store_in_the_current_folder_is_explained(inputs):
     assert not (inputs / "mlflow.db").exists()
 
 
+@pytest.mark.component
 def test_password_in_tracking_uri_is_never_printed(inputs):
     with socket.socket() as s:  # a loopback port nobody listens on: refused at once
         s.bind(("127.0.0.1", 0))
@@ -217,6 +221,7 @@ mlflow.register_model(info.model_uri, "pickled")
 """
 
 
+@pytest.mark.component
 def test_a_pickled_model_loads_only_with_trust_model(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     subprocess.run(
@@ -253,6 +258,7 @@ mlflow.register_model(info.model_uri, "tiny")
 """
 
 
+@pytest.mark.component
 def test_a_keras_model_loads_in_safe_mode_without_trust(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     subprocess.run(
@@ -486,11 +492,13 @@ def _load(folder, trust_model=False):
     return load_checked_model(str(folder), f"sqlite:///{folder.parent / 'mlflow.db'}", trust_model)
 
 
+@pytest.mark.component
 def test_a_plain_keras_folder_loads_in_safe_mode(saved_keras, tmp_path):
     loaded = _load(_tampered(saved_keras, tmp_path))
     assert loaded.model.predict(np.zeros((2, 8, 8), np.uint8)).shape == (2, 3)
 
 
+@pytest.mark.component
 def test_an_exported_keras_model_needs_trust_model(saved_keras, tmp_path):
     from bench.errors import BenchError
 
@@ -499,6 +507,7 @@ def test_an_exported_keras_model_needs_trust_model(saved_keras, tmp_path):
         _load(folder)
 
 
+@pytest.mark.component
 @pytest.mark.parametrize("data", ["../../outside", "ABSOLUTE"])
 def test_a_data_path_outside_the_model_folder_is_refused(saved_keras, tmp_path, data):
     from bench.errors import BenchError
@@ -514,6 +523,7 @@ def test_a_data_path_outside_the_model_folder_is_refused(saved_keras, tmp_path, 
         _load(folder)
 
 
+@pytest.mark.component
 def test_a_keras_file_linked_from_outside_the_folder_is_refused(saved_keras, tmp_path):
     # MLflow's local download already refuses such a link; the check holds for any store
     from bench.errors import BenchError

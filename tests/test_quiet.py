@@ -16,6 +16,8 @@ import pytest
 from tests.conftest import run_module, write_space
 from tests.servers import free_port
 
+pytestmark = pytest.mark.component  # every test here runs a subprocess
+
 # What TensorFlow, absl, Keras and CUDA print when nothing silences them (case-insensitive).
 CHATTER = re.compile(
     r"oneDNN|TF_ENABLE_ONEDNN_OPTS|cuda|absl|tensorflow/core|cpu_feature_guard|TF-TRT"

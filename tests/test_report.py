@@ -268,6 +268,7 @@ def reported(tmp_path_factory):
     }
 
 
+@pytest.mark.component
 def test_report_prints_every_table(reported):
     proc = reported["proc"]
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -294,6 +295,7 @@ def test_report_prints_every_table(reported):
     assert "0.8793" in row and "-0.0032" in row and "yes" in row
 
 
+@pytest.mark.component
 def test_pngs_are_nontrivial_images(reported):
     for name in PLOTS:
         with Image.open(reported["out"] / name) as img:
@@ -303,6 +305,7 @@ def test_pngs_are_nontrivial_images(reported):
             assert colours is not None and len(colours) > 50, (name, len(colours or []))
 
 
+@pytest.mark.component
 def test_markdown_lists_every_trial_and_links_existing_images(reported):
     text = (reported["out"] / "report.md").read_text()
     table = text.split("## Trials", 1)[1].split("\n## ", 1)[0]
@@ -313,6 +316,7 @@ def test_markdown_lists_every_trial_and_links_existing_images(reported):
     assert all((reported["out"] / link).is_file() for link in links)
 
 
+@pytest.mark.component
 def test_top_k_are_the_best_completed_trials(reported):
     from bench.results.report import trials_frame
 
@@ -326,6 +330,7 @@ def test_top_k_are_the_best_completed_trials(reported):
     assert set(frame["state"][len(done) :]) == {"PRUNED", "FAIL"}
 
 
+@pytest.mark.component
 def test_ablation_groups_by_normalization(reported):
     from bench.results.report import breakdown, trials_frame
 
@@ -369,6 +374,7 @@ def test_ablation_groups_by_normalization(reported):
     ]
 
 
+@pytest.mark.component
 def test_report_is_logged_to_the_parent_run(reported):
     from mlflow import MlflowClient
 
@@ -379,6 +385,7 @@ def test_report_is_logged_to_the_parent_run(reported):
     assert names == {"report.md", "report.html", *PLOTS}
 
 
+@pytest.mark.component
 def test_report_never_imports_tensorflow(reported):
     code = (
         "import sys; from bench.report import main; rc = main(['--tracking-uri', "
@@ -397,6 +404,7 @@ def test_report_never_imports_tensorflow(reported):
     assert "HEAVY [] 0" in proc.stdout, proc.stdout[-500:] + proc.stderr[-2000:]
 
 
+@pytest.mark.component
 def test_small_study_skips_importances_with_a_note(tmp_path):
     storage = journal(tmp_path / "optuna-studies.log")
     build_study(storage, n_search=1, baseline=False)
@@ -409,6 +417,7 @@ def test_small_study_skips_importances_with_a_note(tmp_path):
     assert not (tmp_path / "mlflow.db").exists()  # a report never creates a tracking store
 
 
+@pytest.mark.component
 def test_several_studies_need_a_name(tmp_path):
     storage = journal(tmp_path / "optuna-studies.log")
     build_study(storage, name="alpha", n_search=2, baseline=False)
@@ -425,6 +434,7 @@ def test_several_studies_need_a_name(tmp_path):
     assert (tmp_path / "reports" / "beta" / "report.md").is_file()
 
 
+@pytest.mark.component
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -446,6 +456,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
     assert "s3cret" not in proc.stderr + proc.stdout
 
 
+@pytest.mark.component
 def test_what_matters_leads_with_a_forest_plot_and_no_tensorflow(tmp_path):
     """A finished ablation batch: the report opens with What matters and writes its plot."""
     log = tmp_path / "optuna-studies.log"

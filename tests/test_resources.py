@@ -232,12 +232,14 @@ def fake_nvidia_smi(folder: Path, body: str) -> None:
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
 
 
+@pytest.mark.component
 def test_default_probe_runs_nvidia_smi_from_path(tmp_path, monkeypatch):
     fake_nvidia_smi(tmp_path, "printf 'GPU 0: Fake (UUID: GPU-abc)\\n'")
     monkeypatch.setenv("PATH", str(tmp_path))
     assert visible_gpus({}) == ["GPU-abc"]
 
 
+@pytest.mark.component
 def test_default_probe_missing_or_failing_nvidia_smi(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
     assert visible_gpus({}) == []  # not installed
@@ -326,6 +328,7 @@ def test_bounds_hold_exactly_at_the_limit():
     assert plan_workers(resources.MAX_JOBS, None, 1000, cpus=128, gpus=[]).jobs == 256
 
 
+@pytest.mark.component
 def test_importing_resources_never_imports_tensorflow():
     code = "import sys, bench.resources; assert 'tensorflow' not in sys.modules, 'tensorflow'"
     proc = subprocess.run(

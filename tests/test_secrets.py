@@ -81,6 +81,7 @@ def test_store_location_keeps_host_and_database_only(url, shown):
     assert errors.store_location(url) == shown
 
 
+@pytest.mark.component
 def test_parent_runs_log_the_storage_by_location_only():
     """The storage URL goes to every parent run's params, which an unauthenticated MLflow shows to
     anyone: the CLIs that open batches log it through :func:`store_location`."""

@@ -19,6 +19,8 @@ import pytest
 
 from tests.conftest import REPO
 
+pytestmark = pytest.mark.component  # every test here runs a subprocess
+
 SETUP = REPO / "setup"
 TOOLS = ("bash", "env", "dirname", "awk", "tail", "grep", "sed", "cat")
 

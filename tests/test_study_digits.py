@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
+pytestmark = pytest.mark.component  # trains Keras in this process
 pytest.importorskip("keras")
 
 from bench.engine.store import JobStore  # noqa: E402
@@ -220,6 +221,7 @@ def test_predicting_with_the_champion_prints_no_keras_warning(searched):
     assert not keras_warnings, keras_warnings
 
 
+@pytest.mark.component
 def test_ensemble_1_registers_the_single_best_configuration_refit(tmp_path):
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(SPACE))
     proc = run_module(
@@ -351,6 +353,7 @@ def test_diverging_and_raising_configurations_fail_alone_and_the_batch_goes_on(
     assert "RUNNING" not in states.values()
 
 
+@pytest.mark.component
 def test_the_report_says_how_the_champion_was_chosen_and_its_val_to_test_gap(searched):
     folder, _ = searched
     jobs = jobs_of(folder, STUDY)

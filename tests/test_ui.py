@@ -36,6 +36,7 @@ def _modules_after_help() -> set[str]:
     return set(json.loads(out.strip().splitlines()[-1]))
 
 
+@pytest.mark.component
 def test_help_imports_neither_mlflow_nor_tensorflow():
     mods = _modules_after_help()
     assert not {"mlflow", "tensorflow", "keras", "optuna"} & mods
@@ -49,6 +50,7 @@ def _one_line_exit_2(proc) -> str:
     return lines[0]
 
 
+@pytest.mark.component
 def test_a_folder_without_a_store_is_one_line_and_nothing_is_written(tmp_path):
     line = _one_line_exit_2(run_module("bench.ui", "--no-open", cwd=tmp_path))
     assert "no MLflow store here" in line and str(tmp_path / "mlflow.db") in line
@@ -56,12 +58,14 @@ def test_a_folder_without_a_store_is_one_line_and_nothing_is_written(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.component
 @pytest.mark.parametrize("port", ["0", "65536", "http"])
 def test_a_bad_port_is_one_line(tmp_path, port):
     line = _one_line_exit_2(run_module("bench.ui", "--port", port, cwd=tmp_path))
     assert "--port" in line
 
 
+@pytest.mark.component
 def test_an_unreachable_tracking_server_is_one_line_without_its_password(tmp_path):
     uri = f"http://user:s3cret@127.0.0.1:{free_port()}"
     line = _one_line_exit_2(run_module("bench.ui", "--tracking-uri", uri, cwd=tmp_path))

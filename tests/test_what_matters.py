@@ -158,6 +158,7 @@ def test_forest_plot_writes_a_png(tmp_path):
         forest_plot([], tmp_path / "empty.png")
 
 
+@pytest.mark.component
 def test_analysis_and_plot_never_import_tensorflow(tmp_path):
     png = tmp_path / "forest.png"
     data = tmp_path / "records.json"

@@ -3,48 +3,16 @@
 from __future__ import annotations
 
 import gzip
-import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from bench import data
 from bench.space import BUILTIN_DIR
-from tests.conftest import REPO, cli_env, run_module
+from tests.conftest import run_module
 
 SMOKE = str(BUILTIN_DIR / "smoke.yaml")
 SECRETS = ("s3cret", "s3/cret", "pa:ss/w?rd#1")  # passwords in the rows below; never printed
-
-
-def _modules_after(code: str) -> set[str]:
-    probe = f"import sys, json\n{code}\nprint(json.dumps(sorted(sys.modules)))"
-    out = subprocess.run(
-        [sys.executable, "-c", probe],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=cli_env(),
-        check=True,
-    ).stdout
-    return set(json.loads(out.strip().splitlines()[-1]))
-
-
-@pytest.mark.component
-def test_help_and_space_validation_never_import_tensorflow():
-    mods = _modules_after(
-        "import contextlib, io\nfrom bench import search\n"
-        "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
-        "    search.main(['--help'])"
-    )
-    assert "tensorflow" not in mods and "keras" not in mods and "mlflow" not in mods
-    mods = _modules_after(
-        "from bench.space import load_space\n"
-        "load_space('mlp')\n"
-        "import bench.data, bench.cli, bench.errors"
-    )
-    assert "tensorflow" not in mods and "keras" not in mods
 
 
 @pytest.mark.component

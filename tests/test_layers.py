@@ -204,19 +204,37 @@ def _help(module: str) -> str:
     )
 
 
-@pytest.mark.component
-@pytest.mark.parametrize("module", ["bench.search", "bench.report"])
-def test_help_does_not_import_tensorflow(module):
-    loaded = _loaded_after(_help(module))
-    assert "tensorflow" not in loaded and "keras" not in loaded, loaded
+_ANALYSIS = (
+    "import tempfile\n"
+    "from bench.results.what_matters import analyse, forest_plot, markdown\n"
+    "rows = [{'factor': f, 'level': lv, 'seed': s, 'is_base': f == 'base',\n"
+    "         'val_accuracy': 0.9 + d + s / 1000, 'test_accuracy': 0.9 + d}\n"
+    "        for f, lv, d in (('base', 'base', 0.0), ('optimizer', 'sgd', -0.02))\n"
+    "        for s in range(3)]\n"
+    "results = analyse(rows)\n"
+    "forest_plot(results, tempfile.mkdtemp() + '/forest.png')\n"
+    "markdown(results)"
+)
 
-
-@pytest.mark.component
-def test_loading_a_space_does_not_import_tensorflow():
-    code = (
+# The fast paths (the style guide's rule): what each must never load. One place for the check.
+FAST_PATHS = {
+    "search --help": (_help("bench.search"), {"tensorflow", "keras", "mlflow"}),
+    "report --help": (_help("bench.report"), {"tensorflow", "keras"}),
+    "predict --help": (_help("bench.predict"), {"tensorflow", "keras", "mlflow"}),
+    "ui --help": (_help("bench.ui"), {"tensorflow", "keras", "mlflow", "optuna"}),
+    "loading every built-in space": (
         "from bench.space import builtin_names, load_space\n"
-        "spaces = [load_space(n) for n in builtin_names()]\n"
-        "assert spaces"
-    )
+        "assert [load_space(n) for n in builtin_names()]\n"
+        "import bench.data, bench.cli, bench.errors, bench.resources",
+        {"tensorflow", "keras"},
+    ),
+    "what-matters analysis and forest plot": (_ANALYSIS, {"tensorflow", "keras"}),
+}
+
+
+@pytest.mark.component
+@pytest.mark.parametrize("path", sorted(FAST_PATHS))
+def test_fast_paths_never_load_a_heavy_library(path):
+    code, never = FAST_PATHS[path]
     loaded = _loaded_after(code)
-    assert "tensorflow" not in loaded and "keras" not in loaded, loaded
+    assert not never & loaded, f"{path} loaded {sorted(never & loaded)}"

@@ -13,11 +13,15 @@ Everything a user can get wrong is checked before anything is written.
 from __future__ import annotations
 
 import argparse
+import difflib
 import hashlib
 import json
 import logging
+import math
 import sys
 from pathlib import Path
+
+import yaml
 
 from bench.cli import (
     Parser,
@@ -28,8 +32,9 @@ from bench.cli import (
     engine_main,
     run,
 )
-from bench.errors import EXIT_OK, BenchError, redact
+from bench.errors import EXIT_OK, BenchError, SpaceError, redact
 from bench.records import DONE
+from bench.space import load_space_text, parse_space, resolve_space
 
 log = logging.getLogger("bench")
 BASE_FILE_KEYS = ("params", "train", "name", "description")
@@ -99,10 +104,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _read_base_file(path: str) -> tuple[dict, dict]:
     """``(config, train)`` of a ``--base-config`` file; unknown keys are errors."""
-    import yaml
-
-    from bench.errors import SpaceError
-    from bench.space import parse_space
 
     try:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
@@ -113,7 +114,6 @@ def _read_base_file(path: str) -> tuple[dict, dict]:
         raise BenchError(f"--base-config {path}: not valid YAML ({first})") from None
     if not isinstance(data, dict):
         raise BenchError(f"--base-config {path}: needs a mapping with a 'params:' mapping")
-    import difflib
 
     for key in data:
         if key not in BASE_FILE_KEYS:
@@ -168,12 +168,15 @@ def _fmt_minutes(seconds: float) -> str:
 
 
 def _run(args: argparse.Namespace, interrupts) -> int:
+    # the command's one deferred block: what --help and bad flags never need (NumPy, SQLAlchemy)
     from bench import data
     from bench import optuna_adapter as opt
     from bench.designs.ablation import AblationDesign, plan_to_settings
+    from bench.designs.ablation_plan import dense_macs
     from bench.designs.ablation_plan import plan as make_plan
     from bench.engine import batch_space
     from bench.engine.driver import BatchRun, drive, open_design_batch
+    from bench.engine.mirror import complete_mirrors
     from bench.engine.store import JobStore
     from bench.resources import plan_workers, usable_cpus, visible_gpus
     from bench.results.study import (
@@ -184,7 +187,6 @@ def _run(args: argparse.Namespace, interrupts) -> int:
         trial_config,
     )
     from bench.results.what_matters import summary_text
-    from bench.space import load_space_text, resolve_space
     from bench.tracking import Tracker, check_uri, resolve_uri
     from bench.training import download_dataset
 
@@ -240,11 +242,8 @@ def _run(args: argparse.Namespace, interrupts) -> int:
     workers = plan_workers(args.workers, args.threads, n_jobs, usable_cpus(), visible_gpus())
     n_train = len(dataset.y_train) - int(spec_train["validation_size"])
     rate, how = seconds_per_mac(view, n_train)
-    import numpy as np
 
-    from bench.designs.ablation_plan import dense_macs
-
-    n_inputs = int(np.prod(dataset.image_shape))
+    n_inputs = math.prod(dataset.image_shape)
     estimate = (
         plan.estimate_seconds(
             rate * dense_macs(plan.base.config, n_inputs, dataset.n_classes),
@@ -306,8 +305,6 @@ def _run(args: argparse.Namespace, interrupts) -> int:
         join_done=True,
     )  # fmt: skip
     if batch.state == DONE:
-        from bench.engine.mirror import complete_mirrors
-
         complete_mirrors(store, study_name, tracker)
         print(
             f"ablation batch {batch.number} of study '{study_name}' is already complete; "

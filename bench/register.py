@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, interrupts) -> int:
+    # the command's one deferred block: what --help and bad flags never need (NumPy, SQLAlchemy)
     from bench import optuna_adapter as opt
     from bench.designs import DESIGNS
     from bench.engine import batch_space

@@ -130,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, interrupts) -> int:
+    # the command's one deferred block: what --help and bad flags never need (NumPy, SQLAlchemy)
     from bench import data
     from bench import optuna_adapter as opt
     from bench.designs.search import SearchDesign

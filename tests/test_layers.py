@@ -28,7 +28,7 @@ from tests.conftest import REPO, cli_env
 
 BENCH = REPO / "bench"
 LAYERS = {
-    "errors": 0, "records": 0, "faults": 0, "logs": 0, "resources": 0,
+    "errors": 0, "records": 0, "faults": 0, "logs": 0, "resources": 0, "lazy": 0,
     "space": 1, "data": 1, "images": 1,
     "training": 2, "optuna_adapter": 2, "tracking": 2,
     "engine": 3, "designs": 3, "results": 3,
@@ -83,6 +83,15 @@ def _imports(path: Path, module: str) -> list[tuple[int, str]]:
             return
         if isinstance(node, ast.Import):
             found.extend((node.lineno, a.name) for a in node.names)
+        elif (  # bench.lazy's deferred import: lazy("optuna") imports optuna on first use
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id == "lazy"
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
+            found.append((node.lineno, node.args[0].value))
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")

@@ -17,13 +17,16 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from bench import data
 from bench import optuna_adapter as opt
+from bench.designs import make_design
 from bench.engine.interrupts import Interrupts
 from bench.engine.mirror import finish_mirror, mirror_job_run
 from bench.engine.owner import LEASE_SECONDS, is_dead, new_owner
 from bench.engine.store import JobStore
 from bench.errors import BenchError, redact
 from bench.faults import kill_point
+from bench.logs import setup_logging
 from bench.records import (
     ABLATION,
     ALL,
@@ -52,6 +55,24 @@ from bench.records import (
     Job,
     JobResult,
     check_keys,
+)
+from bench.results.champion import (
+    Member,
+    member_params,
+    member_tags,
+    run_note,
+    version_description,
+)
+from bench.space import flat_config
+from bench.tracking import Tracker
+from bench.tracking.registry import register_champion, selection_procedure
+from bench.training import COMPLETED as DONE_STATUS
+from bench.training import (
+    average_models,
+    configure_threads,
+    confusion,
+    evaluate,
+    train,
 )
 
 log = logging.getLogger("bench")
@@ -96,11 +117,8 @@ class Worker:
     """Runs the jobs of one batch; create once per process (data, stores, tracker are reused)."""
 
     def __init__(self, settings: WorkerSettings, interrupts: Interrupts | None = None):
-        from bench import data
-        from bench.designs import make_design
+        # bench.engine imports this module at its top: a top-level import here would be a cycle
         from bench.engine import batch_space, data_mismatch
-        from bench.tracking import Tracker
-        from bench.training import configure_threads
 
         configure_threads(settings.threads)
         self.settings = settings
@@ -248,7 +266,6 @@ class Worker:
     # ------------------------------------------------------------ one job
 
     def _split(self, job: Job):
-        from bench import data
 
         spec = self._train_spec(job)
         if job.spec.split == ALL:
@@ -266,7 +283,6 @@ class Worker:
         return replace(self.space.train, **overrides)
 
     def run_job(self, job: Job) -> None:
-        from bench.space import flat_config
 
         # a previous attempt (died, interrupted or stopped by an outage) may have registered
         again = job.attempts > 1 or job.run_id is not None
@@ -359,9 +375,6 @@ class Worker:
         The hook (tracking, pruning) sees the first fold's epochs; the other folds run only when
         the first completed. The returned model is the first fold's.
         """
-        from bench import data
-        from bench.training import COMPLETED as DONE_STATUS
-        from bench.training import train
 
         def fit(split, hook):
             return train(
@@ -413,7 +426,6 @@ class Worker:
         return live, config
 
     def _record(self, job: Job, live, result, config: dict) -> None:
-        from bench.training import evaluate
 
         job = self.store.get_job(job.id)
         status = result.status
@@ -484,8 +496,6 @@ class Worker:
         return not mine or sign * out.value >= max(sign * v for v in mine)
 
     def _register(self, job: Job, out: JobResult) -> dict:
-        from bench.results.champion import version_description
-        from bench.tracking.registry import register_champion, selection_procedure
 
         s = self.batch.settings
         info = job.spec.info
@@ -540,7 +550,6 @@ class Worker:
     def _members(self, job: Job, out: JobResult | None = None) -> list:
         """The configurations a refit, ensemble or register job's model is made of, with the
         runs that trained and scored them (:class:`bench.results.champion.Member`)."""
-        from bench.results.champion import Member
 
         by_key = {j.key: j for j in self.store.jobs(self.batch.id)}
 
@@ -579,7 +588,6 @@ class Worker:
     def _describe_run(self, job: Job, parts: list, description: str, registered: dict) -> None:
         """Put the sentence and links to the members' runs on the registered model's run, as
         its MLflow note (the run page's description); a failure costs only the note."""
-        from bench.results.champion import run_note
 
         run_id = job.run_id or (parts[0].run_id if len(parts) == 1 else None)
         if not run_id:
@@ -592,7 +600,6 @@ class Worker:
 
     def _store_confusion(self, job: Job, model) -> None:
         """The registered model's test confusion matrix, for bench.report (reported only)."""
-        from bench.training import confusion
 
         opt.set_study_attr(
             self.study,
@@ -636,8 +643,6 @@ class Worker:
         that version by its identity tags); after a crash before registering, the rerun ends the
         dead attempt's run as FAILED and starts again from the members' logged models.
         """
-        from bench.results.champion import member_params, member_tags
-        from bench.training import average_models
 
         members = job.spec.info["members"]
         if job.run_id:  # an earlier attempt's run, not registered: replaced
@@ -674,7 +679,6 @@ class Worker:
         """Register an already trained model: the chosen search run's own (``--no-refit``), the
         averaged ensemble (``model`` given, already in memory), or the one a refit or ensemble
         registered before its worker died."""
-        from bench.training import evaluate
 
         if model is None:
             with self._registration(job):
@@ -806,8 +810,6 @@ def _train_params(t) -> dict[str, Any]:
 def worker_main(settings: WorkerSettings, index: int) -> int:
     """Entry point of a spawned worker process; returns its exit code."""
     import os
-
-    from bench.logs import setup_logging
 
     os.environ.update(settings.env)
     setup_logging()

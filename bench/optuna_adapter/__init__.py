@@ -24,12 +24,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench.errors import BenchError, redact
+from bench.lazy import lazy
 from bench.records import STUDY_SPACE, TRIAL_JOB
 
 if TYPE_CHECKING:
     import optuna
 
     from bench.space import Space
+else:
+    optuna = lazy("optuna")  # this package is the only Optuna importer; it loads on first use
 
 log = logging.getLogger("bench")
 DEFAULT_STORAGE = "optuna-studies.log"  # a JournalStorage file: safe for many local processes
@@ -37,7 +40,6 @@ DEFAULT_STORAGE = "optuna-studies.log"  # a JournalStorage file: safe for many l
 
 def _quiet() -> None:
     """Optuna logs every trial at INFO through its own handler; bench reports progress itself."""
-    import optuna
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     optuna.logging.disable_default_handler()
@@ -54,9 +56,7 @@ def make_storage(url: str | None):
         BenchError: a malformed URL, a missing driver, an unreachable database, an unwritable path,
             a journal file that cannot be read.
     """
-    import optuna
-    from optuna.storages import RDBStorage
-    from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock, JournalStorage
+    journal = optuna.storages.journal
 
     _quiet()
     url = url or DEFAULT_STORAGE
@@ -67,8 +67,10 @@ def make_storage(url: str | None):
         if not folder.is_dir() or not os.access(folder, os.W_OK):
             raise BenchError(f"--storage {shown}: folder {folder} is missing or not writable")
         try:
-            storage = JournalStorage(
-                JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path)))
+            storage = journal.JournalStorage(
+                journal.JournalFileBackend(
+                    str(path), lock_obj=journal.JournalFileOpenLock(str(path))
+                )
             )
             # the journal is replayed lazily; read it now so a corrupt line is reported here
             optuna.get_all_study_summaries(storage, include_best_trial=False)
@@ -88,7 +90,7 @@ def make_storage(url: str | None):
     try:
         for attempt in range(6):
             try:
-                return RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+                return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
             except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
                 # workers starting together on an empty database race to create Optuna's
                 # tables; the loser sees a duplicate and simply tries again
@@ -128,7 +130,6 @@ def _first_line(exc: BaseException) -> str:
 
 
 def make_sampler(space: Space, seed: int | None):
-    import optuna
 
     s = space.sampler
     seed = s.seed if seed is None else seed
@@ -144,7 +145,6 @@ def make_sampler(space: Space, seed: int | None):
 
 
 def make_pruner(space: Space):
-    import optuna
 
     p = space.pruner
     if p.name == "median":
@@ -181,7 +181,6 @@ def open_study(
     Raises:
         BenchError: the study exists with another direction or search space (unless allowed).
     """
-    import optuna
 
     study = optuna.create_study(
         study_name=name,
@@ -218,7 +217,6 @@ def load_study(name: str, storage_url: str | None) -> optuna.Study:
     Raises:
         BenchError: no such study in the storage.
     """
-    import optuna
 
     try:
         return optuna.load_study(study_name=name, storage=make_storage(storage_url))
@@ -231,7 +229,6 @@ def load_study(name: str, storage_url: str | None) -> optuna.Study:
 
 def study_names(storage_url: str | None) -> list[str]:
     """Names of the studies in a storage (what optuna-dashboard lists)."""
-    import optuna
 
     return [s.study_name for s in optuna.get_all_study_summaries(make_storage(storage_url))]
 
@@ -262,7 +259,7 @@ class TrialView:
 
 
 def trials(study: optuna.Study, states: tuple[str, ...] | None = None) -> list[TrialView]:
-    from optuna.trial import TrialState
+    TrialState = optuna.trial.TrialState
 
     wanted = tuple(TrialState[s] for s in states) if states else None
     return [
@@ -297,7 +294,6 @@ class LiveTrial:
     # A trial is finished behind its worker's back only when a peer reaped the job (its lease
     # ran out): the job is no longer this worker's, so training stops and nothing raises.
     def report(self, value: float, step: int) -> None:
-        import optuna
 
         try:
             self._trial.report(value, step)
@@ -310,7 +306,6 @@ class LiveTrial:
         return self._trial.should_prune()
 
     def set_attrs(self, attrs: dict[str, Any]) -> None:
-        import optuna
 
         try:
             for k, v in attrs.items():
@@ -351,8 +346,7 @@ def ask(study: optuna.Study, space: Space, seed: int) -> LiveTrial:
 
 def tell(study: optuna.Study, number: int, state: str, value: float | None = None) -> bool:
     """Finish a trial by number; False when it was already finished (by a reaper, say)."""
-    import optuna
-    from optuna.trial import TrialState
+    TrialState = optuna.trial.TrialState
 
     try:
         if state == "COMPLETE":
@@ -391,7 +385,7 @@ def add_finished(
     intermediate: dict[int, float] | None = None,
 ) -> int:
     """Add a trial trained outside Optuna (a baseline, a retried configuration); its number."""
-    from optuna.trial import TrialState, create_trial
+    TrialState, create_trial = optuna.trial.TrialState, optuna.trial.create_trial
 
     study.add_trial(
         create_trial(
@@ -427,13 +421,3 @@ def direction(study: optuna.Study) -> str:
 def metric_name(study: optuna.Study) -> str:
     """The validation metric a study's values are: accuracy when it maximizes, else loss."""
     return "val_accuracy" if study.direction.name == "MAXIMIZE" else "val_loss"
-
-
-def param_importances(study: optuna.Study) -> dict[str, float]:
-    """fANOVA importances over the completed trials (empty when too few)."""
-    import optuna
-
-    try:
-        return dict(optuna.importance.get_param_importances(study))
-    except (RuntimeError, ValueError, ZeroDivisionError):
-        return {}

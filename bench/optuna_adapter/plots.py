@@ -10,15 +10,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from bench.lazy import lazy
+
 if TYPE_CHECKING:
     import optuna
+else:
+    optuna = lazy("optuna")
 
 _FINISHED = ("COMPLETE", "PRUNED")
 
 
 def _search_view(study: optuna.Study) -> optuna.Study:
     """An in-memory copy of ``study`` holding only its finished sampled trials."""
-    import optuna
 
     view = optuna.create_study(direction=study.direction, study_name=study.study_name)
     view.add_trials(
@@ -32,7 +35,7 @@ def _search_view(study: optuna.Study) -> optuna.Study:
 
 
 def _common_params(view: optuna.Study) -> list[str]:
-    from optuna.trial import TrialState
+    TrialState = optuna.trial.TrialState
 
     done = view.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     names = set.intersection(*(set(t.params) for t in done)) if done else set()
@@ -49,7 +52,7 @@ class SearchPlots:
     """
 
     def __init__(self, study: optuna.Study, metric: str):
-        from optuna.trial import TrialState
+        TrialState = optuna.trial.TrialState
 
         self.study = study
         self.metric = metric
@@ -59,14 +62,14 @@ class SearchPlots:
 
     def history(self) -> Any:
         """Optimization history of every trial, baselines included."""
-        from optuna.visualization import matplotlib as ov
+        ov = optuna.visualization.matplotlib
 
         return ov.plot_optimization_history(self.study, target_name=self.metric)
 
     def importances(self) -> Any:
         """fANOVA parameter importances, seeded: the same study, the same picture."""
-        from optuna.importance import FanovaImportanceEvaluator
-        from optuna.visualization import matplotlib as ov
+        FanovaImportanceEvaluator = optuna.importance.FanovaImportanceEvaluator
+        ov = optuna.visualization.matplotlib
 
         return ov.plot_param_importances(
             self._view,
@@ -76,11 +79,11 @@ class SearchPlots:
         )
 
     def parallel(self) -> Any:
-        from optuna.visualization import matplotlib as ov
+        ov = optuna.visualization.matplotlib
 
         return ov.plot_parallel_coordinate(self._view, params=self.params, target_name=self.metric)
 
     def slices(self) -> Any:
-        from optuna.visualization import matplotlib as ov
+        ov = optuna.visualization.matplotlib
 
         return ov.plot_slice(self._view, params=self.params, target_name=self.metric)

@@ -20,9 +20,14 @@ from urllib.parse import urlparse
 
 from bench.errors import BenchError, redact
 from bench.faults import signal_point
+from bench.lazy import lazy
 
 if TYPE_CHECKING:
+    import mlflow
+
     from bench.data import Dataset
+else:
+    mlflow = lazy("mlflow")  # this package is the only MLflow importer; it loads on first use
 
 log = logging.getLogger("bench")
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow's own default: `mlflow ui` finds it
@@ -126,8 +131,6 @@ class Tracker:
 
     def __init__(self, uri: str, experiment: str):
         _limit_http_retries()
-        import mlflow
-        from mlflow import MlflowClient
 
         logging.getLogger("mlflow").setLevel(logging.ERROR)  # mlflow sets its own on import
         logging.getLogger("alembic").setLevel(logging.ERROR)
@@ -135,7 +138,7 @@ class Tracker:
         self.experiment = experiment
         self.mlflow = mlflow
         mlflow.set_tracking_uri(uri)
-        self.client = MlflowClient(uri)
+        self.client = mlflow.MlflowClient(uri)
         self.failures = 0
         self._warned = False
         self._down_until = 0.0
@@ -239,9 +242,8 @@ class Tracker:
         return run.info.run_id
 
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
-        from mlflow.entities import Param
 
-        items = [Param(k, redact(v)[:6000]) for k, v in params.items()]
+        items = [mlflow.entities.Param(k, redact(v)[:6000]) for k, v in params.items()]
         for i in range(0, len(items), 100):
             self.client.log_batch(run_id, params=items[i : i + 100])
 
@@ -249,16 +251,19 @@ class Tracker:
         self, run_id: str, metrics: dict[str, float], step: int = 0, model_id: str | None = None
     ) -> None:
         """One batched call for all of an epoch's metrics."""
-        from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step, model_id=model_id) for k, v in metrics.items()]
+        batch = [
+            mlflow.entities.Metric(k, float(v), now, step, model_id=model_id)
+            for k, v in metrics.items()
+        ]
         self.client.log_batch(run_id, metrics=batch)
 
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
-        from mlflow.entities import RunTag
 
-        self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in _clean(tags).items()])
+        self.client.log_batch(
+            run_id, tags=[mlflow.entities.RunTag(k, v) for k, v in _clean(tags).items()]
+        )
 
     def end_run(self, run_id: str, status: str) -> None:
         """End a run as FINISHED, FAILED or KILLED."""
@@ -278,8 +283,6 @@ class Tracker:
 
     def log_dataset(self, run_id: str, ds: Dataset) -> None:
         """Record the dataset (name, digest, source, shape) as the parent run's input."""
-        import mlflow.data
-        from mlflow.entities import DatasetInput, InputTag
 
         sample = ds.x_train[:1000]
         dataset = mlflow.data.from_numpy(
@@ -287,7 +290,12 @@ class Tracker:
         )
         entity = dataset._to_mlflow_entity()
         self.client.log_inputs(
-            run_id, [DatasetInput(entity, [InputTag("mlflow.data.context", "training")])]
+            run_id,
+            [
+                mlflow.entities.DatasetInput(
+                    entity, [mlflow.entities.InputTag("mlflow.data.context", "training")]
+                )
+            ],
         )
 
     # -------------------------------------------------------------- models
@@ -301,15 +309,17 @@ class Tracker:
         from importlib.metadata import version
 
         import numpy as np
-        from mlflow.models import ModelSignature
-        from mlflow.types import Schema, TensorSpec
 
         # The input tensor is unnamed. With a name, pyfunc hands Keras ``{"pixels": x}``, which
         # Keras 3 unpacks to ``[x]`` and then warns that ``[x]`` does not match the model's single
         # input. Unnamed, pyfunc and the scoring server pass ``x`` on as it is.
-        signature = ModelSignature(
-            inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, *image_shape))]),
-            outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, n_classes), "probabilities")]),
+        signature = mlflow.models.ModelSignature(
+            inputs=mlflow.types.Schema(
+                [mlflow.types.TensorSpec(np.dtype(np.uint8), (-1, *image_shape))]
+            ),
+            outputs=mlflow.types.Schema(
+                [mlflow.types.TensorSpec(np.dtype(np.float32), (-1, n_classes), "probabilities")]
+            ),
         )
         requirements = [
             f"mlflow=={self.mlflow.__version__}",
@@ -332,7 +342,7 @@ class Tracker:
         ``register_model`` announces "Successfully registered model" and "Created version" on
         MLflow's event stream; bench prints its own summary line, so the stream is off meanwhile.
         """
-        from mlflow.utils import logging_utils
+        logging_utils = mlflow.utils.logging_utils
 
         was_enabled = getattr(logging_utils.MLFLOW_LOGGING_STREAM, "enabled", True)
         logging_utils.disable_logging()
@@ -344,11 +354,10 @@ class Tracker:
 
     def find_version(self, name: str, tags: dict[str, str]):
         """The registered version of ``name`` carrying all ``tags``, or None."""
-        from mlflow.exceptions import MlflowException
 
         try:
             versions = self.client.search_model_versions(f"name = '{_quote(name)}'")
-        except MlflowException:
+        except mlflow.exceptions.MlflowException:
             return None
         for v in versions:
             if all(v.tags.get(k) == str(val) for k, val in tags.items()):
@@ -356,11 +365,10 @@ class Tracker:
         return None
 
     def champion(self, name: str, alias: str = "champion"):
-        from mlflow.exceptions import MlflowException
 
         try:
             return self.client.get_model_version_by_alias(name, alias)
-        except MlflowException:
+        except mlflow.exceptions.MlflowException:
             return None
 
     def set_alias(self, name: str, version: str, alias: str = "champion") -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from bench.errors import BenchError, redact
-from bench.tracking._client import _limit_http_retries
+from bench.tracking._client import _limit_http_retries, mlflow
 
 
 @dataclass
@@ -44,7 +44,6 @@ class _KerasModel:
 def _use_store(tracking_uri: str) -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     _limit_http_retries()  # one CLI call should not retry an unreachable server for minutes
-    import mlflow
 
     mlflow.set_tracking_uri(tracking_uri)
 
@@ -62,10 +61,8 @@ def load_checked_model(model_uri: str, tracking_uri: str, trust_model: bool = Fa
             errors (unreachable store, unknown URI) pass through unchanged.
     """
     _use_store(tracking_uri)
-    import mlflow
-    from mlflow.models import get_model_info
 
-    info = get_model_info(model_uri)
+    info = mlflow.models.get_model_info(model_uri)
     schema = info.signature.inputs if info.signature is not None else None
     shape = (
         tuple(schema.inputs[0].shape) if schema is not None and schema.is_tensor_spec() else None
@@ -98,10 +95,9 @@ def keras_file(folder: str | Path, model_uri: str = "the model") -> Path:
         BenchError: an exported model (``save_exported_model``), a ``data:`` path that is
             absolute or climbs out of the folder, or a file that resolves outside it (a link).
     """
-    from mlflow.models import Model
 
     root = Path(folder).resolve()
-    flavor = Model.load(str(root / "MLmodel")).flavors.get("keras") or {}
+    flavor = mlflow.models.Model.load(str(root / "MLmodel")).flavors.get("keras") or {}
     shown = redact(model_uri)
     hint = "load it only if you trust its author: pass --trust-model"
     if flavor.get("save_exported_model"):
@@ -140,9 +136,8 @@ def version_tags(model_uri: str, tracking_uri: str) -> dict[str, str]:
     if "@" not in ref and not (name and version.isdigit()):
         return {}
     _use_store(tracking_uri)
-    from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri)
+    client = mlflow.MlflowClient(tracking_uri)
     if "@" in ref:
         name, alias = ref.split("@", 1)
         return dict(client.get_model_version_by_alias(name, alias).tags)

@@ -19,7 +19,16 @@ REEVAL = "reeval"  # a chosen configuration re-trained with another seed, to cho
 ABLATION = "ablation"  # one cell x seed of a controlled one-factor comparison
 REFIT = "refit"  # the chosen configuration re-trained on all training images, then registered
 REGISTER = "register"  # register an already trained model (the search's best, --no-refit)
-PURPOSES = (SEARCH, BASELINE, REEVAL, ABLATION, REFIT, REGISTER)
+ENSEMBLE = "ensemble"  # average the refit members' probabilities into one model, register it
+PURPOSES = (SEARCH, BASELINE, REEVAL, ABLATION, REFIT, REGISTER, ENSEMBLE)
+FINAL = (REFIT, REGISTER, ENSEMBLE)  # the jobs that end a batch by registering a model
+
+
+def is_ensemble(spec: JobSpec) -> bool:
+    """An averaging job; stores written before ENSEMBLE existed gave it purpose REGISTER and no
+    ``model_uri`` of its own."""
+    return spec.purpose == ENSEMBLE or (spec.purpose == REGISTER and "model_uri" not in spec.info)
+
 
 # Designs: what a batch is (the key of bench.designs.DESIGNS, stored as Batch.design).
 SEARCH_DESIGN = "search"  # sampler-proposed configurations, then re-evaluation, refit, register

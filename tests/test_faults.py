@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from bench.faults import POINTS
+from bench.records import FINAL
 from tests.conftest import run_module
 from tests.faults import (
     MODEL,
@@ -105,9 +106,7 @@ def assert_recovered(folder, n=N, before=None, study=STUDY, registered=True):
         assert str(champion.version) == str(mine[0].version)
         assert str((found[0].summary or {}).get("version")) == str(mine[0].version)
         final = [
-            j
-            for j in jobs
-            if j.purpose in ("refit", "register") and j.state == "done" and j.result.registered
+            j for j in jobs if j.purpose in FINAL and j.state == "done" and j.result.registered
         ]
         assert len(final) == 1
         # the job's recorded model (and its test accuracy) is the registered one, even when the

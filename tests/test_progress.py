@@ -14,10 +14,10 @@ import pytest
 from bench.engine.progress import Narration, Progress, jobs_for_estimate, time_left
 from bench.records import (
     DONE,
+    ENSEMBLE,
     FAILED,
     REEVAL,
     REFIT,
-    REGISTER,
     RUNNING,
     SEARCH,
     WAITING,
@@ -123,7 +123,7 @@ def test_every_stage_has_a_start_and_an_end_line():
     ]
 
     info = {"members": [{"source": "search-0001"}, {"source": "search-0000"}]}
-    ensemble = _job(7, "ensemble", REGISTER, RUNNING, info=info)
+    ensemble = _job(7, "ensemble", ENSEMBLE, RUNNING, info=info)
     assert n.update([s0, s1, *done, *members, ensemble]) == [
         "ensemble of 2 (search-0001 + search-0000): averaging their probabilities, testing, "
         "registering"
@@ -131,7 +131,7 @@ def test_every_stage_has_a_start_and_an_end_line():
     clock.now += 12
     registered = {"version": "3", "champion_version": "2"}
     tested = _result(None, test_accuracy=0.95, registered=registered)
-    ensemble = _job(7, "ensemble", REGISTER, DONE, tested, info=info)
+    ensemble = _job(7, "ensemble", ENSEMBLE, DONE, tested, info=info)
     assert n.update([s0, s1, *done, *members, ensemble], final=True) == [
         "ensemble of 2: test accuracy 0.9500, registered digits-mlp version 3 (champion stays "
         "version 2), done in about 12 s"

@@ -13,6 +13,7 @@ from bench.records import (
     COMPLETED,
     DIVERGED,
     DONE,
+    ENSEMBLE,
     FAILED,
     PRUNED,
     REEVAL,
@@ -25,6 +26,7 @@ from bench.records import (
     JobResult,
     JobSpec,
     check_keys,
+    is_ensemble,
 )
 
 
@@ -73,7 +75,7 @@ def test_once_the_members_are_done_one_job_averages_and_registers_them():
     members = design.next_jobs(SEARCHED, 36)
     jobs = SEARCHED + [_done(s, 10 + i, 21 + 10 * i, 0.9 + i / 100) for i, s in enumerate(members)]
     (ensemble,) = design.next_jobs(jobs, 36)
-    assert ensemble.key == "ensemble" and ensemble.purpose == REGISTER
+    assert ensemble.key == "ensemble" and ensemble.purpose == ENSEMBLE and is_ensemble(ensemble)
     assert "model_uri" not in ensemble.info  # nothing to load as one: it is built from members
     assert [m["model_uri"] for m in ensemble.info["members"]] == ["models:/refit-10",
                                                                   "models:/refit-11"]  # fmt: skip
@@ -230,3 +232,10 @@ def test_the_val_test_gap_of_a_loss_compares_losses():
                        model_uri="models:/r", registered=registered)  # fmt: skip
     summary = design.summary([*SEARCHED, Job(20, 1, spec, DONE, result=result)])
     assert summary["val_test_gap"] == pytest.approx(0.30 - 0.35)
+
+
+def test_an_ensemble_job_of_an_older_store_is_still_an_ensemble():
+    # before the ensemble had its own purpose it was a register job without a model of its own
+    old = JobSpec(key="ensemble", purpose=REGISTER, seed=0, info={"members": []})
+    plain = JobSpec(key="register", purpose=REGISTER, seed=0, info={"model_uri": "models:/m/1"})
+    assert is_ensemble(old) and not is_ensemble(plain)

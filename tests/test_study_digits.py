@@ -127,7 +127,7 @@ def test_the_champion_averages_the_two_best_configurations_refit_on_all_images(s
         assert member.result.epochs_run == best.result.best_epoch + 1
         assert member.result.registered is None  # the ensemble is registered, not its members
         assert member.result.test_accuracy is not None  # each member's own, reported
-    (ensemble,) = [j for j in jobs if j.purpose == "register"]
+    (ensemble,) = [j for j in jobs if j.purpose == "ensemble"]
     assert summary["source"] == f"{top[0].key}+{top[1].key}" and summary["refit"] is True
     mean_score = (top[0].result.value + top[1].result.value) / 2
     assert summary["selection_score"] == pytest.approx(mean_score)
@@ -169,7 +169,7 @@ def test_the_champion_run_and_version_say_what_the_model_averages(searched):
     jobs = jobs_of(folder, STUDY)
     by_key = {j.key: j for j in jobs}
     refits = sorted((j for j in jobs if j.purpose == "refit"), key=lambda j: j.spec.info["member"])
-    (ensemble,) = [j for j in jobs if j.purpose == "register"]
+    (ensemble,) = [j for j in jobs if j.purpose == "ensemble"]
     summary = JobStore(str(folder / "optuna-studies.log")).batches(STUDY)[0].summary
     client, runs = mlflow_runs(folder)
     run = {r.info.run_id: r for r in runs}[ensemble.run_id]
@@ -233,7 +233,7 @@ def test_ensemble_1_registers_the_single_best_configuration_refit(tmp_path):
     best = max((j for j in jobs if j.purpose == SEARCH and j.result.status == "completed"),
                key=lambda j: (j.result.value, -j.id))  # fmt: skip
     (refit,) = [j for j in jobs if j.purpose == "refit"]
-    assert not [j for j in jobs if j.purpose == "register"]
+    assert not [j for j in jobs if j.purpose in ("register", "ensemble")]
     assert refit.spec.config == best.result.config and refit.spec.split == "all"
     assert refit.result.epochs_run == best.result.best_epoch + 1
     client, _ = mlflow_runs(tmp_path)

@@ -27,7 +27,9 @@ from bench.records import (
     BASELINE,
     COMPLETED,
     DONE,
+    ENSEMBLE,
     FAILED,
+    FINAL,
     REEVAL,
     REEVAL_DESIGN,
     REFIT,
@@ -297,9 +299,10 @@ class SearchDesign(Design):
                 for j in members
             ],
         }
-        if len(members) == 1:
+        if len(members) == 1:  # the others failed: register the one member's own model
             info["model_uri"] = members[0].result.model_uri
-        return [JobSpec(key="ensemble", purpose=REGISTER, seed=members[0].spec.seed, info=info)]
+        purpose = ENSEMBLE if len(members) > 1 else REGISTER
+        return [JobSpec(key="ensemble", purpose=purpose, seed=members[0].spec.seed, info=info)]
 
     def _fallback_refit(self, jobs: list[Job], refits: list[Job], max_epochs: int) -> list[JobSpec]:
         """After a single refit that diverged or failed, the next choice is refit instead
@@ -324,7 +327,7 @@ class SearchDesign(Design):
             return again
         if not self.settings.get("register", True):
             return []
-        if any(j.purpose == REGISTER for j in jobs):
+        if any(j.purpose in (REGISTER, ENSEMBLE) for j in jobs):
             return []
         refit = self.settings.get("refit", True)
         size = int(self.settings.get("ensemble", 1)) if refit else 1
@@ -407,7 +410,7 @@ class SearchDesign(Design):
         final = [
             j
             for j in jobs
-            if j.purpose in (REFIT, REGISTER) and j.state == DONE
+            if j.purpose in FINAL and j.state == DONE
             if j.result and j.result.registered
         ]
         if final:

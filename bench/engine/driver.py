@@ -23,6 +23,7 @@ from bench.optuna_adapter import DEFAULT_STORAGE
 from bench.records import (
     DONE,
     FAILED,
+    FINAL,
     REEVAL_DESIGN,
     RUNNING,
     SEARCH_DESIGN,
@@ -287,7 +288,7 @@ def print_outcome(
             f"models:/{record.settings['model_name']}@champion"
             + ("" if info.get("promoted", True) else f" ({info.get('reason')})")
         )
-    final = [j for j in jobs if j.purpose in ("refit", "register")]
+    final = [j for j in jobs if j.purpose in FINAL]
     registers = record.design in (SEARCH_DESIGN, REEVAL_DESIGN) and record.settings.get(
         "register", True
     )

@@ -26,7 +26,9 @@ from bench.records import (
     BASELINE,
     COMPLETED,
     DONE,
+    ENSEMBLE,
     FAILED,
+    FINAL,
     REEVAL,
     REFIT,
     REGISTER,
@@ -54,6 +56,7 @@ STAGE_NAMES = {
     ABLATION: "ablation",
     REFIT: "refit",
     REGISTER: "registration",
+    ENSEMBLE: "ensemble",
 }
 
 
@@ -179,7 +182,7 @@ class Narration:
         if not self._main_closed and (later or final) and main and all(map(_finished, main)):
             out += self._close_main(main, now)
         out += self._reeval_lines([j for j in later if j.purpose == REEVAL], now)
-        out += self._final_lines([j for j in later if j.purpose in (REFIT, REGISTER)], now)
+        out += self._final_lines([j for j in later if j.purpose in FINAL], now)
         self.stage = self._stage([j for j in jobs if j.state == RUNNING], later, final)
         if final and not all(map(_finished, jobs)):
             self.stage = "stopped"  # interrupted, out of time, or a worker crashed
@@ -270,7 +273,7 @@ class Narration:
                 n = sum(1 for j in later if j.purpose == REFIT and "member" in j.spec.info)
                 return f"refit member {int(member) + 1}/{n}"
             return "refit" if job.key == "refit" else f"{job.key} (next choice)"
-        if job.purpose == REGISTER:
+        if job.purpose in (REGISTER, ENSEMBLE):
             members = job.spec.info.get("members") or []
             return f"ensemble of {len(members)}" if len(members) > 1 else "registration"
         if job.purpose == REEVAL:

@@ -33,7 +33,9 @@ from bench.records import (
     BASELINE,
     COMPLETED,
     DONE,
+    ENSEMBLE,
     FAILED,
+    FINAL,
     PRUNED,
     REEVAL,
     REFIT,
@@ -55,6 +57,7 @@ from bench.records import (
     Job,
     JobResult,
     check_keys,
+    is_ensemble,
 )
 from bench.results.champion import (
     Member,
@@ -77,7 +80,8 @@ from bench.training import (
 
 log = logging.getLogger("bench")
 MAX_ATTEMPTS = 3  # a job whose worker died this often fails for good
-TEST_SCORED = (BASELINE, REEVAL, ABLATION, REFIT, REGISTER)  # reported, never used to choose
+# jobs whose test accuracy is measured: reported, never used to choose
+TEST_SCORED = (BASELINE, REEVAL, ABLATION, REFIT, REGISTER, ENSEMBLE)
 
 
 @dataclass(frozen=True)
@@ -286,7 +290,7 @@ class Worker:
 
         # a previous attempt (died, interrupted or stopped by an outage) may have registered
         again = job.attempts > 1 or job.run_id is not None
-        if job.purpose in (REFIT, REGISTER) and again and not _is_member(job):
+        if job.purpose in FINAL and again and not _is_member(job):
             # a refit or an ensemble whose worker died after registering: the registered model
             # is the result
             version = self.tracker.safe(
@@ -294,9 +298,9 @@ class Worker:
             )
             if version is not None:
                 return self._run_register(job, version.source)
+        if is_ensemble(job.spec):
+            return self._run_ensemble(job)
         if job.purpose == REGISTER:
-            if "model_uri" not in job.spec.info:
-                return self._run_ensemble(job)
             return self._run_register(job, job.spec.info["model_uri"])
         live, config = self._configure(job)
         spec = self._train_spec(job)

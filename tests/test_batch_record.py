@@ -23,7 +23,7 @@ pytestmark = pytest.mark.component  # trains Keras in this process
 pytest.importorskip("keras")
 
 from bench.engine.store import JobStore  # noqa: E402
-from bench.records import DONE, SEARCH, JobResult, JobSpec  # noqa: E402
+from bench.records import ALL, DONE, REFIT, SEARCH, WAITING, JobResult, JobSpec  # noqa: E402
 from tests.conftest import run_module  # noqa: E402
 from tests.faults import free_port, kill_group, mlflow_runs, start_mlflow_server  # noqa: E402
 
@@ -215,3 +215,33 @@ def test_rerun_joins_with_the_stored_space_and_refuses_other_data_in_one_line(wo
     assert "joining search batch 1" in rerun.stderr
     assert [j.state for j in store.jobs(batch.id)] == ["done"]
     store.dispose()
+
+
+def test_a_worker_that_lost_its_job_while_stopped_leaves_no_trace(workdir):
+    # the worker was stopped (SIGSTOP, a laptop asleep) longer than its lease; a peer reaped the
+    # job and took it over with a run of its own. Resumed, the worker must not log its model
+    # into the peer's run, register a version or move the alias: the attempt is dropped.
+    import mlflow
+
+    uri = f"sqlite:///{workdir}/mlflow.db"
+    refit = JobSpec("refit", REFIT, 0, config=CONFIG, train={"max_epochs": 2}, split=ALL,
+                    info={"source": "search-0000", "selection_score": 0.9})  # fmt: skip
+    store, batch, storage = _open(workdir, uri, [refit])
+    worker = _worker(storage, uri, batch.id)
+    job = store.take(batch.id, worker.token, worker.owner, 30.0)
+    assert store.reap(job, WAITING, "worker died")  # what a peer does once the lease ran out
+    peer = {**worker.owner, "pid": worker.owner["pid"] + 1}
+    peer_token = "peer-token"
+    taken = store.take(batch.id, peer_token, peer, 30.0)
+    peer_run = worker.tracker.start_child(batch.parent_run_id, "refit", {}, {})
+    assert store.update_owned(taken.id, peer_token, run_id=peer_run)
+
+    worker.run_job(job)  # the stopped worker resumes where it was
+
+    now = store.get_job(job.id)
+    assert now.state == "running" and now.run_id == peer_run  # still the peer's, untouched
+    client = mlflow.MlflowClient(uri)
+    assert client.search_model_versions("name='digits-record'") == []
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    assert client.search_logged_models([exp.experiment_id]) == []
+    assert client.get_run(peer_run).data.metrics == {}

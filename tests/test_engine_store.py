@@ -406,6 +406,24 @@ def test_a_peer_that_opens_a_batch_between_look_and_create_is_joined_not_doubled
     assert [b.number for b in mine.batches("s")] == [1]
 
 
+def test_a_job_reaped_for_good_is_synced_so_no_worker_waits_on_it(store):
+    # its owner died on another machine (another kernel, its lease long gone): only that kernel
+    # could have judged it dead a second time, so an unsynced failed job hung every worker
+    b = _batch(store)
+    store.add_jobs(b.id, _specs(2))
+    elsewhere = {**new_owner(), "host": "other-host", "boot": "another-kernel", "pid": 4242}
+    token = elsewhere.pop("token")
+    job = store.take(b.id, token, elsewhere, -1.0)  # a lease that has already run out
+    assert is_dead(job.owner, job.lease_until)
+    assert store.reap(job, FAILED, "worker other-host:4242 died (3 attempts)")
+    failed = store.get_job(job.id)
+    assert failed.state == FAILED and failed.synced
+    # a job sent back to waiting is not synced: its next attempt's result still needs mirroring
+    again = store.take(b.id, token, elsewhere, -1.0)
+    assert store.reap(again, WAITING, "worker died")
+    assert not store.get_job(again.id).synced
+
+
 def test_release_gives_back_the_attempt_its_take_counted(store):
     # Ctrl-C and registration outages release a job; only a worker's death (a reap) may use up
     # one of its MAX_ATTEMPTS, or three interrupts would fail a job that never crashed

@@ -24,6 +24,7 @@ from sqlalchemy import exc as sa_exc
 
 from bench.errors import BenchError, redact
 from bench.records import (
+    FAILED,
     RUNNING,
     WAITING,
     Batch,
@@ -372,7 +373,8 @@ class JobStore:
             c.execute(q.values(synced=True, owner_token=None, lease_until=None))
 
     def reap(self, job: Job, state: str, reason: str) -> bool:
-        """Take a dead owner's job away from it: back to ``waiting``, or ``failed`` for good.
+        """Take a dead owner's job away from it: back to ``waiting``, or ``failed`` for good (and
+        then synced at once).
 
         Only succeeds while the dead owner's token is still on the job, so two reapers never
         both act, and an owner that was merely slow keeps nothing it no longer owns.
@@ -389,7 +391,17 @@ class JobStore:
                     if job.lease_until is None
                     else jobs.c.lease_until == job.lease_until,
                 )
-                .values(state=state, owner_token=None, lease_until=None, reason=reason)
+                .values(
+                    state=state,
+                    owner_token=None,
+                    lease_until=None,
+                    reason=reason,
+                    # failed for good: nothing of it is left to mirror but its Optuna trial and
+                    # MLflow run, which any recover() and the batch's end close (RUNNING ->
+                    # FAIL/FAILED). Left unsynced, only its dead owner's own kernel could ever
+                    # clear it, and every worker elsewhere would wait on it forever.
+                    **({"synced": True} if state == FAILED else {}),
+                )
             ).rowcount
         return n == 1
 

@@ -429,8 +429,25 @@ class Worker:
         self.store.update_owned(job.id, self.token, spec=replace(job.spec, config=config))
         return live, config
 
-    def _record(self, job: Job, live, result, config: dict) -> None:
+    def _still_owns(self, job: Job, live=None) -> bool:
+        """Renew the lease, and say whether this worker still owns ``job``; when it does not (it
+        was stopped, frozen or asleep longer than its lease and a peer took the job over), drop
+        the attempt before any side effect: nothing lands in the new owner's run, nothing is
+        registered, no alias moves."""
+        if self.store.heartbeat(job.id, self.token, LEASE_SECONDS):
+            return True
+        log.warning(
+            "job %s: another worker took it over while this one was stopped (its lease ran "
+            "out); this attempt's work is dropped",
+            job.key,
+        )
+        if live is not None:
+            opt.tell(self.study, live.number, "FAIL")
+        return False
 
+    def _record(self, job: Job, live, result, config: dict) -> None:
+        if not self._still_owns(job, live):
+            return
         job = self.store.get_job(job.id)
         status = result.status
         out = JobResult(
@@ -471,6 +488,8 @@ class Worker:
                     )
                     out.model_uri = info.model_uri
                 if not member:
+                    if not self._still_owns(job, live):  # stopped while it evaluated or logged
+                        return
                     out.registered = self._register(job, out)
             if not member:
                 self._store_confusion(job, result.model)
@@ -654,6 +673,8 @@ class Worker:
         with self._registration(job):
             models = [self.tracker.load_model(m["model_uri"]) for m in members]
         model = average_models(models)  # a Keras error here is a failure, not an outage
+        if not self._still_owns(job):
+            return
         parts = self._members(job)
         with self._registration(job):
             run_id = self.tracker.start_child(
@@ -703,6 +724,8 @@ class Worker:
             model_uri=uri,
         )
         with self.interrupts.critical():
+            if not self._still_owns(job):
+                return
             with self._registration(job):
                 out.registered = self._register(job, out)
             self._store_confusion(job, model)

@@ -59,6 +59,12 @@ TRIAL_RUN = "bench.mlflow_run_id"
 TRIAL_MODEL = "bench.model_uri"
 TRIAL_REASON = "bench.reason"
 TRIAL_TEST_ACCURACY = "bench.test_accuracy"
+TRIAL_EPOCHS = "bench.epochs"
+TRIAL_BEST_EPOCH = "bench.best_epoch"
+TRIAL_TRAIN_SECONDS = "bench.train_seconds"
+TRIAL_PARAM_COUNT = "bench.param_count"
+TRIAL_TRAIN_FLOPS = "bench.train_flops"
+TRIAL_HISTORY = "bench.history"  # per-epoch metrics: {"val_accuracy": [...], ...}
 # Keys bench writes as Optuna study user attributes.
 STUDY_SPACE = "bench.space_hash"
 STUDY_CONFUSION = "bench.confusion_matrix"  # the registered model's test confusion matrix

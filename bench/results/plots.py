@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bench.records import STUDY_CONFUSION, TRIAL_HISTORY
+
 if TYPE_CHECKING:
     import optuna
     import pandas as pd
@@ -58,7 +60,7 @@ def _learning_curves(study: optuna.Study, frame: pd.DataFrame, top_k: int):
 
     ranked = [int(n) for n in frame.loc[frame["rank"] != "", "trial"]][:top_k]
     by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
-    histories = {n: by_number[n].user_attrs.get("bench.history") for n in ranked}
+    histories = {n: by_number[n].user_attrs.get(TRIAL_HISTORY) for n in ranked}
     histories = {n: h for n, h in histories.items() if h and h.get("loss")}
     if not histories:
         raise ValueError("the top trials have no bench.history")
@@ -89,7 +91,7 @@ def _confusion(study: optuna.Study):
     import numpy as np
     from sklearn.metrics import ConfusionMatrixDisplay
 
-    cm = study.user_attrs.get("bench.confusion_matrix")
+    cm = study.user_attrs.get(STUDY_CONFUSION)
     if not cm:
         raise ValueError("the study has no bench.confusion_matrix (no registered champion yet)")
     matrix = np.asarray(cm["matrix"])

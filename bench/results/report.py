@@ -13,7 +13,20 @@ from typing import TYPE_CHECKING, Any
 
 from bench.errors import BenchError
 from bench.optuna_adapter import metric_name
-from bench.records import ABLATION_DESIGN, DONE, REEVAL_DESIGN, SEARCH_DESIGN, Batch
+from bench.records import (
+    ABLATION_DESIGN,
+    DONE,
+    REEVAL_DESIGN,
+    SEARCH_DESIGN,
+    TRIAL_BASELINE,
+    TRIAL_CONFIG,
+    TRIAL_EPOCHS,
+    TRIAL_HISTORY,
+    TRIAL_REASON,
+    TRIAL_TEST_ACCURACY,
+    TRIAL_TRAIN_SECONDS,
+    Batch,
+)
 
 if TYPE_CHECKING:
     import optuna
@@ -40,7 +53,7 @@ def value_at(trial: optuna.trial.FrozenTrial, epoch: int, metric: str) -> float 
     its recorded history; None when the trial stopped earlier."""
     value = trial.intermediate_values.get(epoch)
     if value is None:
-        history = (trial.user_attrs.get("bench.history") or {}).get(metric) or []
+        history = (trial.user_attrs.get(TRIAL_HISTORY) or {}).get(metric) or []
         value = history[epoch] if 0 <= epoch < len(history) else None
     return None if value is None or value != value else float(value)
 
@@ -56,12 +69,12 @@ def trials_frame(study: optuna.Study, top_k: int, budget: int = 2) -> pd.DataFra
     sign = -1 if study.direction.name == "MAXIMIZE" else 1
     rows = []
     for t in study.get_trials(deepcopy=False):
-        c, a = t.user_attrs.get("bench.config") or {}, t.user_attrs
+        c, a = t.user_attrs.get(TRIAL_CONFIG) or {}, t.user_attrs
         rows.append(
             {
                 "trial": t.number,
                 "state": t.state.name,
-                "baseline": (a.get("bench.baseline") or {}).get("name", ""),
+                "baseline": (a.get(TRIAL_BASELINE) or {}).get("name", ""),
                 "normalization": c.get("normalization", ""),
                 "layers": c.get("n_layers"),
                 "units": _fmt_list(c.get("units")),
@@ -73,9 +86,9 @@ def trials_frame(study: optuna.Study, top_k: int, budget: int = 2) -> pd.DataFra
                 "batch": c.get("batch_size"),
                 metric_name(study): t.value,
                 "at_budget": value_at(t, budget - 1, metric_name(study)),
-                "epochs": a.get("bench.epochs"),
-                "seconds": a.get("bench.train_seconds"),
-                "note": str(a.get("bench.reason", ""))[:60],
+                "epochs": a.get(TRIAL_EPOCHS),
+                "seconds": a.get(TRIAL_TRAIN_SECONDS),
+                "note": str(a.get(TRIAL_REASON, ""))[:60],
             }
         )
     frame = pd.DataFrame(rows, columns=None if rows else ["trial", "state", metric_name(study)])
@@ -142,10 +155,10 @@ def baselines_frame(study: optuna.Study) -> pd.DataFrame | None:
 
     rows = []
     for t in study.get_trials(deepcopy=False):
-        b = t.user_attrs.get("bench.baseline")
+        b = t.user_attrs.get(TRIAL_BASELINE)
         if not b:
             continue
-        pub, got = b.get("published_test_accuracy"), t.user_attrs.get("bench.test_accuracy")
+        pub, got = b.get("published_test_accuracy"), t.user_attrs.get(TRIAL_TEST_ACCURACY)
         diff = got - pub if pub is not None and got is not None else None
         rows.append(
             {
@@ -157,7 +170,7 @@ def baselines_frame(study: optuna.Study) -> pd.DataFrame | None:
                 "difference": diff,
                 "within_1pt": "" if diff is None else ("yes" if abs(diff) <= 0.01 else "no"),
                 metric_name(study): t.value,
-                "epochs": t.user_attrs.get("bench.epochs"),
+                "epochs": t.user_attrs.get(TRIAL_EPOCHS),
             }
         )
     return pd.DataFrame(rows) if rows else None

@@ -46,7 +46,8 @@ ALL = "all"  # every training image (refit): no validation, a fixed epoch count
 # Job states in the job store.
 WAITING, RUNNING, DONE, FAILED = "waiting", "running", "done", "failed"
 
-# Result statuses (what training produced).
+# Result statuses (what training produced); a configuration that raised is recorded with status
+# FAILED (the job state's word: the job fails with it).
 COMPLETED, PRUNED, DIVERGED = "completed", "pruned", "diverged"
 
 # Keys bench writes as Optuna trial user attributes (read by bench.report and the dashboard).

@@ -447,7 +447,7 @@ class SearchDesign(Design):
         refits = [j for j in jobs if j.purpose == REFIT and j.state in (DONE, FAILED)]
 
         def outcome(j: Job) -> str:
-            what = j.result.status if j.result and j.state == DONE else "failed"
+            what = j.result.status if j.result and j.state == DONE else FAILED
             return f"{j.spec.info.get('source')} {what}"
 
         members = [j for j in refits if j.spec.info.get("member") is not None]

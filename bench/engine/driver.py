@@ -21,6 +21,7 @@ from bench.engine.worker import WorkerSettings
 from bench.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, redact, store_location
 from bench.optuna_adapter import DEFAULT_STORAGE
 from bench.records import (
+    COMPLETED,
     DONE,
     FAILED,
     FINAL,
@@ -238,7 +239,7 @@ def print_outcome(
         )
     frame = pd.DataFrame(rows)
     if not frame.empty:  # completed jobs first: a pruned job's value is an early epoch's
-        frame["_pruned"] = frame["state"] != "completed"
+        frame["_pruned"] = frame["state"] != COMPLETED
         frame = (
             frame.sort_values(["_pruned", "value"], ascending=[True, False], na_position="last")
             .drop(columns="_pruned")

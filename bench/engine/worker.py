@@ -370,7 +370,7 @@ class Worker:
             with self.interrupts.critical():
                 if live:
                     live.set_attrs({TRIAL_REASON: reason})
-                failed = JobResult("failed", None, 0, 0, 0.0, 0, 0.0, config, reason=reason)
+                failed = JobResult(FAILED, None, 0, 0, 0.0, 0, 0.0, config, reason=reason)
                 if self.store.finish(job.id, self.token, FAILED, failed, reason):
                     self.sync(self.store.get_job(job.id))  # its replacement: design.next_jobs
                 elif live:

@@ -12,12 +12,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from bench.records import COMPLETED, DIVERGED, PRUNED  # the one status vocabulary
+
 if TYPE_CHECKING:
     from bench.data import Split
     from bench.space import TrainSpec
 
 EpochHook = Callable[[int, dict[str, float]], bool]
-COMPLETED, PRUNED, DIVERGED = "completed", "pruned", "diverged"
 
 
 @dataclass

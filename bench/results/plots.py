@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bench import optuna_adapter as opt
 from bench.records import STUDY_CONFUSION, TRIAL_HISTORY
 
 if TYPE_CHECKING:
@@ -33,8 +34,8 @@ def _wall_time(study: optuna.Study, metric: str, maximize: bool):
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    trials = study.get_trials(deepcopy=False)
-    done = [t for t in trials if t.state.name == "COMPLETE" and t.datetime_complete]
+    trials = opt.trials(study)
+    done = [t for t in trials if t.state == "COMPLETE" and t.datetime_complete]
     if not done:
         raise ValueError("no completed trial")
     t0 = min(t.datetime_start for t in trials if t.datetime_start)
@@ -59,7 +60,7 @@ def _learning_curves(study: optuna.Study, frame: pd.DataFrame, top_k: int):
     from matplotlib.ticker import MaxNLocator
 
     ranked = [int(n) for n in frame.loc[frame["rank"] != "", "trial"]][:top_k]
-    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+    by_number = {t.number: t for t in opt.trials(study)}
     histories = {n: by_number[n].user_attrs.get(TRIAL_HISTORY) for n in ranked}
     histories = {n: h for n, h in histories.items() if h and h.get("loss")}
     if not histories:
@@ -91,7 +92,7 @@ def _confusion(study: optuna.Study):
     import numpy as np
     from sklearn.metrics import ConfusionMatrixDisplay
 
-    cm = study.user_attrs.get(STUDY_CONFUSION)
+    cm = opt.study_attrs(study).get(STUDY_CONFUSION)
     if not cm:
         raise ValueError("the study has no bench.confusion_matrix (no registered champion yet)")
     matrix = np.asarray(cm["matrix"])
@@ -127,7 +128,7 @@ def draw_plots(
     from bench.optuna_adapter import metric_name
     from bench.optuna_adapter.plots import SearchPlots
 
-    metric, maximize = metric_name(study), study.direction.name == "MAXIMIZE"
+    metric, maximize = metric_name(study), opt.direction(study) == "maximize"
     search = SearchPlots(study, metric)
     few = (
         f"needs >= 2 completed sampled trials with varying parameters (has {search.n_sampled})"

@@ -11,8 +11,9 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bench import optuna_adapter as opt
 from bench.errors import BenchError
-from bench.optuna_adapter import metric_name
+from bench.optuna_adapter import TrialView, metric_name
 from bench.records import (
     ABLATION_DESIGN,
     DONE,
@@ -48,10 +49,10 @@ def _fmt_list(values: Any, sep: str = "-") -> str:
     return "" if values is None else str(values)
 
 
-def value_at(trial: optuna.trial.FrozenTrial, epoch: int, metric: str) -> float | None:
+def value_at(trial: TrialView, epoch: int, metric: str) -> float | None:
     """A trial's validation value at epoch index ``epoch``: its reported intermediate value, else
     its recorded history; None when the trial stopped earlier."""
-    value = trial.intermediate_values.get(epoch)
+    value = trial.intermediate.get(epoch)
     if value is None:
         history = (trial.user_attrs.get(TRIAL_HISTORY) or {}).get(metric) or []
         value = history[epoch] if 0 <= epoch < len(history) else None
@@ -66,14 +67,14 @@ def trials_frame(study: optuna.Study, top_k: int, budget: int = 2) -> pd.DataFra
     """
     import pandas as pd
 
-    sign = -1 if study.direction.name == "MAXIMIZE" else 1
+    sign = -1 if opt.direction(study) == "maximize" else 1
     rows = []
-    for t in study.get_trials(deepcopy=False):
+    for t in opt.trials(study):
         c, a = t.user_attrs.get(TRIAL_CONFIG) or {}, t.user_attrs
         rows.append(
             {
                 "trial": t.number,
-                "state": t.state.name,
+                "state": t.state,
                 "baseline": (a.get(TRIAL_BASELINE) or {}).get("name", ""),
                 "normalization": c.get("normalization", ""),
                 "layers": c.get("n_layers"),
@@ -154,7 +155,7 @@ def baselines_frame(study: optuna.Study) -> pd.DataFrame | None:
     import pandas as pd
 
     rows = []
-    for t in study.get_trials(deepcopy=False):
+    for t in opt.trials(study):
         b = t.user_attrs.get(TRIAL_BASELINE)
         if not b:
             continue
@@ -164,7 +165,7 @@ def baselines_frame(study: optuna.Study) -> pd.DataFrame | None:
             {
                 "baseline": b.get("name"),
                 "trial": t.number,
-                "state": t.state.name,
+                "state": t.state,
                 "published": pub,
                 "reproduced": got,
                 "difference": diff,
@@ -452,7 +453,7 @@ def build(study: optuna.Study, out: Path, top_k: int, batches: list[Batch] | Non
     batches = batches or []
     report = Report()
     what_matters(report, batches, out)
-    metric, maximize = metric_name(study), study.direction.name == "MAXIMIZE"
+    metric, maximize = metric_name(study), opt.direction(study) == "maximize"
     budget = equal_budget(batches)
     frame = trials_frame(study, top_k, budget)
     counts = frame["state"].value_counts().to_dict() if not frame.empty else {}

@@ -15,14 +15,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bench.cli import Parser, positive_int, run
 from bench.errors import EXIT_OK, EXIT_USAGE, BenchError, redact
 
 if TYPE_CHECKING:
-    import numpy as np
+    pass
 
 DEFAULT_MODEL = "models:/fashion-mnist-mlp@champion"
 
@@ -72,37 +71,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the K most probable classes per image (default 1)",
     )
     return p
-
-
-def read_idx_images(path: str) -> np.ndarray:
-    """An IDX file's images as (N, height, width) uint8.
-
-    Raises:
-        BenchError: missing or damaged file, labels instead of images, pixels other than uint8.
-    """
-    from bench.data import read_idx
-
-    if not Path(path).is_file():
-        raise BenchError(f"--idx {path}: no such file")
-    images = read_idx(path)
-    if images.ndim == 2 and images.shape[0] > 1:
-        images = images[None]  # one image stored without the count dimension
-    if images.ndim != 3:
-        raise BenchError(
-            f"--idx {path}: holds an array of shape {images.shape}, not images "
-            "(N, height, width); is it a labels file?"
-        )
-    if images.dtype.name != "uint8":
-        raise BenchError(f"--idx {path}: pixels are {images.dtype}; the model takes uint8")
-    return images
-
-
-def _check_size(path: str, images: np.ndarray, size: tuple[int, int]) -> None:
-    if images.shape[1:] != size:
-        raise BenchError(
-            f"--idx {path}: images are {images.shape[1]}x{images.shape[2]} but the "
-            f"model takes {size[0]}x{size[1]}"
-        )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -99,14 +99,17 @@ def engine_main(run_fn: Callable[..., int], args: argparse.Namespace) -> int:
         args: The parsed flags (``--verbose``, where the command has it, opens TensorFlow's
             start-up messages).
     """
-    from bench.engine.interrupts import Interrupts
     from bench.errors import BenchError
     from bench.logs import setup_logging
 
     setup_logging(verbose=getattr(args, "verbose", None))
-    interrupts = Interrupts()
-    interrupts.install()
     try:
+        # importing the engine checks its environment (BENCH_LEASE_SECONDS): a bad value is
+        # a usage error like a bad flag
+        from bench.engine.interrupts import Interrupts
+
+        interrupts = Interrupts()
+        interrupts.install()
         return run_fn(args, interrupts)
     except BenchError as exc:
         print(f"error: {redact(exc)}", file=sys.stderr)

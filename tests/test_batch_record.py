@@ -245,3 +245,22 @@ def test_a_worker_that_lost_its_job_while_stopped_leaves_no_trace(workdir):
     exp = client.get_experiment_by_name(EXPERIMENT)
     assert client.search_logged_models([exp.experiment_id]) == []
     assert client.get_run(peer_run).data.metrics == {}
+
+
+def test_a_database_blip_while_recovering_is_retried_not_fatal(workdir, monkeypatch):
+    import sqlalchemy.exc
+
+    uri = f"sqlite:///{workdir}/mlflow.db"
+    store, batch, storage = _open(workdir, uri, [JobSpec("search-0000", SEARCH, 0)])
+    worker = _worker(storage, uri, batch.id)
+    real, calls = worker.recover, []
+
+    def blip_once():
+        calls.append(1)
+        if len(calls) == 1:
+            raise sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("server closed"))
+        real()
+
+    monkeypatch.setattr(worker, "recover", blip_once)
+    assert worker.run() == "done"
+    assert len(calls) >= 2 and [j.state for j in store.jobs(batch.id)] == [DONE]

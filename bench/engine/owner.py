@@ -10,13 +10,32 @@ that share a host name but not a PID namespace are told apart by the namespace, 
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import time
 import uuid
 from pathlib import Path
 
-LEASE_SECONDS = float(os.environ.get("BENCH_LEASE_SECONDS", "30"))
+from bench.errors import BenchError
+
+
+def _lease_seconds() -> float:
+    """``BENCH_LEASE_SECONDS`` (default 30), checked: a typo must not become a lease of NaN."""
+    text = os.environ.get("BENCH_LEASE_SECONDS", "30")
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 1 <= value <= 86_400:  # NaN fails this too
+        raise BenchError(
+            f"BENCH_LEASE_SECONDS={text[:40]!r}: must be a number of seconds from 1 to 86400 "
+            "(default 30); fix it or unset it"
+        )
+    return value
+
+
+LEASE_SECONDS = _lease_seconds()
 
 
 def _read(path: str) -> str | None:

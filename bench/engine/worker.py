@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import sqlalchemy.exc as sa_exc
+
 from bench import data
 from bench import optuna_adapter as opt
 from bench.designs import make_design
@@ -164,7 +166,12 @@ class Worker:
         bid = self.batch.id
         while True:
             self.interrupts.check()
-            self.recover()
+            try:
+                self.recover()
+            except sa_exc.OperationalError as exc:  # a database blip: try again next round
+                log.warning("recovering dead workers' jobs failed (%s); retrying", redact(exc))
+                self.interrupts.wait(1.0)
+                continue
             if self.settings.deadline is not None and time.time() >= self.settings.deadline:
                 return "timeout"
             job = lease = None

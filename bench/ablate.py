@@ -314,7 +314,7 @@ def _run(args: argparse.Namespace, interrupts) -> int:
         print(summary_text(batch.summary or {}), end="")
         return EXIT_OK
     run = BatchRun(
-        store, batch, created, AblationDesign, tracker, uri, storage, workers, space,
+        store, batch, created, tracker, uri, storage, workers, space,
         quiet=args.quiet,
     )  # fmt: skip
     code = drive(run, interrupts)

@@ -32,7 +32,6 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace, interrupts) -> int:
     # the command's one deferred block: what --help and bad flags never need (NumPy, SQLAlchemy)
     from bench import optuna_adapter as opt
-    from bench.designs import DESIGNS
     from bench.engine import batch_space
     from bench.engine.driver import BatchRun, drive
     from bench.engine.mirror import complete_mirrors
@@ -76,8 +75,7 @@ def _run(args: argparse.Namespace, interrupts) -> int:
     tracker = Tracker(uri, batch.settings["experiment"])
     store = JobStore(storage)
     plan = plan_workers(1, None, 1, usable_cpus(), visible_gpus())
-    design = DESIGNS[batch.design]
-    run = BatchRun(store, batch, False, design, tracker, uri, storage, plan, space, quiet=True)
+    run = BatchRun(store, batch, False, tracker, uri, storage, plan, space, quiet=True)
     return drive(run, interrupts)
 
 

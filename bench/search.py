@@ -198,7 +198,7 @@ def _run(args: argparse.Namespace, interrupts) -> int:
         store, tracker, SearchDesign, study_name, SEARCH_DESIGN, settings, space, dataset, storage
     )
     run = BatchRun(
-        store, batch, created, SearchDesign, tracker, uri, storage, plan, space,
+        store, batch, created, tracker, uri, storage, plan, space,
         timeout=args.timeout, tensorboard=args.tensorboard, quiet=args.quiet,
     )  # fmt: skip
     return drive(run, interrupts)

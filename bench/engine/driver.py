@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.designs import Design, OpeningFacts
+from bench.designs import DESIGNS, Design, OpeningFacts
 from bench.engine import batch_tag, counts, open_batch, run_workers
 from bench.engine.mirror import complete_mirrors
 from bench.engine.progress import Progress
@@ -99,7 +99,6 @@ class BatchRun:
         store: The job store the batch lives in.
         batch: The batch, as opened or joined.
         created: Whether this command opened it (else it joins a running one).
-        design: Its design class (whose ``purposes`` progress counts).
         tracker: Its experiment's tracking client.
         uri: The tracking URI (printed with any password masked).
         storage: The Optuna storage (printed with any password masked).
@@ -113,7 +112,6 @@ class BatchRun:
     store: JobStore
     batch: Batch
     created: bool
-    design: type[Design]
     tracker: Tracker
     uri: str
     storage: str
@@ -132,7 +130,8 @@ def drive(run: BatchRun, interrupts) -> int:
         finished or the champion could not be registered, 130 on an interrupt.
     """
     store, batch, tracker, uri, storage = run.store, run.batch, run.tracker, run.uri, run.storage
-    plan, space, purposes = run.plan, run.space, run.design.purposes
+    plan, space = run.plan, run.space
+    purposes = DESIGNS[batch.design].purposes  # what progress counts and the outcome lists
     complete_mirrors(store, batch.study, tracker)  # what an outage left of earlier batches
     jobs = [j for j in store.jobs(batch.id) if j.purpose in purposes]
     done_before = counts(jobs)[DONE]
@@ -192,8 +191,8 @@ def _interrupted(store, batch, tracker, purposes, done_before: int) -> int:
         tracker.safe(tracker.end_run, batch.parent_run_id, "KILLED")
     total = sum(c.values())
     print(
-        f"interrupted: kept {c['done']}/{total} finished jobs of batch {batch.number} "
-        f"({c['done'] - done_before} this run); rerun the same command to resume",
+        f"interrupted: kept {c[DONE]}/{total} finished jobs of batch {batch.number} "
+        f"({c[DONE] - done_before} this run); rerun the same command to resume",
         file=sys.stderr,
     )
     return EXIT_INTERRUPTED

@@ -123,9 +123,7 @@ def reevaluate(req: ReevalRequest, interrupts) -> int:
         print_reeval(batch.summary or {})
         return 0
     plan = plan_workers(req.workers, req.threads, len(specs), usable_cpus(), visible_gpus())
-    run = BatchRun(
-        store, batch, created, ReevalDesign, tracker, uri, storage, plan, space, quiet=req.quiet
-    )
+    run = BatchRun(store, batch, created, tracker, uri, storage, plan, space, quiet=req.quiet)
     code = drive(run, interrupts)
     print_reeval(store.get_batch(batch.id).summary or {})
     return code

@@ -77,7 +77,6 @@ from bench.results.champion import (
 from bench.space import flat_config
 from bench.tracking import Tracker
 from bench.tracking.registry import register_champion, selection_procedure
-from bench.training import COMPLETED as DONE_STATUS
 from bench.training import (
     average_models,
     configure_threads,
@@ -414,11 +413,11 @@ class Worker:
             self._splits[key] = data.fold_splits(self.dataset, spec.cv_folds, key[2])
         folds = self._splits[key]
         first = fit(folds[0], on_epoch)
-        if first.status != DONE_STATUS:
+        if first.status != COMPLETED:
             return first
         rest = [fit(f, None) for f in folds[1:]]
         runs = [first, *rest]
-        bad = [r for r in rest if r.status != DONE_STATUS]
+        bad = [r for r in rest if r.status != COMPLETED]
         if bad:
             return bad[0]
         first.history[f"cv_{self.space.metric}"] = [r.value for r in runs]

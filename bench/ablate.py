@@ -70,6 +70,20 @@ def build_parser() -> argparse.ArgumentParser:
         "learning_rate, lr_schedule, batch_size)",
     )
     p.add_argument(
+        "--cross",
+        metavar="A,B[,C]",
+        help="cross 2 or 3 factors instead: every combination of their levels, each with the "
+        "same seeds, the rest at the base; reports main effects, interaction contrasts and an "
+        "interaction plot",
+    )
+    p.add_argument(
+        "--max-cells",
+        type=bounded_int(4, 10_000),
+        default=100,
+        metavar="N",
+        help="the most cells --cross may plan (default 100: 5 x 5 levels fit, 5 x 5 x 5 do not)",
+    )
+    p.add_argument(
         "--seeds",
         type=bounded_int(2, 50),
         default=3,
@@ -142,9 +156,11 @@ def identity(
     space_hash: str,
     dataset: str,
     max_epochs: int,
+    crossed: bool = False,
 ) -> str:
     blob = json.dumps(
         {
+            **({"crossed": True} if crossed else {}),  # a one-factor ablation keeps its identity
             "base": base,
             "train": train,
             "factors": factors,
@@ -155,7 +171,35 @@ def identity(
         },
         sort_keys=True,
     )
-    return "ablation-" + hashlib.sha256(blob.encode()).hexdigest()[:16]
+    kind = "crossed-" if crossed else "ablation-"
+    return kind + hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _names(value: str | None, flag: str) -> list[str] | None:
+    """A comma-separated list of factor names, or None where the flag was not given."""
+    if value is None:
+        return None
+    names = [f.strip() for f in value.split(",") if f.strip()]
+    if not names:
+        raise BenchError(f"{flag}: name at least one parameter, e.g. normalization,optimizer")
+    return names
+
+
+def _check_cross(cross: list[str] | None, factors: list[str] | None) -> None:
+    """``--cross`` and ``--factors`` plan two different designs: one of them per run."""
+    if cross is None or factors is None:
+        return
+    both = [f for f in factors if f in cross]
+    if both:
+        raise BenchError(
+            f"--cross and --factors both name '{both[0]}': a factor is crossed or varied alone, "
+            "not both; drop it from --factors"
+        )
+    raise BenchError(
+        f"--factors {','.join(factors)} with --cross: a crossed run varies only its crossed "
+        f"factors; run the one-factor ablation on its own (bench.ablate --factors "
+        f"{','.join(factors)})"
+    )
 
 
 def _fmt_minutes(seconds: float) -> str:
@@ -171,7 +215,7 @@ def _run(args: argparse.Namespace, interrupts) -> int:
     # the command's one deferred block: what --help and bad flags never need (NumPy, SQLAlchemy)
     from bench import data
     from bench import optuna_adapter as opt
-    from bench.designs.ablation import AblationDesign, plan_to_settings
+    from bench.designs import ablation, crossed
     from bench.designs.ablation_plan import dense_macs
     from bench.designs.ablation_plan import plan as make_plan
     from bench.engine import batch_space
@@ -179,6 +223,7 @@ def _run(args: argparse.Namespace, interrupts) -> int:
     from bench.engine.mirror import complete_mirrors
     from bench.engine.store import JobStore
     from bench.resources import plan_workers, usable_cpus, visible_gpus
+    from bench.results import interactions, what_matters
     from bench.results.study import (
         StudyView,
         champion_config,
@@ -186,11 +231,13 @@ def _run(args: argparse.Namespace, interrupts) -> int:
         seconds_per_mac,
         trial_config,
     )
-    from bench.results.what_matters import summary_text
     from bench.tracking import Tracker, check_uri, resolve_uri
     from bench.training import download_dataset
 
     storage = args.storage or opt.DEFAULT_STORAGE
+    factors = _names(args.factors, "--factors")
+    cross = _names(args.cross, "--cross")
+    _check_cross(cross, factors)
     if args.study_name:
         check_name("--study-name", args.study_name)
     base_file = None
@@ -227,11 +274,13 @@ def _run(args: argparse.Namespace, interrupts) -> int:
         config, train, source = trial_config(view, args.base_trial)
     else:
         config, train, source = champion_config(view, maximize)
-    factors = [f.strip() for f in args.factors.split(",") if f.strip()] if args.factors else None
-    if factors is not None and not factors:
-        raise BenchError("--factors: name at least one parameter, e.g. normalization,optimizer")
     seeds = list(range(args.seeds))
-    plan = make_plan(space, config, factors, seeds)
+    if cross is not None:
+        plan = crossed.cross_plan(space, config, cross, seeds, max_cells=args.max_cells)
+        design = crossed.CrossedDesign
+    else:
+        plan = make_plan(space, config, factors, seeds)
+        design = ablation.AblationDesign
     dataset = data.load_dataset(dataset_name, data_dir, download=download_dataset)
     spec_train = {**space.train.__dict__, **train}
     data.check_validation_size(dataset, spec_train["validation_size"], space.path)
@@ -254,7 +303,8 @@ def _run(args: argparse.Namespace, interrupts) -> int:
         )
         / workers.jobs
     )
-    print(f"study '{study_name}': ablation around {source}", file=sys.stderr)
+    kind = "crossed ablation" if cross else "ablation"
+    print(f"study '{study_name}': {kind} around {source}", file=sys.stderr)
     for line in plan.describe():
         print(line, file=sys.stderr)
     print(
@@ -276,8 +326,9 @@ def _run(args: argparse.Namespace, interrupts) -> int:
 
     resolved = list(plan.factors)
     ident = identity(
-        plan.base.config, train, resolved, seeds, space.search_hash, dataset.name, budget
-    )
+        plan.base.config, train, resolved, seeds, space.search_hash, dataset.name, budget,
+        crossed=cross is not None,
+    )  # fmt: skip
     experiment = check_name(
         "--experiment", args.experiment or s.get("experiment") or f"{dataset.name}-mlp"
     )
@@ -295,23 +346,29 @@ def _run(args: argparse.Namespace, interrupts) -> int:
         "base_source": source,
         "factors": resolved,
         "seeds": seeds,
-        "plan": plan_to_settings(plan, train),
+        "plan": (crossed if cross else ablation).plan_to_settings(plan, train),
     }
     opt.open_study(study_name, storage, space, settings["seed"], record_space=False)
     store = JobStore(storage)
     tracker = Tracker(uri, experiment)
     batch, created = open_design_batch(
-        store, tracker, AblationDesign, study_name, ident, settings, space, dataset, storage,
+        store, tracker, design, study_name, ident, settings, space, dataset, storage,
         join_done=True,
     )  # fmt: skip
+
+    def results(summary: dict) -> str:
+        if cross is not None:
+            return interactions.summary_text(summary, resolved)
+        return what_matters.summary_text(summary)
+
     if batch.state == DONE:
         complete_mirrors(store, study_name, tracker)
         print(
-            f"ablation batch {batch.number} of study '{study_name}' is already complete; "
+            f"{design.name} batch {batch.number} of study '{study_name}' is already complete; "
             "its results:",
             file=sys.stderr,
         )
-        print(summary_text(batch.summary or {}), end="")
+        print(results(batch.summary or {}), end="")
         return EXIT_OK
     run = BatchRun(
         store, batch, created, tracker, uri, storage, workers, space,
@@ -321,7 +378,7 @@ def _run(args: argparse.Namespace, interrupts) -> int:
     record = store.get_batch(batch.id)
     if record.state == DONE:
         print()
-        print(summary_text(record.summary or {}), end="")
+        print(results(record.summary or {}), end="")
     return code
 
 

@@ -34,6 +34,7 @@ def is_ensemble(spec: JobSpec) -> bool:
 SEARCH_DESIGN = "search"  # sampler-proposed configurations, then re-evaluation, refit, register
 REEVAL_DESIGN = "reeval"  # a finished search's best configurations, re-trained, then refit
 ABLATION_DESIGN = "ablation"  # a controlled one-factor-at-a-time comparison
+CROSSED_DESIGN = "crossed"  # every combination of 2 or 3 factors' levels: interactions
 
 # Batch states in the job store: OPENING (row, parent run, jobs being written), then RUNNING
 # and DONE, the same words and meanings as a job's.
@@ -224,6 +225,8 @@ class BatchSettings(TypedDict, total=False):
         factors: The factors varied.
         seeds: The seeds every cell runs with.
         plan: The cells, levels and base training overrides, as plain values.
+    Crossed: the ablation's keys (``factors`` are the crossed ones; ``plan`` holds every
+        combination as a cell).
     """
 
     uid: str
@@ -282,6 +285,9 @@ class BatchSummary(TypedDict, total=False):
         factors: The per-factor analysis (paired differences and intervals).
         headlines: One sentence per factor.
         error: Why there is no analysis (e.g. every base job failed).
+    Crossed (besides finished, failed, seeds, factors_planned, base_levels, records, headlines,
+    error as in an ablation, with each record's ``levels`` a mapping factor -> level):
+        levels: Every crossed factor's levels, in plan order.
     """
 
     finished: int
@@ -313,6 +319,7 @@ class BatchSummary(TypedDict, total=False):
     factors: list[dict]
     headlines: list[str]
     error: str
+    levels: dict
 
 
 def check_keys(values: Mapping[str, Any], schema: type, what: str) -> None:

@@ -38,21 +38,21 @@ def _args(folder: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def _jobs(folder: Path):
+def _jobs(folder: Path, design: str = "ablation"):
     from bench.engine.store import JobStore
 
     store = JobStore(str(folder / "optuna-studies.log"))
-    batch = store.latest_batch(STUDY, "ablation")
+    batch = store.latest_batch(STUDY, design)
     jobs = store.jobs(batch.id) if batch else []
     store.dispose()
     return batch, jobs
 
 
-def _done(folder: Path) -> int:
+def _done(folder: Path, design: str = "ablation") -> int:
     if not (folder / "optuna-studies.log.jobs.db").is_file():
         return 0
     try:
-        return sum(1 for j in _jobs(folder)[1] if j.state == "done")
+        return sum(1 for j in _jobs(folder, design)[1] if j.state == "done")
     except Exception:  # noqa: BLE001 - the store may be mid-creation
         return 0
 
@@ -130,6 +130,76 @@ def test_ablation_resumes_after_sigint_and_tracks_every_cell(tmp_path):
     assert len(_jobs(tmp_path)[1]) == 6
 
 
+CROSS = ["--cross", "normalization,optimizer"]
+
+
+@pytest.mark.slow
+def test_crossed_run_resumes_after_sigint_tracks_every_cell_and_reports_interactions(tmp_path):
+    """Issue #19, item 1: 3 x 2 cells x 2 seeds on digits, interrupted, resumed, reported."""
+    (tmp_path / "base.yaml").write_text(BASE)
+    args = [a for a in _args(tmp_path) if a not in ("--factors", "normalization")] + CROSS
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.ablate", *args],
+        cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.time() + 300
+    while _done(tmp_path, "crossed") < 2 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, "finished before it could be interrupted: " + proc.stderr.read()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err
+    assert "crossed: normalization x optimizer (3 x 2 levels) = 6 cells, 2 seeds" in err
+    batch, jobs = _jobs(tmp_path, "crossed")
+    before = {j.key: (j.id, j.run_id, j.result.train_seconds) for j in jobs if j.state == "done"}
+    assert 2 <= len(before) < 12 and len(jobs) == 12
+
+    proc2 = run_module("bench.ablate", *args, cwd=tmp_path, timeout=600)
+    assert proc2.returncode == 0, proc2.stderr[-3000:]
+    assert f"joining crossed batch {batch.number}" in proc2.stderr
+    batch2, jobs2 = _jobs(tmp_path, "crossed")
+    assert batch2.id == batch.id and batch2.state == "done"
+    assert len(jobs2) == 12 and all(j.state == "done" for j in jobs2)
+    after = {j.key: (j.id, j.run_id, j.result.train_seconds) for j in jobs2}
+    assert {k: after[k] for k in before} == before  # finished cells were not trained again
+    assert sorted(after) == sorted(
+        f"cross-normalization={n},optimizer={o}-s{s}"
+        for n in ("minmax", "standard", "per_pixel") for o in ("adam", "momentum") for s in (0, 1)
+    )  # fmt: skip
+    assert "Interactions" in proc2.stdout and "normalization x optimizer: " in proc2.stdout
+    assert "Interaction contrasts normalization x optimizer" in proc2.stdout
+    assert len(batch2.summary["records"]) == 12 and len(batch2.summary["headlines"]) == 3
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("digits-mlp")
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    (parent,) = [r for r in runs if r.data.tags.get("design") == "crossed"]
+    assert (
+        parent.info.status == "FINISHED"
+        and parent.data.tags["factors"] == "normalization,optimizer"
+    )
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    cells = sorted((r.data.params["level"], r.data.params["seed"], r.data.params["normalization"],
+                    r.data.params["optimizer"]) for r in children)  # fmt: skip
+    assert len(cells) == 12 and all(c[0] == f"{c[2]},{c[3]}" for c in cells)
+    assert {r.data.params["factor"] for r in children} == {"normalization,optimizer"}
+
+    rep = run_module("bench.report", "--study-name", STUDY, "--out", "r", "--tracking-uri",
+                     f"sqlite:///{tmp_path / 'mlflow.db'}", cwd=tmp_path, timeout=300)  # fmt: skip
+    assert rep.returncode == 0, rep.stderr[-2000:]
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert md.index("## Interactions") < md.index("## Summary")
+    assert "![Interactions](interactions.png)" in md
+    assert (tmp_path / "r" / "interactions.png").stat().st_size > 10_000
+
+    proc3 = run_module("bench.ablate", *args, cwd=tmp_path, timeout=300)
+    assert proc3.returncode == 0 and "already complete" in proc3.stderr
+    assert "Interactions" in proc3.stdout and len(_jobs(tmp_path, "crossed")[1]) == 12
+
+
 def _study(folder: Path, name: str = "searched", complete: bool = True) -> None:
     """A study with one completed and one pruned trial (no job store), or an empty one."""
     import optuna
@@ -165,6 +235,14 @@ BAD = [
     ({}, "searched", ["--study-name", "searched", "--base-trial", "1"], "did not complete"),
     ({}, "empty", ["--study-name", "empty"], "has no completed trial"),
     ({}, None, ["--study-name", "nope"], "no such study"),
+    # --cross (issue #19): 2 or 3 factors, known, not also varied alone, within the cell limit
+    ({}, None, ["--cross", "normalization,optimiser"], "did you mean 'optimizer'?"),
+    ({}, None, ["--cross", "normalization"], "--cross: 1 factor(s) given (normalization)"),
+    ({}, None, ["--cross", "normalization,optimizer,units,l2"], "--cross: 4 factor(s) given"),
+    ({}, None, ["--cross", "normalization,optimizer", "--factors", "optimizer"],
+     "--cross and --factors both name 'optimizer'"),
+    ({}, None, ["--cross", "normalization,optimizer", "--max-cells", "4"],
+     "= 6 cells x 3 seeds = 18 jobs, over the limit of 4 cells"),
 ]  # fmt: skip
 
 

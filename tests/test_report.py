@@ -513,3 +513,43 @@ def test_champion_section_states_a_loss_gap_as_a_loss_not_as_points():
                 "test_accuracy": 0.9, "val_test_gap": 0.005}  # fmt: skip
     text = champion_section([_champion_batch(accuracy)])
     assert "chosen by validation 0.9050; test accuracy 0.9000; val->test gap +0.5 points" in text
+
+
+@pytest.mark.component
+def test_a_crossed_run_adds_interactions_and_their_plot_with_tensorflow_blocked(tmp_path):
+    """Issue #19: a finished crossed batch puts its interactions and plot under What matters."""
+    log = tmp_path / "optuna-studies.log"
+    build_study(journal(log), n_search=4, baseline=False)
+    levels = {"normalization": ["standard", "none"], "optimizer": ["adam", "sgd"]}
+    recs = [
+        {"levels": {"normalization": n, "optimizer": o}, "seed": s, "test_accuracy": None,
+         "val_accuracy": 0.88 - (0.1 if (n, o) == ("none", "sgd") else 0) + noise}
+        for (n, o, s), noise in zip(
+            [(n, o, s) for n in levels["normalization"] for o in levels["optimizer"]
+             for s in range(3)],
+            np.random.default_rng(0).normal(0, 0.003, 12), strict=True,
+        )
+    ]  # fmt: skip
+    summary = {"finished": 12, "failed": 0, "records": recs, "levels": levels,
+               "base_levels": {"normalization": "standard", "optimizer": "adam"}}  # fmt: skip
+    settings = {"base_source": "trial 2", "factors": ["normalization", "optimizer"]}
+    add_batch(log, STUDY, "crossed", summary, settings=settings)
+    code = (
+        "import sys; sys.modules['tensorflow'] = None; sys.modules['keras'] = None; "
+        "from bench.report import main; rc = main(['--no-mlflow', '--out', 'r']); "
+        "print('RC', rc)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=cli_env(), capture_output=True,
+        text=True, timeout=300,
+    )  # fmt: skip
+    assert "RC 0" in proc.stdout, proc.stdout[-1000:] + proc.stderr[-2000:]
+    out = proc.stdout
+    assert out.index("== Interactions") < out.index("== Summary")
+    assert "crossed normalization x optimizer (batch 1, around trial 2" in out
+    assert "normalization x optimizer: normalization none (vs standard) is worse by" in out
+    page = (tmp_path / "r" / "report.html").read_text()
+    assert "<h3>Interactions</h3>" in page and "No controlled ablation" not in page
+    assert page.count("data:image/png;base64") >= 2  # the interaction plot is embedded
+    with Image.open(tmp_path / "r" / "interactions.png") as img:
+        assert img.format == "PNG" and img.width >= 400

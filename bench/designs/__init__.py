@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from bench.designs._base import Design, OpeningFacts, ParentRun
 from bench.designs.ablation import AblationDesign
+from bench.designs.crossed import CrossedDesign
 from bench.designs.search import ReevalDesign, SearchDesign
 
 if TYPE_CHECKING:
@@ -18,7 +19,9 @@ if TYPE_CHECKING:
     from bench.space import Space
 
 # A batch's ``design`` -> the class that makes its jobs (a new design: one line here).
-DESIGNS: dict[str, type[Design]] = {d.name: d for d in (SearchDesign, ReevalDesign, AblationDesign)}
+DESIGNS: dict[str, type[Design]] = {
+    d.name: d for d in (SearchDesign, ReevalDesign, AblationDesign, CrossedDesign)
+}
 
 __all__ = ["DESIGNS", "Design", "OpeningFacts", "ParentRun", "make_design"]
 

@@ -16,6 +16,7 @@ from bench.errors import BenchError
 from bench.optuna_adapter import TrialView, metric_name
 from bench.records import (
     ABLATION_DESIGN,
+    CROSSED_DESIGN,
     DONE,
     REEVAL_DESIGN,
     SEARCH_DESIGN,
@@ -213,6 +214,7 @@ class Report:
         self.files: list[Path] = []
         self.lead: list[tuple[str, str]] = []  # (text, markdown) shown before every section
         self.what_matters_html: str | None = None  # the page's "What matters" body
+        self.interactions_html: str | None = None  # a crossed run's part of it
         self.ablate_hint: str = ""  # the command that would measure what matters
 
     def add(self, title: str, body: pd.DataFrame | str, role: str = "search") -> None:
@@ -262,7 +264,7 @@ class Report:
             return [h.paragraph(rest[:1].upper() + rest[1:] + ".", "sub")] if rest else []
 
         plots = {path.name: (title, path) for title, path in self.images}
-        placed = {"confusion_matrix.png", "what_matters.png"}
+        placed = {"confusion_matrix.png", "what_matters.png", "interactions.png"}
         sections = []
         for name, title in (("summary", "Summary"), ("champion", "Champion")):
             for heading, value in role(name):
@@ -274,14 +276,20 @@ class Report:
                 sections[-1].parts = [h.beside(sections[-1].parts, figure)]
             else:
                 sections.append(h.Section("champion", "Champion", [figure]))
-        matters = self.what_matters_html or h.text_block(
-            "No controlled ablation in this study yet. The per-level tables under The search "
-            "compare levels tried unequally; to measure what matters, run "
-            f"`{self.ablate_hint or 'python -m bench.ablate --seeds 3'}`."
-        )
-        parts = [matters]
+        matters = self.what_matters_html
+        if matters is None and not self.interactions_html:
+            matters = h.text_block(
+                "No controlled ablation in this study yet. The per-level tables under The search "
+                "compare levels tried unequally; to measure what matters, run "
+                f"`{self.ablate_hint or 'python -m bench.ablate --seeds 3'}`."
+            )
+        parts = [matters] if matters else []
         if "what_matters.png" in plots:
             parts.append(h.image(plots["what_matters.png"][1], plots["what_matters.png"][0]))
+        if self.interactions_html:
+            parts += ["<h3>Interactions</h3>", self.interactions_html]
+        if "interactions.png" in plots:
+            parts.append(h.image(plots["interactions.png"][1], plots["interactions.png"][0]))
         sections.append(h.Section("what-matters", "What matters", parts))
         search = []
         for heading, value in role("search"):
@@ -412,6 +420,46 @@ def what_matters(report: Report, batches: list[Batch], out: Path) -> None:
     report.what_matters_html = html_text(f"{head[:1].upper()}{head[1:]}.") + "\n" + wm.html(results)
 
 
+def interactions(report: Report, batches: list[Batch], out: Path) -> None:
+    """Add the latest finished crossed run: its interactions, in words and tables, and its plot."""
+    from bench.results import interactions as ia
+
+    done = _done(batches, CROSSED_DESIGN)
+    if not done:
+        return
+    batch = done[-1]
+    summary = batch.summary or {}
+    factors = batch.settings.get("factors") or summary.get("factors_planned") or []
+    source = batch.settings.get("base_source", "the base configuration")
+    head = (
+        f"crossed {' x '.join(factors)} (batch {batch.number}, around {source}; "
+        f"{summary.get('finished', 0)} jobs finished, {summary.get('failed', 0)} failed)"
+    )
+    try:
+        result = ia.from_summary(summary, factors)
+    except ValueError as exc:
+        result, why = None, str(exc)
+    else:
+        why = summary.get("error") or "no cell finished"
+    if result is None:
+        line = f"{head}: no analysis: {why}"
+        report.lead.append((f"Interactions\n{line}", f"## Interactions\n\n{line}"))
+        report.interactions_html = html_text(line[:1].upper() + line[1:])
+        return
+    text = ia.text(result).split("\n", 1)[1]
+    md = ia.markdown(result).split("\n", 1)[1]
+    try:
+        plot = ia.interaction_plot(result, out / "interactions.png")
+    except Exception as exc:  # noqa: BLE001 - the numbers are the report; the plot is a view
+        report.notes.append(f"Interaction plot: skipped, {str(exc)[:160]}")
+        plot = None
+    if plot is not None:
+        report.images.insert(0, (f"Interactions: {' x '.join(factors)}, cell means", plot))
+        md = md.rstrip() + f"\n\n![Interactions]({plot.name})\n"
+    report.lead.append((f"Interactions\n{head}\n{text}", f"## Interactions\n\n{head}.\n{md}"))
+    report.interactions_html = html_text(f"{head[:1].upper()}{head[1:]}.") + "\n" + ia.html(result)
+
+
 def reeval_frame(batches: list[Batch]) -> pd.DataFrame | None:
     """The latest re-evaluation rows (mean validation and test accuracy over seeds), if any."""
     import pandas as pd
@@ -453,6 +501,7 @@ def build(study: optuna.Study, out: Path, top_k: int, batches: list[Batch] | Non
     batches = batches or []
     report = Report()
     what_matters(report, batches, out)
+    interactions(report, batches, out)
     metric, maximize = metric_name(study), opt.direction(study) == "maximize"
     budget = equal_budget(batches)
     frame = trials_frame(study, top_k, budget)

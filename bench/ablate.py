@@ -312,7 +312,13 @@ def _run(args: argparse.Namespace, interrupts) -> int:
         f"no pruning; dataset {dataset.name}, {n_train} training images",
         file=sys.stderr,
     )
-    share, share_how = expected_epoch_share(view, budget)
+    decaying = plan.base.config.get("lr_schedule", "constant") != "constant"
+    share, share_how = expected_epoch_share(
+        view,
+        budget,
+        int(spec_train["patience"]),
+        decaying and not spec_train["early_stop_decaying"],
+    )
     overhead = JOB_OVERHEAD_SECONDS * n_jobs / workers.jobs
     expected, estimate = estimate * share + overhead, estimate + overhead
     print(

@@ -219,3 +219,33 @@ def test_cost_model():
     assert seconds == pytest.approx(0.04 * (1 + 3))
     p = plan(space(), BASE_CONFIG, ["optimizer"], [0, 1])
     assert p.estimate_seconds(1e-5, 4, n_train=1000) == pytest.approx(0.04 * 4)
+
+
+class _View:
+    """A study view's one method the estimate reads: its jobs."""
+
+    def __init__(self, jobs):
+        self._jobs = jobs
+
+    def jobs(self):
+        return self._jobs
+
+
+def test_the_epoch_share_is_learned_from_finished_jobs_else_a_stated_prior():
+    from types import SimpleNamespace as NS
+
+    from bench.results.study import expected_epoch_share
+
+    share, how = expected_epoch_share(_View([]), 20, patience=5)
+    assert share == pytest.approx(11 / 20) and "patience 5" in how and "~11 epochs" in how
+    assert expected_epoch_share(_View([]), 36, patience=5)[0] == pytest.approx(15 / 36)
+    assert expected_epoch_share(_View([]), 8, patience=5)[0] == 1.0  # never past the budget
+    share, how = expected_epoch_share(_View([]), 20, patience=5, decaying=True)
+    assert share == 1.0 and "decaying" in how
+    assert expected_epoch_share(_View([]), 20)[0] == 1.0  # no patience known: the full budget
+    done = [
+        NS(result=NS(status="completed", epochs_run=e), spec=NS(train={"max_epochs": 20}))
+        for e in (6, 9, 13)
+    ]
+    share, how = expected_epoch_share(_View(done), 20, patience=5)
+    assert share == pytest.approx(9 / 20) and "as in 3 runs" in how

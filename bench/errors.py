@@ -70,13 +70,16 @@ _WHOLE_URL = re.compile(r"\s*[A-Za-z][A-Za-z0-9+.\-]*://[^\n]*")
 # The safety net behind the parsers: a password runs to the last "@" of its URL (SQLAlchemy and
 # urllib stop at the first one, and a password holding "/", "?" or "#" unencoded misleads both).
 _USERINFO = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s]*):(?P<secret>\S*)@")
-_WEB_USER = re.compile(r"(?P<head>^(?:https?|wss?|ftp)://)[^:/?#@\s]+@", re.IGNORECASE)
+_WEB_USER = re.compile(
+    r"(?P<head>^(?:[A-Za-z0-9.\-]+\+)?(?:https?|wss?|ftp)://)[^:/?#@\s]+@", re.IGNORECASE
+)
 _QUERY_SECRET = re.compile(rf"(?P<key>[?&;]{_SECRET_KEYS}=)[^&#\s]*", re.IGNORECASE)
 _WEB_SCHEMES = ("http", "https", "ws", "wss", "ftp")
 
 
 def _scheme(url: str) -> str:
-    return url.split("://", 1)[0].strip().lower()
+    """The URL's scheme, lower-case; of a compound one (``git+https``) its transport part."""
+    return url.split("://", 1)[0].strip().lower().rsplit("+", 1)[-1]
 
 
 def mask_url(url: str) -> str:
@@ -149,7 +152,7 @@ def _mask_match(m: re.Match) -> str:
     if not url:
         return f"{m.group('key')}***"
     # a URL in a sentence may end in punctuation that is not part of it: "... ('scheme://...')."
-    core = url.rstrip("'\")]},;.>")
+    core = url.rstrip("'\")]},;:.>")
     return mask_url(core) + url[len(core) :]
 
 

@@ -104,7 +104,32 @@ class _Tracker:
         pass
 
 
-@pytest.mark.parametrize("design", ["search", "reeval"])
+def _design_settings(design: str, space) -> dict:
+    """What each design adds to the shared settings: a real plan for the two ablations."""
+    from bench.designs import ablation, crossed
+    from bench.designs.ablation_plan import plan
+
+    base = {"normalization": "standard", "n_layers": 1, "units": 16, "dropout": 0.0, "l2": 1e-5,
+            "optimizer": "adam", "learning_rate": 0.01}  # fmt: skip
+    common = {"base_source": "--base-config b.yaml", "seeds": [0, 1], "metric": "val_accuracy"}
+    if design == "ablation":
+        p = plan(space, base, ["normalization"], [0, 1])
+        return {**common, "factors": ["normalization"], "plan": ablation.plan_to_settings(p, {})}
+    if design == "crossed":
+        p = crossed.cross_plan(space, base, ["normalization", "optimizer"], [0, 1])
+        return {**common, "factors": list(p.factors), "plan": crossed.plan_to_settings(p, {})}
+    return {}
+
+
+def test_a_url_before_a_colon_and_a_compound_scheme_are_masked_cleanly():
+    said = redact("--storage postgresql://bench:s3cr'et@db/optuna: no such study")
+    assert said == "--storage postgresql://bench:***@db/optuna: no such study"
+    assert redact("pip install git+https://T0KEN@github.com/o/r.git") == (
+        "pip install git+https://***@github.com/o/r.git"
+    )
+
+
+@pytest.mark.parametrize("design", ["search", "reeval", "ablation", "crossed"])
 def test_parent_runs_log_the_storage_by_location_only(tmp_path, design):
     """The storage URL goes to every parent run's params, which an unauthenticated MLflow shows to
     anyone: every design's parent run logs its location only (host, port, database)."""
@@ -122,6 +147,7 @@ def test_parent_runs_log_the_storage_by_location_only(tmp_path, design):
         "register": False, "refit": True, "ensemble": 1, "reeval_top_k": 2, "reeval_seeds": 2,
         "baselines": [], "sources": [], "reeval_jobs": [],
     }  # fmt: skip
+    settings.update(_design_settings(design, space))
     tracker = _Tracker()
     store = JobStore(str(tmp_path / "journal.log"))
     secret = "postgresql://bench:Sup3r-S3cret@db.example:5432/studies"

@@ -187,7 +187,10 @@ def _run(args: argparse.Namespace, interrupts) -> int:
         "baselines": first,
     }
     # creates the study, or checks it was made for this space, before anything else is written
-    study = opt.open_study(study_name, storage, space, args.seed, args.allow_space_change)
+    study = opt.open_study(
+        study_name, storage, space, args.seed, args.allow_space_change,
+        recorded_split=lambda: recorded_split(storage, study_name),
+    )  # fmt: skip
     store = JobStore(storage)
     if not args.allow_space_change:
         check_split_seed(store, study_name, args.seed)
@@ -202,6 +205,24 @@ def _run(args: argparse.Namespace, interrupts) -> int:
         timeout=args.timeout, tensorboard=args.tensorboard, quiet=args.quiet,
     )  # fmt: skip
     return drive(run, interrupts)
+
+
+def recorded_split(storage: str, study: str) -> dict | None:
+    """The validation split (``validation_size``, ``cv_folds``) the study's latest search batch
+    was scored on, read from the space text stored with it; None where no batch stored one."""
+    from bench.engine.store import JobStore
+    from bench.space import SCORING_TRAIN_FIELDS, space_from_text
+
+    store = JobStore(storage)
+    try:
+        for batch in reversed(store.batches(study)):
+            text = batch.settings.get("space_text")
+            if batch.design == SEARCH_DESIGN and text:
+                space = space_from_text(text, f"batch {batch.number}'s space")
+                return {k: getattr(space.train, k) for k in SCORING_TRAIN_FIELDS}
+        return None
+    finally:
+        store.dispose()
 
 
 def check_split_seed(store, study: str, seed: int) -> None:

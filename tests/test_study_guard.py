@@ -74,6 +74,62 @@ def test_a_study_recorded_before_the_split_was_hashed_is_recognised(tmp_path):
     assert again.user_attrs[opt.STUDY_SPACE] == smoke.search_hash  # upgraded, not refused
 
 
+def _legacy_study_with_a_trial(journal: str, space):
+    """A study as an earlier bench left it: the legacy hash, and one finished trial."""
+    import optuna
+
+    study = opt.open_study("s", journal, space)
+    study.set_user_attr(opt.STUDY_SPACE, space.legacy_search_hash)
+    study.add_trial(optuna.trial.create_trial(value=0.9, params={}, distributions={}))
+    return study
+
+
+def test_a_legacy_study_is_upgraded_only_when_its_recorded_split_is_this_spaces(tmp_path):
+    """Issue #20, item 4: the legacy hash leaves the split out, so a study recorded then must
+    not take a batch on another split without a word."""
+    journal = str(tmp_path / "optuna-studies.log")
+    smoke = load_space(SMOKE)
+    wider = _variant(tmp_path, "validation_size: 300", "validation_size: 400")
+    assert wider.legacy_search_hash == smoke.legacy_search_hash  # the defect: the same hash
+    _legacy_study_with_a_trial(journal, smoke)
+    scored_on_300 = lambda: {"validation_size": 300, "cv_folds": 1}  # noqa: E731
+    with pytest.raises(BenchError, match="it was scored on validation_size 300, cv_folds 1"):
+        opt.open_study("s", journal, wider, recorded_split=scored_on_300)
+    again = opt.open_study("s", journal, smoke, recorded_split=scored_on_300)
+    assert again.user_attrs[opt.STUDY_SPACE] == smoke.search_hash  # the same split: upgraded
+
+
+def test_a_legacy_study_whose_split_nothing_recorded_needs_allow_space_change(tmp_path):
+    journal = str(tmp_path / "optuna-studies.log")
+    smoke = load_space(SMOKE)
+    _legacy_study_with_a_trial(journal, smoke)
+    with pytest.raises(BenchError, match="nothing recorded which split it was scored on"):
+        opt.open_study("s", journal, smoke, recorded_split=lambda: None)
+    study = opt.open_study(
+        "s", journal, smoke, allow_space_change=True, recorded_split=lambda: None
+    )
+    assert study.user_attrs[opt.STUDY_SPACE] == smoke.search_hash
+
+
+def test_the_recorded_split_is_read_from_the_latest_search_batchs_stored_space(tmp_path):
+    from bench.engine.store import JobStore
+    from bench.search import recorded_split
+
+    journal = str(tmp_path / "optuna-studies.log")
+    assert recorded_split(journal, "s") is None
+    store = JobStore(journal)
+    store.create_batch("s", "search", "search-1", {"seed": 0})  # before batches kept the text
+    assert recorded_split(journal, "s") is None
+    text = (
+        Path(SMOKE)
+        .read_text(encoding="utf-8")
+        .replace("validation_size: 300", "validation_size: 400")
+    )
+    store.create_batch("s", "search", "search-2", {"seed": 0, "space_text": text})
+    store.dispose()
+    assert recorded_split(journal, "s") == {"validation_size": 400, "cv_folds": 1}
+
+
 def test_a_new_batch_with_another_seed_is_refused_its_split_differs(tmp_path):
     # --seed seeds the validation split too: batch 2 with another seed would rank its trials
     # against batch 1's on other validation images

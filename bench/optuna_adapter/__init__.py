@@ -19,6 +19,7 @@ import logging
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from bench.errors import BenchError, redact
 from bench.lazy import lazy
 from bench.records import STUDY_SPACE, TRIAL_JOB
+from bench.space._types import SCORING_TRAIN_FIELDS
 
 if TYPE_CHECKING:
     import optuna
@@ -171,12 +173,17 @@ def open_study(
     seed: int | None = None,
     allow_space_change: bool = False,
     record_space: bool = True,
+    recorded_split: Callable[[], dict | None] | None = None,
 ) -> optuna.Study:
     """Create or load the study and check it was made for this search space.
 
     Args:
         record_space: Check and record the space's hash on the study (the search command);
             workers and ablations only load the study and leave the record alone.
+        recorded_split: For a study recorded before the validation split was part of the hash:
+            returns the split its batches were scored on (``validation_size``, ``cv_folds``),
+            or None where nothing recorded it. Its record is upgraded only when that split is
+            this space's; otherwise the study is refused as a changed space would be.
 
     Raises:
         BenchError: the study exists with another direction or search space (unless allowed).
@@ -198,7 +205,25 @@ def open_study(
     if not record_space:
         return study
     known = study.user_attrs.get(STUDY_SPACE)
-    if known is None or known == space.legacy_search_hash:  # recorded before the split was in it
+    if known is None:
+        study.set_user_attr(STUDY_SPACE, space.search_hash)
+    elif known == space.legacy_search_hash and known != space.search_hash:
+        # recorded before the split was in the hash: the same space, scored on which split?
+        split = {k: getattr(space.train, k) for k in SCORING_TRAIN_FIELDS}
+        old = recorded_split() if recorded_split is not None and study.trials else split
+        if old != split and not allow_space_change:
+            said = (
+                "nothing recorded which split it was scored on"
+                if old is None
+                else "it was scored on " + ", ".join(f"{k} {v}" for k, v in old.items())
+            )
+            raise BenchError(
+                f"--space {space.path}: study '{name}' was recorded before its validation split "
+                f"was part of the space's hash and {said}, this file scores on "
+                + ", ".join(f"{k} {v}" for k, v in split.items())
+                + "; use another --study-name, or --allow-space-change if the splits are the "
+                "same or to mix them knowingly"
+            )
         study.set_user_attr(STUDY_SPACE, space.search_hash)
     elif known != space.search_hash:
         if not allow_space_change:

@@ -8,6 +8,7 @@ YAML files are edited in the top-level ``search_spaces/`` and shipped inside the
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from bench.errors import SpaceError
 from bench.space._schema import (
@@ -26,6 +27,7 @@ from bench.space._types import (
     OPTIMIZERS,
     PARAM_DEFAULTS,
     PER_LAYER_OK,
+    SCORING_TRAIN_FIELDS,
     Baseline,
     CategoricalParam,
     FixedParam,
@@ -90,6 +92,27 @@ def load_space_text(name_or_path: str | Path) -> tuple[Space, str]:
     return space_from_file_text(text, path), text
 
 
+def read_yaml_file(path: str, flag: str, kind: str) -> Any:
+    """Any YAML input file of a command, read and parsed with the bounds a space file gets.
+
+    One bounded, non-blocking read (a device, a FIFO or a folder is refused without waiting),
+    and a parse that refuses deep nesting, alias bombs and integers too long to convert. ``flag``
+    and ``kind`` name the file in messages (``--base-config``, ``base configuration file``).
+
+    Raises:
+        SpaceError: unreadable, too big, not a regular file, not UTF-8 or not valid YAML, in
+            one line.
+    """
+    import yaml
+
+    text = _read_bounded(path, flag, kind)
+    try:
+        return _safe_load_bounded(text, path)
+    except yaml.YAMLError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise SpaceError(f"{flag} {path}: not valid YAML ({first})") from None
+
+
 def space_from_text(text: str, path: str) -> Space:
     """Validate a space's YAML text (one stored with a batch); ``path`` names it in messages.
 
@@ -117,6 +140,7 @@ __all__ = [
     "OPTIMIZERS",
     "PARAM_DEFAULTS",
     "PER_LAYER_OK",
+    "SCORING_TRAIN_FIELDS",
     "Baseline",
     "CategoricalParam",
     "FixedParam",
@@ -133,6 +157,7 @@ __all__ = [
     "load_space_text",
     "parse_space",
     "resolve_space",
+    "read_yaml_file",
     "space_from_text",
     "suggest",
 ]

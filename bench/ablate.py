@@ -21,8 +21,6 @@ import math
 import sys
 from pathlib import Path
 
-import yaml
-
 from bench.cli import (
     Parser,
     add_store_flags,
@@ -34,7 +32,7 @@ from bench.cli import (
 )
 from bench.errors import EXIT_OK, BenchError, SpaceError, redact
 from bench.records import DONE
-from bench.space import load_space_text, parse_space, resolve_space
+from bench.space import load_space_text, parse_space, read_yaml_file, resolve_space
 
 log = logging.getLogger("bench")
 BASE_FILE_KEYS = ("params", "train", "name", "description")
@@ -120,12 +118,12 @@ def _read_base_file(path: str) -> tuple[dict, dict]:
     """``(config, train)`` of a ``--base-config`` file; unknown keys are errors."""
 
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise BenchError(f"--base-config {path}: cannot read it ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise BenchError(f"--base-config {path}: not valid YAML ({first})") from None
+        data = read_yaml_file(path, "--base-config", "base configuration file")
+    except SpaceError as exc:
+        message = str(exc)
+        raise BenchError(
+            message if message.startswith("--base-config") else f"--base-config {message}"
+        ) from None
     if not isinstance(data, dict):
         raise BenchError(f"--base-config {path}: needs a mapping with a 'params:' mapping")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -235,6 +236,14 @@ BAD = [
     ({}, "searched", ["--study-name", "searched", "--base-trial", "1"], "did not complete"),
     ({}, "empty", ["--study-name", "empty"], "has no completed trial"),
     ({}, None, ["--study-name", "nope"], "no such study"),
+    # a --base-config file gets the bounds a space file gets (issue #20, items 10 and 11)
+    ({"deep.yaml": "params: " + "[" * 600 + "]" * 600 + "\n"}, None,
+     ["--base-config", "deep.yaml"], "--base-config deep.yaml: line 1, column 40: nested deeper"),
+    ({"big.yaml": "params: {units: " + "9" * 5000 + "}\n"}, None,
+     ["--base-config", "big.yaml"], "an integer of 5,000 digits"),
+    ({}, None, ["--base-config", "/dev/zero"],
+     "--base-config /dev/zero: not a regular file (a character device)"),
+    ({"fifo": None}, None, ["--base-config", "fifo"], "--base-config fifo: not a regular file"),
     # --cross (issue #19): 2 or 3 factors, known, not also varied alone, within the cell limit
     ({}, None, ["--cross", "normalization,optimiser"], "did you mean 'optimizer'?"),
     ({}, None, ["--cross", "normalization"], "--cross: 1 factor(s) given (normalization)"),
@@ -251,7 +260,10 @@ BAD = [
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, files, study, args, message):
     (tmp_path / "base.yaml").write_text(BASE)
     for name, text in files.items():
-        (tmp_path / name).write_text(text)
+        if text is None:
+            os.mkfifo(tmp_path / name)  # a FIFO with no writer: reading it would wait forever
+        else:
+            (tmp_path / name).write_text(text)
     if study:
         _study(tmp_path, study, complete=study != "empty")
     if "--base-config" not in args and "--study-name" not in args:

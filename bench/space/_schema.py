@@ -498,8 +498,10 @@ _KINDS = {
 }
 
 
-def _read_bounded(path: str) -> str:
+def _read_bounded(path: str, flag: str = "--space", kind: str = "search-space file") -> str:
     """The file's text, read without waiting on a FIFO and never past :data:`MAX_FILE_BYTES`.
+
+    ``flag`` and ``kind`` name the file in messages (the flag that gave it, what it holds).
 
     ``st_size`` is 0 for devices and FIFOs, so the size is bounded by the read itself; opening
     non-blocking returns at once where a FIFO has no writer, and anything but a regular file is
@@ -512,7 +514,7 @@ def _read_bounded(path: str) -> str:
             if not stat.S_ISREG(mode):
                 what = _KINDS.get(stat.S_IFMT(mode), "not a file")
                 raise SpaceError(
-                    f"{path}: not a regular file ({what}); pass a YAML file with --space"
+                    f"{path}: not a regular file ({what}); pass a YAML file with {flag}"
                 )
             chunks, size = [], 0
             while size <= MAX_FILE_BYTES and (chunk := os.read(fd, MAX_FILE_BYTES + 1 - size)):
@@ -522,15 +524,14 @@ def _read_bounded(path: str) -> str:
             os.close(fd)
         if size > MAX_FILE_BYTES:
             raise SpaceError(
-                f"{path}: the search-space file is over {MAX_FILE_BYTES:,} bytes; a space file "
+                f"{path}: the {kind} is over {MAX_FILE_BYTES:,} bytes; a {kind} "
                 f"holds at most {MAX_FILE_BYTES:,} (is it the right file?)"
             )
         return b"".join(chunks).decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
         raise SpaceError(
-            f"{path}: cannot read the search-space file ({reason}); "
-            "pass an existing YAML file with --space"
+            f"{path}: cannot read the {kind} ({reason}); pass an existing YAML file with {flag}"
         ) from None
 
 

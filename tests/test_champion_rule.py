@@ -123,3 +123,43 @@ def test_two_batches_registering_at_once_leave_the_better_one_champion(tmp_path,
             t.join()
         assert not errors, errors
         assert _champion_score(trackers[0], f"m{r}") == pytest.approx(max(scores)), f"round {r}"
+
+
+@pytest.mark.component
+def test_a_registrant_killed_while_holding_the_lock_leaves_it_free(tmp_path):
+    """The champion lock is a kernel ``flock``: a holder killed with SIGKILL releases it."""
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    from bench.tracking.registry import _file_lock
+
+    lock = tmp_path / "champion.lock"
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from bench.tracking.registry import _file_lock\n"
+         f"with _file_lock({str(lock)!r}, 'm'):\n"
+         "    print('held', flush=True); time.sleep(600)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        taken = threading.Event()
+
+        def take():
+            with _file_lock(str(lock), "m"):
+                taken.set()
+
+        waiter = threading.Thread(target=take, daemon=True)
+        waiter.start()
+        assert not taken.wait(1.0)  # held by the live process: we wait
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+        start = time.monotonic()
+        assert taken.wait(10), "the lock stayed held after its holder was killed"
+        assert time.monotonic() - start < 10
+    finally:
+        holder.kill()
+        holder.wait()

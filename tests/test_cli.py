@@ -12,7 +12,12 @@ from bench.space import BUILTIN_DIR
 from tests.conftest import run_module
 
 SMOKE = str(BUILTIN_DIR / "smoke.yaml")
-SECRETS = ("s3cret", "s3/cret", "pa:ss/w?rd#1")  # passwords in the rows below; never printed
+SECRETS = (
+    "s3cret",
+    "s3/cret",
+    "pa:ss/w?rd#1",
+    "s3cr'et",
+)  # passwords in the rows below; never printed
 
 
 @pytest.mark.component
@@ -202,7 +207,7 @@ BAD_INPUTS = {
     "yaml alias bomb": (lambda t: ["--space", _space(t, ALIAS_BOMB)], "expands to more than"),
     "space file too big": (
         lambda t: ["--space", _space(t, "# " + "x" * (1 << 20) + "\n")],
-        "a space file holds at most",
+        "a search-space file holds at most",
     ),
     "long value is cut": (
         lambda t: ["--space", _space(t, f"params:\n  optimizer: {'x' * 5000}\n")],
@@ -393,6 +398,53 @@ BAD_INPUTS = {
     "baseline name of 250 characters": (
         lambda t: ["--space", _space(t, f"baselines:\n  - name: {'b' * 250}\n")],
         "baselines[0].name: use 1-100 letters",
+    ),
+    "space is a folder": (lambda t: ["--space", str(t)], "not a regular file (a folder)"),
+    "baseline name with a leading dot": (
+        lambda t: ["--space", _space(t, "baselines:\n  - name: .hidden\n")],
+        "baselines[0].name: use 1-100 letters",
+    ),
+    "baseline name with a quote": (
+        lambda t: ["--space", _space(t, 'baselines:\n  - name: "it\'s"\n')],
+        "baselines[0].name: use 1-100 letters",
+    ),
+    "validation split above half the images": (
+        lambda t: ["--space", _space(t, "train:\n  validation_size: 1500\n")],
+        "train.validation_size: 1500 does not fit digits",
+    ),
+    "password with a quote": (
+        lambda t: ["--storage", "postgresql://bench:s3cr'et@127.0.0.1:1/nodb"],
+        "bench:***@127.0.0.1:1/nodb",
+    ),
+    "idx header whose size overflows": (
+        lambda t: [
+            "--dataset",
+            "idx",
+            "--data-dir",
+            _idx_dir(
+                t / "d",
+                lambda f: _write(
+                    f / data.IDX_FILES["x_train"],
+                    gzip.compress(b"\x00\x00\x0e\x04" + b"\xff\xff\xff\xff" * 4),
+                ),
+            ),
+        ],
+        "the IDX header declares shape",
+    ),
+    "idx gzip bomb": (
+        lambda t: [
+            "--dataset",
+            "idx",
+            "--data-dir",
+            _idx_dir(
+                t / "d",
+                lambda f: _write(
+                    f / data.IDX_FILES["y_train"],
+                    gzip.compress(b"\x00\x00\x08\x01\x00\x00\x00\x0a" + bytes(64 << 20)),
+                ),
+            ),
+        ],
+        "more than the 10 bytes its header declares",
     ),
     "idx image with a zero side": (
         lambda t: [

@@ -264,8 +264,11 @@ class BatchSummary(TypedDict, total=False):
         finished, failed: Search (or re-evaluation) jobs that finished, that failed for good.
         best_job, best_value, best_trial: The best completed job, its validation score and
             its Optuna trial number.
-        reeval: Per re-evaluated configuration: seeds, failed seeds, means and 95% intervals.
-        version, champion_version, promoted, reason, selection_metric, selection_direction,
+        reeval: Per re-evaluated configuration: seeds, failed seeds, means and 95% intervals
+            (None where no seed completed).
+        selection_direction: ``maximize`` or ``minimize``: how the re-evaluation rows were
+            ranked (written with them); registering the champion writes the same value.
+        version, champion_version, promoted, reason, selection_metric,
             selection_procedure: What registering the champion did (see
             :func:`bench.tracking.registry.register_and_promote`).
         test_accuracy, test_loss: The registered model's test scores (reported, never used to

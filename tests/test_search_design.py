@@ -239,3 +239,79 @@ def test_an_ensemble_job_of_an_older_store_is_still_an_ensemble():
     old = JobSpec(key="ensemble", purpose=REGISTER, seed=0, info={"members": []})
     plain = JobSpec(key="register", purpose=REGISTER, seed=0, info={"model_uri": "models:/m/1"})
     assert is_ensemble(old) and not is_ensemble(plain)
+
+
+def test_a_configuration_whose_every_reevaluation_seed_failed_is_summarised_not_a_crash():
+    # the last worker summarises the batch: a crash there left it running forever
+    jobs = SEARCHED + [
+        _reeval(30, "search-0001", 0, None, DIVERGED),
+        _reeval(31, "search-0001", 1, None, "failed", state=FAILED),
+    ]
+    design = _design(ensemble=1)
+    assert design.next_jobs(jobs, 36) == []
+    summary = design.summary(jobs)
+    (row,) = summary["reeval"]
+    assert row["source"] == "search-0001"
+    assert row["seeds"] == 0 and row["failed_seeds"] == 2
+    assert row["val_mean"] is None and row["val_ci"] is None
+    assert row["test_mean"] is None and row["test_ci"] is None
+    assert "re-evaluat" in summary["no_champion"]
+    check_keys(summary, BatchSummary, "summary")
+
+
+def test_a_zero_test_accuracy_counts_in_the_reevaluation_mean():
+    jobs = SEARCHED + [_reeval(30 + s, "search-0003", s, v) for s, v in enumerate([0.9, 0.92])]
+    jobs[-2].result.test_accuracy = 0.0  # a real score, not a missing one
+    jobs[-1].result.test_accuracy = 0.5
+    (row,) = _design().summary(jobs)["reeval"]
+    assert row["seeds"] == 2 and row["failed_seeds"] == 0
+    assert row["val_mean"] == pytest.approx(0.91)
+    assert row["test_mean"] == pytest.approx(0.25)
+
+
+def test_the_summary_states_the_direction_its_reevaluation_rows_were_chosen_by():
+    jobs = SEARCHED + [_reeval(30, "search-0003", 0, 0.3)]
+    assert _design().summary(jobs)["selection_direction"] == "maximize"
+    minimize = SearchDesign({"seed": 0, "refit": True, "register": True}, maximize=False)
+    assert minimize.summary(jobs)["selection_direction"] == "minimize"
+
+
+# ---------------------------------------------------------------- a metric to minimize (val_loss)
+
+LOSSES = [
+    _search(0, 0.40),
+    _search(1, 0.25, best_epoch=20),
+    _search(2, 0.05, PRUNED),  # pruned: never chosen, however low its last loss
+    _search(3, 0.30, best_epoch=30),
+    _search(4, 0.35),
+]
+
+
+def _minimize(**settings) -> SearchDesign:
+    return SearchDesign({"seed": 0, "refit": True, "register": True, **settings}, maximize=False)
+
+
+def test_a_minimized_metric_chooses_the_lowest_values():
+    design = _minimize(ensemble=2)
+    assert [j.key for j in design.candidates(LOSSES, 3)] == [
+        "search-0001",
+        "search-0003",
+        "search-0004",
+    ]
+    assert [c.source for c in design.choices(LOSSES, 2)] == ["search-0001", "search-0003"]
+    specs = design.next_jobs(LOSSES, 36)
+    assert [s.info["source"] for s in specs] == ["search-0001", "search-0003"]
+    assert _minimize(ensemble=1).summary(LOSSES)["best_job"] == "search-0001"
+
+
+def test_a_minimized_metric_chooses_the_lowest_reevaluation_mean():
+    # search-0001 had the lowest search loss; re-evaluated, search-0003's mean is lower
+    jobs = LOSSES + [
+        *(_reeval(30 + s, "search-0001", s, v) for s, v in enumerate([0.33, 0.35])),
+        *(_reeval(40 + s, "search-0003", s, v) for s, v in enumerate([0.28, 0.30])),
+    ]
+    design = _minimize(ensemble=1)
+    assert [c.source for c in design.choices(jobs, 2)] == ["search-0003", "search-0001"]
+    (refit,) = design.next_jobs(jobs, 36)
+    assert refit.info["source"] == "search-0003"
+    assert refit.info["selection_score"] == pytest.approx(0.29)

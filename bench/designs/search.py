@@ -370,8 +370,6 @@ class SearchDesign(Design):
     # ------------------------------------------------------------ outcome
 
     def summary(self, jobs: list[Job]) -> dict[str, Any]:
-        from bench.results.stats import mean_ci
-
         searched = [j for j in jobs if j.purpose in (SEARCH, BASELINE)]
         out: dict[str, Any] = {
             "finished": sum(1 for j in searched if j.state == DONE),
@@ -382,31 +380,37 @@ class SearchDesign(Design):
             out["best_job"] = best[0].key
             out["best_value"] = best[0].result.value
             out["best_trial"] = best[0].trial_number
-        groups: dict[str, list[Job]] = {}
+        groups: dict[str, list[Job]] = {}  # each source's completed seeds
         failed_seeds: dict[str, int] = {}
         for j in self._scored(jobs, (REEVAL,)):
             groups.setdefault(j.spec.info["source"], []).append(j)
         for j in jobs:
             if j.purpose == REEVAL and j.state in (DONE, FAILED) and not _completed(j):
                 failed_seeds[j.spec.info["source"]] = failed_seeds.get(j.spec.info["source"], 0) + 1
-                groups.setdefault(j.spec.info["source"], [])
+                groups.setdefault(j.spec.info["source"], [])  # every seed may have failed
         if groups:
             rows = []
             for src, runs in groups.items():
-                val = mean_ci([r.result.value for r in runs])
-                test = mean_ci([r.result.test_accuracy for r in runs if r.result.test_accuracy])
+                # a source whose every seed failed has no mean: None, never a crash (the last
+                # worker writes this summary; raising here left the batch running for good)
+                val = _mean_ci([r.result.value for r in runs])
+                test = _mean_ci(
+                    [r.result.test_accuracy for r in runs if r.result.test_accuracy is not None]
+                )
                 rows.append(
                     {
                         "source": src,
                         "seeds": len(runs),
                         "failed_seeds": failed_seeds.get(src, 0),
                         "val_mean": val[0],
-                        "val_ci": [val[1], val[2]],
+                        "val_ci": val[1],
                         "test_mean": test[0],
-                        "test_ci": [test[1], test[2]],
+                        "test_ci": test[1],
                     }
                 )
             out["reeval"] = rows
+            # what the rows are ranked by (a registered champion restates it below)
+            out["selection_direction"] = "maximize" if self.maximize else "minimize"
         final = [
             j
             for j in jobs
@@ -499,3 +503,31 @@ class ReevalDesign(SearchDesign):
 
 def _completed(job: Job) -> bool:
     return job.state == DONE and job.result is not None and job.result.status == COMPLETED
+
+
+def _mean_ci(values: list[float]) -> tuple[float | None, list[float] | None]:
+    """The mean and its 95% t-interval as stored in a summary; (None, None) without a value."""
+    if not values:
+        return None, None
+    from bench.results.stats import mean_ci
+
+    mean, low, high = mean_ci(values)
+    return mean, [low, high]
+
+
+def reeval_order(rows: list[dict], maximize: bool) -> list[dict]:
+    """A summary's re-evaluation rows, best first, the way :meth:`SearchDesign.choices` ranks.
+
+    Configurations whose every seed completed come before any that failed a seed (those are
+    never chosen, however well their surviving seeds scored); within each part, by mean
+    validation score in the metric's direction (lowest first for a loss), a row without a mean
+    last; ties keep the summary's order.
+    """
+    sign = 1.0 if maximize else -1.0
+
+    def key(row: dict) -> tuple[bool, bool, float]:
+        mean = row.get("val_mean")
+        missing = mean is None or mean != mean  # None, or NaN
+        return bool(row.get("failed_seeds")), missing, 0.0 if missing else -sign * mean
+
+    return sorted(rows, key=key)

@@ -182,6 +182,7 @@ def drive(run: BatchRun, interrupts) -> int:
         time.time() - started,
         failed_workers,
         deadline,
+        maximize=space.direction == "maximize",
     )
 
 
@@ -205,18 +206,14 @@ def ui_command(uri: str, storage: str) -> str:
     return f"python -m bench.ui{flags}"
 
 
-def print_outcome(
-    store, batch, tracker, uri, storage, purposes, seconds, failed_workers, deadline
-) -> int:
-    """Print what a run of ``batch`` produced (its best jobs, the champion, links); its exit
-    code."""
+def best_jobs_frame(jobs: list, maximize: bool, n: int = 10):
+    """The outcome's table of the best ``n`` finished jobs: completed ones first (a pruned job's
+    value is an early epoch's), each part best first in the metric's direction (lowest first
+    for a loss), jobs without a value last."""
     import pandas as pd  # only once there is an outcome: pandas takes a second to import
 
-    jobs = store.jobs(batch.id)
-    mine = [j for j in jobs if j.purpose in purposes]
-    c = counts(mine)
     rows = []
-    for j in mine:
+    for j in jobs:
         r = j.result
         if j.state != DONE or r is None:
             continue
@@ -237,13 +234,26 @@ def print_outcome(
             }
         )
     frame = pd.DataFrame(rows)
-    if not frame.empty:  # completed jobs first: a pruned job's value is an early epoch's
-        frame["_pruned"] = frame["state"] != COMPLETED
-        frame = (
-            frame.sort_values(["_pruned", "value"], ascending=[True, False], na_position="last")
-            .drop(columns="_pruned")
-            .head(10)
-        )
+    if frame.empty:
+        return frame
+    frame["_pruned"] = frame["state"] != COMPLETED
+    return (
+        frame.sort_values(["_pruned", "value"], ascending=[True, not maximize], na_position="last")
+        .drop(columns="_pruned")
+        .head(n)
+    )
+
+
+def print_outcome(
+    store, batch, tracker, uri, storage, purposes, seconds, failed_workers, deadline, *, maximize
+) -> int:
+    """Print what a run of ``batch`` produced (its best jobs, the champion, links); its exit
+    code. ``maximize``: whether a higher value of the space's metric is better."""
+    jobs = store.jobs(batch.id)
+    mine = [j for j in jobs if j.purpose in purposes]
+    c = counts(mine)
+    frame = best_jobs_frame(mine, maximize)
+    if not frame.empty:
         print(frame.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     record = store.get_batch(batch.id)
     total = sum(c.values())

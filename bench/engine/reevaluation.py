@@ -16,7 +16,7 @@ from pathlib import Path
 
 from bench import data
 from bench import optuna_adapter as opt
-from bench.designs.search import ReevalDesign, SearchDesign
+from bench.designs.search import ReevalDesign, SearchDesign, reeval_order
 from bench.engine import batch_space, check_same_data
 from bench.engine.driver import BatchRun, drive, open_design_batch
 from bench.engine.mirror import complete_mirrors
@@ -120,26 +120,51 @@ def reevaluate(req: ReevalRequest, interrupts) -> int:
     if batch.state == DONE:
         complete_mirrors(store, req.study, tracker)
         print(f"already re-evaluated in batch {batch.number}:", file=sys.stderr)
-        print_reeval(batch.summary or {})
+        print_reeval(batch.summary or {}, design.maximize)
         return 0
     plan = plan_workers(req.workers, req.threads, len(specs), usable_cpus(), visible_gpus())
     run = BatchRun(store, batch, created, tracker, uri, storage, plan, space, quiet=req.quiet)
     code = drive(run, interrupts)
-    print_reeval(store.get_batch(batch.id).summary or {})
+    print_reeval(store.get_batch(batch.id).summary or {}, design.maximize)
     return code
 
 
-def print_reeval(summary: dict) -> None:
+def print_reeval(summary: dict, maximize: bool | None = None) -> None:
+    """Print a batch's re-evaluated configurations, best first (see
+    :func:`~bench.designs.search.reeval_order`: any that failed a seed after the clean ones).
+
+    Args:
+        summary: The batch's summary.
+        maximize: Whether a higher value of the metric is better; None: the direction the
+            summary states (maximize when it states none).
+    """
     rows = summary.get("reeval") or []
     if not rows:
         return
-    print("\nre-evaluated configurations (mean over seeds, 95% t-interval; chosen by validation):")
-    for r in sorted(rows, key=lambda r: -(r["val_mean"] or 0)):
-        chosen = {m["source"] for m in summary.get("ensemble") or []} or {summary.get("source")}
+    if maximize is None:
+        maximize = summary.get("selection_direction") != "minimize"
+    print(
+        "\nre-evaluated configurations (mean over seeds, 95% t-interval; chosen by validation; "
+        "any that failed a seed listed last, never chosen):"
+    )
+    chosen = {m["source"] for m in summary.get("ensemble") or []} or {summary.get("source")}
+    for r in reeval_order(rows, maximize):
         star = "*" if r["source"] in chosen else " "
-        vl, vh = r["val_ci"]
-        tl, th = r["test_ci"]
-        print(
-            f" {star} {r['source']}: val {r['val_mean']:.4f} [{vl:.4f}, {vh:.4f}]  "
-            f"test {r['test_mean']:.4f} [{tl:.4f}, {th:.4f}]  ({r['seeds']} seeds)"
+        seeds, failed = int(r.get("seeds") or 0), int(r.get("failed_seeds") or 0)
+        runs = (
+            f"{seeds} seed{'' if seeds == 1 else 's'} completed, {failed} failed"
+            if failed
+            else f"{seeds} seeds"
         )
+        print(
+            f" {star} {r['source']}: val {_num(r.get('val_mean'))}{_ci(r.get('val_ci'))}  "
+            f"test {_num(r.get('test_mean'))}{_ci(r.get('test_ci'))}  ({runs})"
+        )
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None or value != value else f"{value:.4f}"
+
+
+def _ci(pair: list | None) -> str:
+    return "" if not pair else f" [{_num(pair[0])}, {_num(pair[1])}]"

@@ -461,12 +461,29 @@ def interactions(report: Report, batches: list[Batch], out: Path) -> None:
 
 
 def reeval_frame(batches: list[Batch]) -> pd.DataFrame | None:
-    """The latest re-evaluation rows (mean validation and test accuracy over seeds), if any."""
+    """The latest re-evaluation rows (mean validation and test accuracy over seeds), if any.
+
+    Best first, the way the choice ranks them (:func:`~bench.designs.search.reeval_order`): any
+    configuration that failed a seed after the clean ones, each part in the metric's direction
+    (the summary's ``selection_direction``; for older summaries the batch's stored space's).
+    """
     import pandas as pd
 
+    from bench.designs.search import reeval_order
+
     for b in reversed(_done(batches, REEVAL_DESIGN, SEARCH_DESIGN)):
-        rows = (b.summary or {}).get("reeval")
+        summary = b.summary or {}
+        rows = summary.get("reeval")
         if rows:
+            direction = summary.get("selection_direction")
+            if direction is None and b.settings.get("space_text") is not None:
+                from bench.engine import batch_space
+                from bench.errors import SpaceError
+
+                try:
+                    direction = batch_space(b.settings).direction
+                except SpaceError:
+                    direction = None  # unreadable: the default below
 
             def ci(pair):
                 pair = pair or [None, None]
@@ -477,14 +494,15 @@ def reeval_frame(batches: list[Batch]) -> pd.DataFrame | None:
                     {
                         "source": r.get("source"),
                         "seeds": r.get("seeds"),
+                        "failed_seeds": r.get("failed_seeds") or 0,
                         "val_mean": r.get("val_mean"),
                         "val_95ci": ci(r.get("val_ci")),
                         "test_mean": r.get("test_mean"),
                         "test_95ci": ci(r.get("test_ci")),
                     }
-                    for r in rows
+                    for r in reeval_order(rows, direction != "minimize")
                 ]
-            ).sort_values("val_mean", ascending=False, na_position="last")
+            )
     return None
 
 

@@ -16,6 +16,7 @@ import contextlib
 import os
 import signal
 import sys
+import time
 
 POINTS = (
     "open-batch",  # after the batch row exists, before its parent run and jobs
@@ -58,9 +59,14 @@ def signal_point(name: str):
     signum = getattr(signal, os.environ.get("BENCH_TEST_SIGNAL", "SIGINT"))
     previous = sys.getprofile()
 
+    stamp = os.environ.get("BENCH_TEST_SIGNAL_STAMP")  # where to note when the signal went
+
     def hook(frame, event, arg):
         if event == "call" and frame.f_globals.get("__name__", "").startswith("mlflow.store"):
             sys.setprofile(previous)
+            if stamp:
+                with open(stamp, "a", encoding="utf-8") as f:
+                    f.write(f"{time.time()}\n")
             os.kill(os.getpid(), signum)
 
     sys.setprofile(hook)

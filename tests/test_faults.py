@@ -271,17 +271,24 @@ def test_interrupt_keeps_finished_jobs_and_rerun_resumes(tmp_path, strike):
     study = "digits-slow"
     args = ["--dataset", "digits", "--space", slow_space(tmp_path), "--trials", "3", "--jobs", jobs]
     env = dict(FAST_LEASE)
+    stamp = tmp_path / "signalled-at"
     if call:
-        env.update(BENCH_TEST_SIGNAL_AT=call, BENCH_TEST_SIGNAL=sig, BENCH_TEST_SIGNAL_SKIP=skip)
+        env.update(BENCH_TEST_SIGNAL_AT=call, BENCH_TEST_SIGNAL=sig, BENCH_TEST_SIGNAL_SKIP=skip,
+                   BENCH_TEST_SIGNAL_STAMP=str(stamp))  # fmt: skip
     proc = start_search(tmp_path, *args, **env)
     try:
         if not call:
             wait_for(lambda: running_mid_job(tmp_path, study), 300, "a job mid-training")
             time.sleep(1.0)  # a few epochs in
+            stamp.write_text(f"{time.time()}\n")
             proc.send_signal(getattr(signal, sig))
         assert proc.wait(timeout=300 if call else 60) == 130, stderr_of(tmp_path)[-3000:]
+        exited = time.time()
     finally:
         kill_group(proc)
+    # "the process exits within seconds" (docs/failure-modes.md), measured from the signal
+    signalled = [float(x) for x in stamp.read_text().split()]
+    assert len(signalled) == 1 and exited - signalled[0] < 15, exited - signalled[0]
     err = stderr_of(tmp_path)
     assert "interrupted: kept" in err and "rerun the same command to resume" in err
     assert "Traceback" not in err and "During handling" not in err, err[-3000:]

@@ -333,9 +333,14 @@ def _detected(d: PairedDiff, p: float, alpha: float = 0.05) -> bool:
 
 def _pair_verdict(pair: PairResult, anova: AnovaRow | None, alpha: float = 0.05) -> str:
     """In words: where the first factor matters, where it hardly does, and the interaction."""
+    # the largest detected contrast tells the most; with none detected, the nearest to it
     ranked = sorted(
         pair.contrasts,
-        key=lambda c: (_nan(c.p_holm, 2.0), -abs(c.diff.mean)),
+        key=lambda c: (
+            (0, -abs(c.diff.mean))
+            if _detected(c.diff, c.p_holm, alpha)
+            else (1, _nan(c.p_holm, 2.0), -abs(c.diff.mean))
+        ),
     )
     top = ranked[0]
     b0 = _b_reference(pair)

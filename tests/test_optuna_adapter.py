@@ -164,3 +164,37 @@ def test_only_the_users_study_is_listed_after_searches_and_a_reevaluation(tmp_pa
     study = optuna.load_study(study_name="digits-smoke", storage=storage)
     batches = {t.user_attrs.get("bench.batch_id") for t in study.trials}
     assert {1, 2} <= batches  # both searches are in the one study
+
+
+def test_importances_at_the_equal_budget_count_pruned_trials_and_carry_intervals():
+    """Issue #19, item 4: the parameter that decides the value ranks first, with an interval
+    that holds its point estimate, and pruned trials count beside completed ones."""
+    import numpy as np
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+    from optuna.trial import TrialState
+
+    from bench.optuna_adapter.plots import importances_at_budget
+
+    rng = np.random.default_rng(0)
+    study = optuna.create_study(direction="maximize")
+    dists = {"lr": FloatDistribution(1e-4, 1e-1, log=True),
+             "opt": CategoricalDistribution(["adam", "sgd"])}  # fmt: skip
+    values = {}
+    for i in range(30):
+        params = {"lr": float(10 ** rng.uniform(-4, -1)), "opt": ["adam", "sgd"][i % 2]}
+        at_budget = 0.9 - 0.1 * abs(np.log10(params["lr"]) + 2.5) + rng.normal(0, 0.002)
+        state = TrialState.PRUNED if i % 3 == 0 else TrialState.COMPLETE
+        study.add_trial(optuna.trial.create_trial(
+            state=state, value=None if state == TrialState.PRUNED else at_budget + 0.01,
+            params=params, distributions=dists, intermediate_values={1: at_budget},
+        ))  # fmt: skip
+        values[i] = at_budget
+    got, n = importances_at_budget(study, values, n_boot=20)
+    assert n == 30  # the 10 pruned trials are in
+    assert set(got) == {"lr", "opt"}
+    lr, opt = got["lr"], got["opt"]
+    assert lr[0] > 0.8 > opt[0]
+    assert lr[1] <= lr[0] <= lr[2] and opt[1] <= opt[0] <= opt[2]
+    assert importances_at_budget(study, values, n_boot=20) == (got, n)  # seeded: repeatable
+    assert importances_at_budget(study, {0: 0.5}, n_boot=5) == ({}, 1)

@@ -107,6 +107,58 @@ def _confusion(study: optuna.Study):
     return ax
 
 
+def _at_budget(frame: pd.DataFrame) -> dict[int, float]:
+    """Trial number -> its value at the equal budget, for every finished trial that has one."""
+    if "at_budget" not in frame.columns or frame.empty:
+        return {}
+    finished = frame[frame["state"].isin(("COMPLETE", "PRUNED")) & frame["at_budget"].notna()]
+    return {int(t): float(v) for t, v in zip(finished["trial"], finished["at_budget"], strict=True)}
+
+
+def _too_few_for_importances(frame: pd.DataFrame) -> str | None:
+    """Why the importances cannot be drawn honestly, or None."""
+    from bench.optuna_adapter.plots import MIN_IMPORTANCE_TRIALS
+
+    n = len(_at_budget(frame))
+    if n >= MIN_IMPORTANCE_TRIALS:
+        return None
+    return (
+        f"{n} finished trial(s) reached the equal budget, and importances from fewer than "
+        f"{MIN_IMPORTANCE_TRIALS} change from one resample to the next; a search's trials are "
+        "not a controlled design either: measure what matters with bench.ablate --factors, or "
+        "--cross for interactions"
+    )
+
+
+def _importances(study: optuna.Study, frame: pd.DataFrame, metric: str):
+    """Each parameter's fANOVA importance for the value at the equal budget, with its bootstrap
+    interval and the number of trials behind it."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from bench.optuna_adapter.plots import IMPORTANCE_BOOTSTRAPS, importances_at_budget
+
+    got, n = importances_at_budget(study, _at_budget(frame))
+    if not got:
+        raise ValueError("no parameter varies among the trials that reached the equal budget")
+    names = sorted(got, key=lambda p: got[p][0])
+    means = np.array([got[p][0] for p in names])
+    lows = np.array([got[p][1] for p in names])
+    highs = np.array([got[p][2] for p in names])
+    _, ax = plt.subplots(figsize=(8, 0.9 + 0.45 * len(names)))
+    err = np.vstack([np.clip(means - lows, 0, None), np.clip(highs - means, 0, None)])
+    ax.barh(names, means, xerr=np.nan_to_num(err), color="tab:blue", alpha=0.7, capsize=3)
+    ax.set_xlabel(f"share of the variance of {metric} at the equal budget (fANOVA)")
+    ax.set_title(
+        f"{n} finished trials (pruned ones included); bars: 95% intervals over "
+        f"{IMPORTANCE_BOOTSTRAPS} resamples",
+        fontsize=9,
+    )
+    ax.set_xlim(0, max(1e-3, float(np.nanmax(highs))) * 1.05)
+    ax.grid(axis="x", alpha=0.3)
+    return ax
+
+
 def draw_plots(
     study: optuna.Study, frame: pd.DataFrame, out: Path, top_k: int
 ) -> tuple[list[tuple[str, Path]], list[str]]:
@@ -151,11 +203,11 @@ def draw_plots(
             None,
         ),
         (
-            "Parameter importances (fANOVA)",
+            "Parameter importances (fANOVA) at the equal budget, 95% bootstrap intervals",
             "importances.png",
-            search.importances,
-            (8, 4.5),
-            few,
+            lambda: _importances(study, frame, metric),
+            None,
+            _too_few_for_importances(frame),
         ),
         (
             "Parallel coordinates",

@@ -33,6 +33,11 @@ def setup_logging(level: int = logging.INFO, verbose: bool | None = None) -> Non
     # MLflow 3 reports usage to its makers unless told not to; a benchmark harness has no
     # business sending that (and offline machines would wait on it). Users can set it to false.
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    if not os.environ.get("BENCH_VERBOSE"):
+        # MLflow sets its logger's level from this variable when it is imported, which is after
+        # this call (lazily, on first use): the setLevel below alone would be undone, and a fresh
+        # folder would show "INFO mlflow.store.db.utils: Creating initial MLflow database tables"
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
     handler.addFilter(RedactingFilter())

@@ -131,13 +131,13 @@ class Tracker:
 
     def __init__(self, uri: str, experiment: str):
         _limit_http_retries()
-
-        logging.getLogger("mlflow").setLevel(logging.ERROR)  # mlflow sets its own on import
-        logging.getLogger("alembic").setLevel(logging.ERROR)
         self.uri = uri
         self.experiment = experiment
         self.mlflow = mlflow
-        mlflow.set_tracking_uri(uri)
+        mlflow.set_tracking_uri(uri)  # the first use imports mlflow, which sets its own levels
+        if not os.environ.get("BENCH_VERBOSE"):  # so quiet it after: before any store is opened
+            logging.getLogger("mlflow").setLevel(logging.ERROR)
+            logging.getLogger("alembic").setLevel(logging.ERROR)
         self.client = mlflow.MlflowClient(uri)
         self.failures = 0
         self._warned = False

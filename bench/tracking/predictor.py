@@ -126,6 +126,7 @@ def load_champion(model_uri: str, tracking_uri: str, trust_model: bool = False) 
     """
     _check_store(model_uri, tracking_uri)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")  # read when mlflow is first imported
     import logging
 
     from bench.tracking.models import load_checked_model, version_tags

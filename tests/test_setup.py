@@ -2,14 +2,17 @@
 
 Nothing here installs anything: ``--dry-run`` says what it would do, ``apt-get`` and ``sudo`` are
 stand-ins on a PATH made for each test, and the runs that go as far as the search are ones that
-need no package and stop at once. ``SETUP_DATASETS_DIR`` stands for ``/usr/share/datasets``, so
-the machine's own Fashion-MNIST package does not hide the missing-data case. CI (``.ci/run``)
-runs ``./setup --install-only`` from the fresh clone for real.
+need no package (one runs a tiny digits search to the end, on the project installed already).
+``SETUP_DATASETS_DIR`` stands for ``/usr/share/datasets``, so the machine's own Fashion-MNIST
+package does not hide the missing-data case. CI (``.ci/run``) runs ``./setup --install-only``
+from the fresh clone for real.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -18,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
+from tests.test_quiet import chatter
 
 pytestmark = pytest.mark.component  # every test here runs a subprocess
 
@@ -46,16 +50,25 @@ def _path(tmp_path: Path, apt: str | None = None) -> str:
     return str(bin_dir)
 
 
-def _setup(tmp_path: Path, *args: str, apt: str | None = None, datasets: Path | None = None):
+def _setup(
+    tmp_path: Path,
+    *args: str,
+    apt: str | None = None,
+    datasets: Path | None = None,
+    **extra_env: str,
+):
     env = {
         k: v
         for k, v in os.environ.items()
         if k not in ("BENCH_DATA_DIR", "MLFLOW_TRACKING_URI", "PYTHON", "KERAS_HOME")
+        # a user's shell has none of these: bench must quiet MLflow and TensorFlow itself
+        and k not in ("MLFLOW_LOGGING_LEVEL", "TF_CPP_MIN_LOG_LEVEL", "BENCH_VERBOSE")
     }
     env.update(
         PATH=_path(tmp_path, apt),
         SETUP_DATASETS_DIR=str(datasets or tmp_path / "no-datasets"),
         KERAS_HOME=str(tmp_path / "keras-home"),
+        **extra_env,
     )
     work = tmp_path / "work"
     work.mkdir(exist_ok=True)
@@ -158,3 +171,74 @@ def test_it_runs_the_search_with_the_users_flags(tmp_path):
     )
     assert "cannot read the search-space file" in lines[-1]
     assert list((tmp_path / "work").iterdir()) == []
+
+
+def test_a_missing_dataset_is_installed_with_apt(tmp_path):
+    """The path a fresh Debian machine takes: apt-get installs the package, then the project."""
+    if not _project_installed(tmp_path):
+        pytest.skip("bench is not installed editable from this checkout: ./setup would run pip")
+    proc = _setup(tmp_path, "--install-only", apt="exit 0")
+    assert proc.returncode == 0, proc.stderr
+    calls = (tmp_path / "apt.log").read_text().splitlines()
+    assert len(calls) == 1, calls  # it worked the first time: no update, no retry
+    assert re.fullmatch(r"apt-get install -y .*\bdataset-fashion-mnist", calls[0]), calls
+    lines = proc.stderr.splitlines()
+    assert re.fullmatch(
+        r"setup: installing Debian's dataset-fashion-mnist \((sudo -n )?apt-get install\)",
+        lines[0],
+    ), proc.stderr
+    assert not any("could not install" in line for line in lines), proc.stderr
+    assert lines[1:] == [f"setup: project: bench installed from {REPO}, requirements met"]
+
+
+def test_the_project_check_needs_no_tomllib(tmp_path):
+    """Python 3.10 has no tomllib: the check reads pyproject.toml with tomli (or pip's copy of
+    it) instead of taking the project as not installed and running pip on every ./setup."""
+    if not _project_installed(tmp_path):
+        pytest.skip("bench is not installed editable from this checkout")
+    if not any(importlib.util.find_spec(m) for m in ("tomli", "pip._vendor.tomli")):
+        pytest.skip("neither tomli nor pip's vendored copy is here")
+    shadow = tmp_path / "py310"
+    shadow.mkdir()
+    (shadow / "tomllib.py").write_text("raise ImportError('no tomllib before Python 3.11')\n")
+    proc = _setup(tmp_path, "--dry-run", "--dataset", "digits", PYTHONPATH=str(shadow))
+    assert proc.returncode == 0, proc.stderr
+    assert f"setup: project: bench installed from {REPO}, requirements met" in proc.stderr
+
+
+def test_setup_runs_a_search_to_the_end(tmp_path):
+    """README's ./setup as a user runs it, with a tiny search: the project is installed already,
+    so pip is not run; digits needs no package, so apt is not either. Every stage says so, and
+    nothing else is printed (MLflow's first-run lines included)."""
+    if not _project_installed(tmp_path):
+        pytest.skip("bench is not installed editable from this checkout: ./setup would run pip")
+    proc = _setup(
+        tmp_path, "--dataset", "digits", "--space", "smoke", "--trials", "2",
+        "--max-epochs", "1", "--jobs", "2", "--threads", "1", apt="exit 1",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not (tmp_path / "apt.log").exists()
+    err = proc.stderr
+    assert "installing the project" not in err
+    expected = [
+        r"^setup: --dataset digits: no package needed$",
+        rf"^setup: project: bench installed from {re.escape(str(REPO))}, requirements met$",
+        r"^setup: running: \S*python3? -m bench\.search --dataset digits --space smoke "
+        r"--trials 2 --max-epochs 1 --jobs 2 --threads 1$",
+        r"^study 'digits-smoke' search batch 1: 2 jobs on 2 worker\(s\)",
+        r"^search: 2/2 jobs finished in \d+ s; best ",
+        # two completed trials are averaged; one (the other pruned) is refit and registered alone
+        r"^refit( member 1/2)? \(search-\d{4}\): started, 1 epoch on all training images$",
+        r"^refit( member 1/2)? \(search-\d{4}\): 1 epoch in \d+ s, test accuracy 0\.\d{4}",
+        r"^(ensemble of 2:|refit \(search-\d{4}\):) .*, registered digits-mlp version 1 "
+        r"\(champion\)",
+    ]
+    at = 0
+    for pattern in expected:
+        match = re.compile(pattern, re.M).search(err, at)
+        assert match, f"no line matches {pattern!r} after position {at} in:\n{err}"
+        at = match.end()
+    assert chatter(proc) == [], chatter(proc)
+    work = tmp_path / "work"  # the search wrote where ./setup was run, not in the checkout
+    assert {"mlflow.db", "mlruns", "optuna-studies.log"} <= {p.name for p in work.iterdir()}
+    assert "models:/digits-mlp@champion" in proc.stdout

@@ -3,9 +3,9 @@
 ``mlflow ui`` alone opens on MLflow 3's GenAI start page, where a bench experiment shows an empty
 traces overview. This starts the same server (``mlflow ui``, bound to 127.0.0.1) on the store the
 other commands use, waits until it answers, and prints the runs page of the latest batch's
-experiment and the registered model's page; on a desktop it opens the runs page. Ctrl-C stops
-the server. Nothing here imports MLflow, Optuna or TensorFlow: the server is a child process and
-the experiment's id comes from its REST API.
+experiment, the batch's own (parent) run and the registered model's page; on a desktop it opens
+the runs page. Ctrl-C stops the server. Nothing here imports MLflow, Optuna or TensorFlow: the
+server is a child process and the experiment's id comes from its REST API.
 """
 
 from __future__ import annotations
@@ -136,7 +136,8 @@ def latest_batch(storage: str | None, study: str | None):
 
 
 def _print_links(base: str, batch) -> str:
-    """Print the runs page (and the model page) of ``batch``; returns the runs page's URL."""
+    """Print the runs page of ``batch``'s experiment, the batch's parent run and the model page
+    (each when the store has it); returns the runs page's URL."""
     settings = batch.settings if batch is not None else {}
     experiment = settings.get("experiment")
     found = _api(base, "experiments/get-by-name", experiment_name=experiment) if experiment else {}
@@ -155,6 +156,9 @@ def _print_links(base: str, batch) -> str:
     runs = f"{base}/#/experiments/{exp_id}/runs"
     print(f"runs:   {shown}/#/experiments/{exp_id}/runs  ({batch.design} batch {batch.number} of "
           f"study {batch.study})")  # fmt: skip
+    parent = batch.parent_run_id  # the batch's own run: its jobs' runs are its children
+    if parent and _api(base, "runs/get", run_id=parent):
+        print(f"batch:  {shown}/#/experiments/{exp_id}/runs/{parent}")
     model = settings.get("model_name")
     if model and _api(base, "registered-models/get", name=model):
         print(f"model:  {shown}/#/models/{urllib.parse.quote(model)}")

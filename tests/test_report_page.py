@@ -96,6 +96,7 @@ def test_text_is_escaped():
 @pytest.mark.slow
 @pytest.mark.browser
 def test_the_page_renders_in_headless_chromium_with_every_plot(page_file):
+    """With JavaScript off, as the page must read without it: sections in order, every plot."""
     if not CHROMIUM.exists() and not os.environ.get("CI"):
         pytest.skip("Debian's chromium is missing: apt-get install chromium")
     if not os.environ.get("CI"):
@@ -109,7 +110,15 @@ def test_the_page_renders_in_headless_chromium_with_every_plot(page_file):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            # read as a reader with JavaScript off (and offline) sees it: the page needs neither
+            context = browser.new_context(
+                viewport={"width": 1200, "height": 900}, java_script_enabled=False, offline=True
+            )
+            probe = context.new_page()  # the context really runs no script
+            probe.set_content("<title>before</title><script>document.title = 'ran'</script>")
+            script_ran = probe.title() == "ran"
+            probe.close()
+            page = context.new_page()
             page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.on("request", lambda r: fetched.append(r.url))
@@ -123,6 +132,7 @@ def test_the_page_renders_in_headless_chromium_with_every_plot(page_file):
             page.screenshot(path=str(shots / "report.png"), full_page=True)
         finally:
             browser.close()
+    assert not script_ran
     assert headings == SECTIONS
     assert [y for _, y in sorted(top.items(), key=lambda kv: SECTIONS.index(kv[0]))] == sorted(
         top.values()

@@ -121,6 +121,16 @@ def test_it_serves_the_folders_store_at_the_latest_batch_and_stops_on_ctrl_c(dig
         )
         run_names = {r["info"]["run_name"] for r in runs_found["runs"]}
         assert {"trial-0", "trial-1", "digits-smoke-batch-1"} <= run_names
+        # the latest batch's own run, in that experiment: the parent of its jobs' runs
+        batch = next((line for line in printed if line.startswith("batch:")), None)
+        assert batch is not None, f"no batch: line in {printed}"
+        page = rf"{re.escape(base)}/#/experiments/{match.group(1)}/runs/([0-9a-f]{{32}})$"
+        found = re.search(page, batch)
+        assert found, batch
+        parent = _get_json(f"{base}/api/2.0/mlflow/runs/get?run_id={found.group(1)}")["run"]
+        assert parent["info"]["run_name"] == "digits-smoke-batch-1"
+        assert parent["info"]["experiment_id"] == match.group(1)
+        assert printed.index(batch) == printed.index(runs) + 1  # under the runs page
         model = next(line for line in printed if line.startswith("model:"))
         assert model.strip().endswith(f"{base}/#/models/digits-mlp")
     finally:

@@ -36,6 +36,7 @@ from bench.space import load_space_text, parse_space, read_yaml_file, resolve_sp
 
 log = logging.getLogger("bench")
 BASE_FILE_KEYS = ("params", "train", "name", "description")
+PATH_ENDS = ("baseline", "trial", "config")
 JOB_OVERHEAD_SECONDS = 4.0  # per job: building and compiling the model, the test evaluation
 
 
@@ -74,6 +75,21 @@ def build_parser() -> argparse.ArgumentParser:
         "same seeds, the rest at the base; reports main effects, interaction contrasts and an "
         "interaction plot",
     )
+    p.add_argument(
+        "--path",
+        action="store_true",
+        help="the ablation path instead: from a reference (--from) to a target (--to), move the "
+        "parameters that differ one at a time, each step keeping the best move; with each step's "
+        "gain, the cumulative gain and a leave-one-out check",
+    )
+    for flag, default in (("--from", "the space's first baseline"), ("--to", "the champion")):
+        p.add_argument(
+            flag,
+            nargs=2,
+            metavar=("KIND", "VALUE"),
+            dest=flag.lstrip("-") + "_",
+            help=f"with --path: baseline NAME, trial N or config FILE (default: {default})",
+        )
     p.add_argument(
         "--max-cells",
         type=bounded_int(4, 10_000),
@@ -114,18 +130,16 @@ def main(argv: list[str] | None = None) -> int:
     return engine_main(_run, build_parser().parse_args(argv))
 
 
-def _read_base_file(path: str) -> tuple[dict, dict]:
+def _read_base_file(path: str, flag: str = "--base-config") -> tuple[dict, dict]:
     """``(config, train)`` of a ``--base-config`` file; unknown keys are errors."""
 
     try:
-        data = read_yaml_file(path, "--base-config", "base configuration file")
+        data = read_yaml_file(path, flag, "configuration file")
     except SpaceError as exc:
         message = str(exc)
-        raise BenchError(
-            message if message.startswith("--base-config") else f"--base-config {message}"
-        ) from None
+        raise BenchError(message if message.startswith(flag) else f"{flag} {message}") from None
     if not isinstance(data, dict):
-        raise BenchError(f"--base-config {path}: needs a mapping with a 'params:' mapping")
+        raise BenchError(f"{flag} {path}: needs a mapping with a 'params:' mapping")
 
     for key in data:
         if key not in BASE_FILE_KEYS:
@@ -133,14 +147,14 @@ def _read_base_file(path: str) -> tuple[dict, dict]:
             hint = (
                 f"; did you mean '{near[0]}'?" if near else f"; valid keys: {list(BASE_FILE_KEYS)}"
             )
-            raise BenchError(f"--base-config {path}: unknown key '{key}'{hint}")
+            raise BenchError(f"{flag} {path}: unknown key '{key}'{hint}")
     if not isinstance(data.get("params"), dict):
-        raise BenchError(f"--base-config {path}: needs a 'params:' mapping of parameter values")
+        raise BenchError(f"{flag} {path}: needs a 'params:' mapping of parameter values")
     doc = {
         "baselines": [{"name": "base", "params": data["params"], "train": data.get("train") or {}}]
     }
     try:
-        b = parse_space(doc, f"--base-config {path}").baselines[0]
+        b = parse_space(doc, f"{flag} {path}").baselines[0]
     except SpaceError as exc:
         raise BenchError(str(exc).replace("baselines[0].", "")) from None
     return b.config, dict(b.train)
@@ -155,10 +169,12 @@ def identity(
     dataset: str,
     max_epochs: int,
     crossed: bool = False,
+    kind: str | None = None,
 ) -> str:
     blob = json.dumps(
         {
             **({"crossed": True} if crossed else {}),  # a one-factor ablation keeps its identity
+            **({"kind": kind} if kind else {}),
             "base": base,
             "train": train,
             "factors": factors,
@@ -169,8 +185,8 @@ def identity(
         },
         sort_keys=True,
     )
-    kind = "crossed-" if crossed else "ablation-"
-    return kind + hashlib.sha256(blob.encode()).hexdigest()[:16]
+    prefix = f"{kind}-" if kind else "crossed-" if crossed else "ablation-"
+    return prefix + hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def _names(value: str | None, flag: str) -> list[str] | None:
@@ -200,6 +216,79 @@ def _check_cross(cross: list[str] | None, factors: list[str] | None) -> None:
     )
 
 
+def _check_path(args: argparse.Namespace, cross, factors) -> None:
+    """``--path`` is a design of its own; ``--from`` and ``--to`` belong to it."""
+    if not args.path:
+        for flag, value in (("--from", args.from_), ("--to", args.to_)):
+            if value is not None:
+                raise BenchError(f"{flag}: only with --path (the ablation path's two ends)")
+        return
+    for flag, value in (("--cross", cross), ("--factors", factors), ("--base-trial",
+                        args.base_trial), ("--base-config", args.base_config)):  # fmt: skip
+        if value is not None:
+            raise BenchError(
+                f"--path with {flag}: the path moves the parameters that differ between --from "
+                "and --to; run the other design on its own"
+            )
+    for flag, value in (("--from", args.from_), ("--to", args.to_)):
+        if value is not None and value[0] not in PATH_ENDS:
+            raise BenchError(
+                f"{flag} {value[0]} {value[1]}: KIND must be one of {', '.join(PATH_ENDS)} "
+                f"(e.g. {flag} baseline dense300-100-sgd-standard)"
+            )
+
+
+def _baselines(space, dataset: str) -> list:
+    """The space's own baselines, then the built-in seed tutorials' for this dataset."""
+    from bench.space import load_space
+
+    found = list(space.baselines)
+    names = {b.name for b in found}
+    for b in load_space("baselines").baselines:
+        if b.name not in names and b.dataset in (None, dataset):
+            found.append(b)
+    return found
+
+
+def _endpoint(
+    value, flag: str, space, view, maximize: bool, dataset: str
+) -> tuple[dict, dict, str]:
+    """``(config, train, where from)`` of one end of a path."""
+    from bench.results.study import champion_config, trial_config
+
+    if value is None and flag == "--to":
+        return champion_config(view, maximize)
+    baselines = _baselines(space, dataset)
+    if value is None:
+        if not baselines:
+            raise BenchError(
+                f"--path: no baseline for {dataset} to start from; give --from trial N or "
+                "--from config FILE"
+            )
+        b = baselines[0]
+        return b.config, dict(b.train), f"baseline {b.name}"
+    kind, what = value
+    if kind == "baseline":
+        names = [b.name for b in baselines]
+        for b in baselines:
+            if b.name == what:
+                return b.config, dict(b.train), f"baseline {b.name}"
+        near = difflib.get_close_matches(what, names, n=1, cutoff=0.5)
+        hint = f"did you mean '{near[0]}'? " if near else ""
+        raise BenchError(
+            f"{flag} baseline {what}: no such baseline for {dataset}; {hint}"
+            f"baselines: {', '.join(names) or 'none'}"
+        )
+    if kind == "trial":
+        try:
+            number = int(what)
+        except ValueError:
+            raise BenchError(f"{flag} trial {what}: N must be a trial number") from None
+        return trial_config(view, number, flag)
+    config, train = _read_base_file(what, flag)
+    return config, train, f"{flag} config {what}"
+
+
 def _fmt_minutes(seconds: float) -> str:
     if seconds < 90:
         return f"{seconds:.0f} s"
@@ -213,7 +302,7 @@ def _run(args: argparse.Namespace, interrupts) -> int:
     # the command's one deferred block: what --help and bad flags never need (NumPy, SQLAlchemy)
     from bench import data
     from bench import optuna_adapter as opt
-    from bench.designs import ablation, crossed
+    from bench.designs import ablation, crossed, path
     from bench.designs.ablation_plan import dense_macs
     from bench.designs.ablation_plan import plan as make_plan
     from bench.engine import batch_space
@@ -236,6 +325,7 @@ def _run(args: argparse.Namespace, interrupts) -> int:
     factors = _names(args.factors, "--factors")
     cross = _names(args.cross, "--cross")
     _check_cross(cross, factors)
+    _check_path(args, cross, factors)
     if args.study_name:
         check_name("--study-name", args.study_name)
     base_file = None
@@ -246,7 +336,10 @@ def _run(args: argparse.Namespace, interrupts) -> int:
         view.name = view.names[0]
     search = view.search_batch()
     s = search.settings if search is not None else {}
-    if args.base_config is None and not view.exists:
+    needs_study = not args.path or args.to_ is None  # the champion is the study's
+    if args.path and any(end is not None and end[0] == "trial" for end in (args.from_, args.to_)):
+        needs_study = True
+    if args.base_config is None and not view.exists and needs_study:
         where = f"study '{view.name}'" if view.name else f"{redact(storage)}"
         known = ", ".join(view.names) or "none"
         raise BenchError(
@@ -266,14 +359,20 @@ def _run(args: argparse.Namespace, interrupts) -> int:
     study_name = check_name("--study-name", view.name or f"{dataset_name}-{Path(space_path).stem}")
     view.name = study_name
     maximize = space.direction == "maximize"
-    if base_file is not None:
+    seeds = list(range(args.seeds))
+    if args.path:
+        ref, _, from_source = _endpoint(args.from_, "--from", space, view, maximize, dataset_name)
+        config, train, source = _endpoint(args.to_, "--to", space, view, maximize, dataset_name)
+    elif base_file is not None:
         (config, train), source = base_file, f"--base-config {args.base_config}"
     elif args.base_trial is not None:
         config, train, source = trial_config(view, args.base_trial)
     else:
         config, train, source = champion_config(view, maximize)
-    seeds = list(range(args.seeds))
-    if cross is not None:
+    if args.path:
+        plan = path.path_plan(space, ref, config, seeds)
+        design = path.PathDesign
+    elif cross is not None:
         plan = crossed.cross_plan(space, config, cross, seeds, max_cells=args.max_cells)
         design = crossed.CrossedDesign
     else:
@@ -302,7 +401,11 @@ def _run(args: argparse.Namespace, interrupts) -> int:
         / workers.jobs
     )
     kind = "crossed ablation" if cross else "ablation"
-    print(f"study '{study_name}': {kind} around {source}", file=sys.stderr)
+    if args.path:
+        print(f"study '{study_name}': ablation path from {from_source} to {source}; every cell "
+              f"trains with {source}'s train settings", file=sys.stderr)  # fmt: skip
+    else:
+        print(f"study '{study_name}': {kind} around {source}", file=sys.stderr)
     for line in plan.describe():
         print(line, file=sys.stderr)
     print(
@@ -331,7 +434,7 @@ def _run(args: argparse.Namespace, interrupts) -> int:
     resolved = list(plan.factors)
     ident = identity(
         plan.base.config, train, resolved, seeds, space.search_hash, dataset.name, budget,
-        crossed=cross is not None,
+        crossed=cross is not None, kind="path" if args.path else None,
     )  # fmt: skip
     experiment = check_name(
         "--experiment", args.experiment or s.get("experiment") or f"{dataset.name}-mlp"
@@ -350,7 +453,9 @@ def _run(args: argparse.Namespace, interrupts) -> int:
         "base_source": source,
         "factors": resolved,
         "seeds": seeds,
-        "plan": (crossed if cross else ablation).plan_to_settings(plan, train),
+        "plan": (path if args.path else crossed if cross else ablation).plan_to_settings(
+            plan, train
+        ),
     }
     opt.open_study(study_name, storage, space, settings["seed"], record_space=False)
     store = JobStore(storage)
@@ -360,7 +465,17 @@ def _run(args: argparse.Namespace, interrupts) -> int:
         join_done=True,
     )  # fmt: skip
 
+    if args.path:
+        settings.update(from_source=from_source, to_source=source, base_source=source)
+
     def results(summary: dict) -> str:
+        if args.path:
+            from bench.results import path as path_results
+
+            result = path_results.from_summary(summary, resolved)
+            if result is None:
+                return f"no analysis: {summary.get('error') or 'no cell finished'}\n"
+            return path_results.text(result)
         if cross is not None:
             return interactions.summary_text(summary, resolved)
         return what_matters.summary_text(summary)

@@ -35,6 +35,7 @@ SEARCH_DESIGN = "search"  # sampler-proposed configurations, then re-evaluation,
 REEVAL_DESIGN = "reeval"  # a finished search's best configurations, re-trained, then refit
 ABLATION_DESIGN = "ablation"  # a controlled one-factor-at-a-time comparison
 CROSSED_DESIGN = "crossed"  # every combination of 2 or 3 factors' levels: interactions
+PATH_DESIGN = "path"  # the ablation path from a reference configuration to a target
 
 # Batch states in the job store: OPENING (row, parent run, jobs being written), then RUNNING
 # and DONE, the same words and meanings as a job's.
@@ -227,6 +228,10 @@ class BatchSettings(TypedDict, total=False):
         plan: The cells, levels and base training overrides, as plain values.
     Crossed: the ablation's keys (``factors`` are the crossed ones; ``plan`` holds every
         combination as a cell).
+    Path: ``metric``, ``seeds`` and ``plan`` (the reference, the target, the parameters that
+        differ, the train overrides every cell shares), and:
+        from_source: Where the reference came from (a baseline, a trial, a file).
+        to_source: Where the target came from.
     """
 
     uid: str
@@ -255,6 +260,8 @@ class BatchSettings(TypedDict, total=False):
     factors: list[str]
     seeds: list[int]
     plan: dict
+    from_source: str
+    to_source: str
 
 
 class BatchSummary(TypedDict, total=False):
@@ -291,6 +298,8 @@ class BatchSummary(TypedDict, total=False):
     Crossed (besides finished, failed, seeds, factors_planned, base_levels, records, headlines,
     error as in an ablation, with each record's ``levels`` a mapping factor -> level):
         levels: Every crossed factor's levels, in plan order.
+    Path (besides finished, failed, seeds, records, headlines, error):
+        path: The moves in order, ``{"param", "step"}``; the last one lands on the target.
     """
 
     finished: int
@@ -323,6 +332,7 @@ class BatchSummary(TypedDict, total=False):
     headlines: list[str]
     error: str
     levels: dict
+    path: list[dict]
 
 
 def check_keys(values: Mapping[str, Any], schema: type, what: str) -> None:

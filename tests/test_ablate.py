@@ -252,6 +252,14 @@ BAD = [
      "--cross and --factors both name 'optimizer'"),
     ({}, None, ["--cross", "normalization,optimizer", "--max-cells", "4"],
      "= 6 cells x 3 seeds = 18 jobs, over the limit of 4 cells"),
+    # --path (issue #19): its two ends, and nothing else beside it
+    ({}, None, ["--path", "--from", "config", "base.yaml", "--to", "config", "base.yaml"],
+     "--path: the reference and the target are the same configuration"),
+    ({}, None, ["--path", "--from", "baseline", "dense300-100-sgd-standar", "--to", "config",
+                "base.yaml"], "did you mean 'dense300-100-sgd-standard'?"),
+    ({}, None, ["--path", "--from", "teddy", "1"], "--from teddy 1: KIND must be one of"),
+    ({}, None, ["--path", "--cross", "normalization,optimizer"], "--path with --cross"),
+    ({}, None, ["--to", "config", "base.yaml"], "--to: only with --path"),
 ]  # fmt: skip
 
 
@@ -266,7 +274,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, files, study,
             (tmp_path / name).write_text(text)
     if study:
         _study(tmp_path, study, complete=study != "empty")
-    if "--base-config" not in args and "--study-name" not in args:
+    if "--base-config" not in args and "--study-name" not in args and "--path" not in args:
         args = ["--base-config", "base.yaml", *args]
     common = ["--space", "smoke", "--dataset", "digits"]
     before = sorted(p.name for p in tmp_path.iterdir())
@@ -311,3 +319,69 @@ def test_design_jobs_are_paired_and_deterministic():
     assert specs[1].config["normalization"] == "minmax" and specs[1].config["units"] == [16]
     assert AblationDesign(settings).initial_jobs() == specs
     assert AblationDesign(settings).next_jobs([], 3) == []
+
+
+TARGET = (
+    BASE.replace("normalization: standard", "normalization: minmax")
+    .replace("units: 16", "units: 32")
+    .replace("learning_rate: 0.01", "learning_rate: 0.005")
+)
+
+
+@pytest.mark.slow
+def test_ablation_path_runs_its_stages_resumes_after_sigint_and_reports(tmp_path):
+    """Issue #19, item 2: 3 parameters differ, so stage 0 (reference, target, 3 leave-one-out),
+    step 1 (3 moves) and step 2 (2 moves) x 2 seeds = 20 jobs; interrupted and resumed."""
+    (tmp_path / "base.yaml").write_text(BASE)
+    (tmp_path / "target.yaml").write_text(TARGET)
+    args = [
+        "--path", "--from", "config", "base.yaml", "--to", "config", "target.yaml",
+        "--space", "smoke", "--dataset", "digits", "--seeds", "2", "--jobs", "1",
+        "--threads", "1", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.ablate", *args],
+        cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.time() + 300
+    while _done(tmp_path, "path") < 3 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, "finished before it could be interrupted: " + proc.stderr.read()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]
+    assert "path: 3 parameter(s) differ (normalization, units, learning_rate)" in err
+    batch, jobs = _jobs(tmp_path, "path")
+    before = {j.key: (j.id, j.run_id) for j in jobs if j.state == "done"}
+    assert 3 <= len(before) < 20
+
+    proc2 = run_module("bench.ablate", *args, cwd=tmp_path, timeout=900)
+    assert proc2.returncode == 0, proc2.stderr[-3000:]
+    batch2, jobs2 = _jobs(tmp_path, "path")
+    assert batch2.id == batch.id and batch2.state == "done"
+    assert len(jobs2) == 20 and all(j.state == "done" for j in jobs2)
+    after = {j.key: (j.id, j.run_id) for j in jobs2}
+    assert {k: after[k] for k in before} == before  # finished cells were not trained again
+    steps = sorted({k.rsplit("-s", 1)[0] for k in after if k.startswith("path-step")})
+    assert len(steps) == 5 and sum(s.startswith("path-step1-") for s in steps) == 3
+    summary = batch2.summary
+    assert [m["step"] for m in summary["path"]] == [1, 2, 3]
+    assert summary["headlines"][0].startswith("path total: target minus reference")
+    assert "Ablation path" in proc2.stdout and "leave-one-out" in proc2.stdout
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("digits-mlp")
+    runs = client.search_runs([exp.experiment_id], max_results=200)
+    (parent,) = [r for r in runs if r.data.tags.get("design") == "path"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 20 and {r.data.params["factor"] for r in children} == {"path"}
+    assert {r.data.params["seed"] for r in children} == {"0", "1"}
+
+    rep = run_module("bench.report", "--study-name", STUDY, "--out", "r", "--tracking-uri",
+                     f"sqlite:///{tmp_path / 'mlflow.db'}", cwd=tmp_path, timeout=300)  # fmt: skip
+    assert rep.returncode == 0, rep.stderr[-2000:]
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "## Ablation path" in md and "![Ablation path](path.png)" in md
+    assert (tmp_path / "r" / "path.png").stat().st_size > 10_000

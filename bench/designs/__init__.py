@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from bench.designs._base import Design, OpeningFacts, ParentRun
 from bench.designs.ablation import AblationDesign
 from bench.designs.crossed import CrossedDesign
+from bench.designs.path import PathDesign
 from bench.designs.search import ReevalDesign, SearchDesign
 
 if TYPE_CHECKING:
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
 
 # A batch's ``design`` -> the class that makes its jobs (a new design: one line here).
 DESIGNS: dict[str, type[Design]] = {
-    d.name: d for d in (SearchDesign, ReevalDesign, AblationDesign, CrossedDesign)
+    d.name: d for d in (SearchDesign, ReevalDesign, AblationDesign, CrossedDesign, PathDesign)
 }
 
 __all__ = ["DESIGNS", "Design", "OpeningFacts", "ParentRun", "make_design"]

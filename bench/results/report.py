@@ -18,6 +18,7 @@ from bench.records import (
     ABLATION_DESIGN,
     CROSSED_DESIGN,
     DONE,
+    PATH_DESIGN,
     REEVAL_DESIGN,
     SEARCH_DESIGN,
     TRIAL_BASELINE,
@@ -215,6 +216,7 @@ class Report:
         self.lead: list[tuple[str, str]] = []  # (text, markdown) shown before every section
         self.what_matters_html: str | None = None  # the page's "What matters" body
         self.interactions_html: str | None = None  # a crossed run's part of it
+        self.path_html: str | None = None  # an ablation path's part of it
         self.ablate_hint: str = ""  # the command that would measure what matters
 
     def add(self, title: str, body: pd.DataFrame | str, role: str = "search") -> None:
@@ -264,7 +266,7 @@ class Report:
             return [h.paragraph(rest[:1].upper() + rest[1:] + ".", "sub")] if rest else []
 
         plots = {path.name: (title, path) for title, path in self.images}
-        placed = {"confusion_matrix.png", "what_matters.png", "interactions.png"}
+        placed = {"confusion_matrix.png", "what_matters.png", "interactions.png", "path.png"}
         sections = []
         for name, title in (("summary", "Summary"), ("champion", "Champion")):
             for heading, value in role(name):
@@ -277,7 +279,7 @@ class Report:
             else:
                 sections.append(h.Section("champion", "Champion", [figure]))
         matters = self.what_matters_html
-        if matters is None and not self.interactions_html:
+        if matters is None and not (self.interactions_html or self.path_html):
             matters = h.text_block(
                 "No controlled ablation in this study yet. The per-level tables under The search "
                 "compare levels tried unequally; to measure what matters, run "
@@ -290,6 +292,10 @@ class Report:
             parts += ["<h3>Interactions</h3>", self.interactions_html]
         if "interactions.png" in plots:
             parts.append(h.image(plots["interactions.png"][1], plots["interactions.png"][0]))
+        if self.path_html:
+            parts += ["<h3>Ablation path</h3>", self.path_html]
+        if "path.png" in plots:
+            parts.append(h.image(plots["path.png"][1], plots["path.png"][0]))
         sections.append(h.Section("what-matters", "What matters", parts))
         search = []
         for heading, value in role("search"):
@@ -460,6 +466,45 @@ def interactions(report: Report, batches: list[Batch], out: Path) -> None:
     report.interactions_html = html_text(f"{head[:1].upper()}{head[1:]}.") + "\n" + ia.html(result)
 
 
+def ablation_path(report: Report, batches: list[Batch], out: Path) -> None:
+    """Add the latest finished ablation path: its steps in words and a table, and a waterfall."""
+    from bench.results import path as pa
+
+    done = _done(batches, PATH_DESIGN)
+    if not done:
+        return
+    batch = done[-1]
+    summary, settings = batch.summary or {}, batch.settings
+    head = (
+        f"ablation path (batch {batch.number}) from {settings.get('from_source')} to "
+        f"{settings.get('to_source')}; {summary.get('finished', 0)} jobs finished, "
+        f"{summary.get('failed', 0)} failed"
+    )
+    try:
+        result = pa.from_summary(summary, (settings.get("plan") or {}).get("params") or [])
+    except ValueError as exc:
+        result, why = None, str(exc)
+    else:
+        why = summary.get("error") or "no cell finished"
+    if result is None:
+        line = f"{head}: no analysis: {why}"
+        report.lead.append((f"Ablation path\n{line}", f"## Ablation path\n\n{line}"))
+        report.path_html = html_text(line[:1].upper() + line[1:])
+        return
+    text = pa.text(result).split("\n", 1)[1]
+    md = pa.markdown(result).split("\n", 1)[1]
+    try:
+        plot = pa.waterfall_plot(result, out / "path.png")
+    except Exception as exc:  # noqa: BLE001 - the numbers are the report; the plot is a view
+        report.notes.append(f"Ablation path waterfall: skipped, {str(exc)[:160]}")
+        plot = None
+    if plot is not None:
+        report.images.insert(0, ("Ablation path: each step's gain", plot))
+        md = md.rstrip() + f"\n\n![Ablation path]({plot.name})\n"
+    report.lead.append((f"Ablation path\n{head}\n{text}", f"## Ablation path\n\n{head}.\n{md}"))
+    report.path_html = html_text(f"{head[:1].upper()}{head[1:]}.") + "\n" + pa.html(result)
+
+
 def reeval_frame(batches: list[Batch]) -> pd.DataFrame | None:
     """The latest re-evaluation rows (mean validation and test accuracy over seeds), if any.
 
@@ -520,6 +565,7 @@ def build(study: optuna.Study, out: Path, top_k: int, batches: list[Batch] | Non
     report = Report()
     what_matters(report, batches, out)
     interactions(report, batches, out)
+    ablation_path(report, batches, out)
     metric, maximize = metric_name(study), opt.direction(study) == "maximize"
     budget = equal_budget(batches)
     frame = trials_frame(study, top_k, budget)

@@ -141,14 +141,16 @@ def champion_config(view: StudyView, maximize: bool) -> tuple[dict, dict, str]:
     return best.user_attrs[TRIAL_CONFIG], dict(train), f"best completed trial {best.number}"
 
 
-def trial_config(view: StudyView, number: int) -> tuple[dict, dict, str]:
+def trial_config(
+    view: StudyView, number: int, flag: str = "--base-trial"
+) -> tuple[dict, dict, str]:
     found = [t for t in opt.trials(view.study()) if t.number == number]
     if not found:
-        raise BenchError(f"--base-trial {number}: study '{view.name}' has no trial {number}")
+        raise BenchError(f"{flag} {number}: study '{view.name}' has no trial {number}")
     t = found[0]
     if t.state != "COMPLETE" or not t.user_attrs.get(TRIAL_CONFIG):
         raise BenchError(
-            f"--base-trial {number}: the trial did not complete ({t.state.lower()}); "
+            f"{flag} {number}: the trial did not complete ({t.state.lower()}); "
             "choose a completed trial"
         )
     train = (t.user_attrs.get(TRIAL_BASELINE) or {}).get("train") or {}

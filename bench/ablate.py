@@ -457,6 +457,8 @@ def _run(args: argparse.Namespace, interrupts) -> int:
             plan, train
         ),
     }
+    if args.path:
+        settings.update(from_source=from_source, to_source=source)
     opt.open_study(study_name, storage, space, settings["seed"], record_space=False)
     store = JobStore(storage)
     tracker = Tracker(uri, experiment)
@@ -465,8 +467,6 @@ def _run(args: argparse.Namespace, interrupts) -> int:
         join_done=True,
     )  # fmt: skip
 
-    if args.path:
-        settings.update(from_source=from_source, to_source=source, base_source=source)
 
     def results(summary: dict) -> str:
         if args.path:

@@ -53,21 +53,30 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def val_accuracy(job: Job, metric: str = "val_accuracy") -> float | None:
+    """A finished ablation cell's validation accuracy: its value where the space's metric is
+    accuracy, else the history's at the kept epoch; None for a job that failed or diverged."""
+    r = job.result
+    if job.purpose != ABLATION or job.state != DONE or r is None or r.status != COMPLETED:
+        return None
+    val = r.value if metric == "val_accuracy" else None
+    if val is None:
+        history = (r.history or {}).get("val_accuracy") or []
+        if 0 <= r.best_epoch < len(history):
+            val = history[r.best_epoch]
+    if not isinstance(val, (int, float)) or math.isnan(val):
+        return None
+    return float(val)
+
+
 def records(jobs: list[Job], metric: str = "val_accuracy") -> list[dict[str, Any]]:
     """One what_matters record per completed ablation job (failed ones are left out)."""
     out = []
     for j in jobs:
-        r = j.result
-        if j.purpose != ABLATION or j.state != DONE or r is None or r.status != COMPLETED:
-            continue
-        val = r.value if metric == "val_accuracy" else None
+        val = val_accuracy(j, metric)
         if val is None:
-            history = (r.history or {}).get("val_accuracy") or []
-            if 0 <= r.best_epoch < len(history):
-                val = history[r.best_epoch]
-        if val is None or (isinstance(val, float) and math.isnan(val)):
             continue
-        info = j.spec.info
+        r, info = j.result, j.spec.info
         out.append(
             {
                 "factor": info["factor"],

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.designs._base import Design, OpeningFacts
-from bench.designs.ablation import _plain
+from bench.designs.ablation import _plain, val_accuracy
 from bench.designs.ablation_plan import (
     MAX_POINTS,
     _complete_base,
@@ -32,7 +32,7 @@ from bench.designs.ablation_plan import (
     unknown_factor_error,
 )
 from bench.errors import BenchError
-from bench.records import ABLATION, COMPLETED, CROSSED_DESIGN, DONE, FAILED, Job, JobSpec
+from bench.records import ABLATION, CROSSED_DESIGN, DONE, FAILED, Job, JobSpec
 from bench.space import PARAM_DEFAULTS, Space
 
 MIN_CROSSED, MAX_CROSSED = 2, 3
@@ -204,22 +204,15 @@ def records(jobs: list[Job], metric: str = "val_accuracy") -> list[dict[str, Any
     """
     out = []
     for j in jobs:
-        r = j.result
-        if j.purpose != ABLATION or j.state != DONE or r is None or r.status != COMPLETED:
-            continue
-        val = r.value if metric == "val_accuracy" else None
-        if val is None:
-            history = (r.history or {}).get("val_accuracy") or []
-            if 0 <= r.best_epoch < len(history):
-                val = history[r.best_epoch]
-        if not isinstance(val, (int, float)) or val != val:  # None or NaN: a diverged cell
+        val = val_accuracy(j, metric)
+        if val is None:  # failed or diverged: left out
             continue
         out.append(
             {
                 "levels": dict(j.spec.info["levels"]),
                 "seed": j.spec.seed,
-                "val_accuracy": float(val),
-                "test_accuracy": r.test_accuracy,
+                "val_accuracy": val,
+                "test_accuracy": j.result.test_accuracy,
             }
         )
     return out

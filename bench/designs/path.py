@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.designs._base import Design, OpeningFacts
-from bench.designs.ablation import _plain
+from bench.designs.ablation import _plain, val_accuracy
 from bench.designs.ablation_plan import _complete_base, estimate_seconds, fmt_level
 from bench.errors import BenchError
 from bench.records import ABLATION, COMPLETED, DONE, FAILED, PATH_DESIGN, Job, JobSpec
@@ -285,12 +285,12 @@ class PathDesign(Design):
         mine = [j for j in jobs if j.purpose == ABLATION]
         records = []
         for j in mine:
-            r = j.result
-            if j.state != DONE or r is None or r.status != COMPLETED or r.value is None:
+            val = val_accuracy(j, self.settings.get("metric", "val_accuracy"))
+            if val is None:
                 continue
             records.append(
                 {**{k: v for k, v in j.spec.info.items() if k in ("path", "param", "step")},
-                 "seed": j.spec.seed, "val_accuracy": r.value, "test_accuracy": r.test_accuracy}
+                 "seed": j.spec.seed, "val_accuracy": val, "test_accuracy": j.result.test_accuracy}
             )  # fmt: skip
         out: dict[str, Any] = {
             "finished": sum(1 for j in mine if j.state == DONE),

@@ -426,6 +426,39 @@ def what_matters(report: Report, batches: list[Batch], out: Path) -> None:
     report.what_matters_html = html_text(f"{head[:1].upper()}{head[1:]}.") + "\n" + wm.html(results)
 
 
+def _design_section(
+    report: Report, out: Path, title: str, head: str, summary: dict, analyse, module, draw,
+    image: tuple[str, str],
+) -> str:  # fmt: skip
+    """One design's part of What matters: its text and markdown in the report's lead, its plot
+    among the images; returns its HTML. ``analyse()`` returns the result (None, or raising
+    ValueError, when there is nothing to analyse); ``module`` renders it (``text``,
+    ``markdown``, ``html``); ``draw(result, path)`` writes the plot ``image`` names into
+    ``out``. A summary's ``error`` is why there is no analysis."""
+    try:
+        result = None if summary.get("error") else analyse()
+        why = summary.get("error") or "no cell finished"
+    except ValueError as exc:
+        result, why = None, str(exc)
+    if result is None:
+        line = f"{head}: no analysis: {why}"
+        report.lead.append((f"{title}\n{line}", f"## {title}\n\n{line}"))
+        return html_text(line[:1].upper() + line[1:])
+    text = module.text(result).split("\n", 1)[1]
+    md = module.markdown(result).split("\n", 1)[1]
+    caption, name = image
+    try:
+        plot = draw(result, out / name)
+    except Exception as exc:  # noqa: BLE001 - the numbers are the report; the plot is a view
+        report.notes.append(f"{caption}: skipped, {str(exc)[:160]}")
+        plot = None
+    if plot is not None:
+        report.images.insert(0, (caption, plot))
+        md = md.rstrip() + f"\n\n![{title}]({plot.name})\n"
+    report.lead.append((f"{title}\n{head}\n{text}", f"## {title}\n\n{head}.\n{md}"))
+    return html_text(f"{head[:1].upper()}{head[1:]}.") + "\n" + module.html(result)
+
+
 def interactions(report: Report, batches: list[Batch], out: Path) -> None:
     """Add the latest finished crossed run: its interactions, in words and tables, and its plot."""
     from bench.results import interactions as ia
@@ -441,29 +474,11 @@ def interactions(report: Report, batches: list[Batch], out: Path) -> None:
         f"crossed {' x '.join(factors)} (batch {batch.number}, around {source}; "
         f"{summary.get('finished', 0)} jobs finished, {summary.get('failed', 0)} failed)"
     )
-    try:
-        result = ia.from_summary(summary, factors)
-    except ValueError as exc:
-        result, why = None, str(exc)
-    else:
-        why = summary.get("error") or "no cell finished"
-    if result is None:
-        line = f"{head}: no analysis: {why}"
-        report.lead.append((f"Interactions\n{line}", f"## Interactions\n\n{line}"))
-        report.interactions_html = html_text(line[:1].upper() + line[1:])
-        return
-    text = ia.text(result).split("\n", 1)[1]
-    md = ia.markdown(result).split("\n", 1)[1]
-    try:
-        plot = ia.interaction_plot(result, out / "interactions.png")
-    except Exception as exc:  # noqa: BLE001 - the numbers are the report; the plot is a view
-        report.notes.append(f"Interaction plot: skipped, {str(exc)[:160]}")
-        plot = None
-    if plot is not None:
-        report.images.insert(0, (f"Interactions: {' x '.join(factors)}, cell means", plot))
-        md = md.rstrip() + f"\n\n![Interactions]({plot.name})\n"
-    report.lead.append((f"Interactions\n{head}\n{text}", f"## Interactions\n\n{head}.\n{md}"))
-    report.interactions_html = html_text(f"{head[:1].upper()}{head[1:]}.") + "\n" + ia.html(result)
+    report.interactions_html = _design_section(
+        report, out, "Interactions", head, summary, lambda: ia.from_summary(summary, factors), ia,
+        ia.interaction_plot,
+        (f"Interactions: {' x '.join(factors)}, cell means", "interactions.png"),
+    )  # fmt: skip
 
 
 def ablation_path(report: Report, batches: list[Batch], out: Path) -> None:
@@ -480,29 +495,11 @@ def ablation_path(report: Report, batches: list[Batch], out: Path) -> None:
         f"{settings.get('to_source')}; {summary.get('finished', 0)} jobs finished, "
         f"{summary.get('failed', 0)} failed"
     )
-    try:
-        result = pa.from_summary(summary, (settings.get("plan") or {}).get("params") or [])
-    except ValueError as exc:
-        result, why = None, str(exc)
-    else:
-        why = summary.get("error") or "no cell finished"
-    if result is None:
-        line = f"{head}: no analysis: {why}"
-        report.lead.append((f"Ablation path\n{line}", f"## Ablation path\n\n{line}"))
-        report.path_html = html_text(line[:1].upper() + line[1:])
-        return
-    text = pa.text(result).split("\n", 1)[1]
-    md = pa.markdown(result).split("\n", 1)[1]
-    try:
-        plot = pa.waterfall_plot(result, out / "path.png")
-    except Exception as exc:  # noqa: BLE001 - the numbers are the report; the plot is a view
-        report.notes.append(f"Ablation path waterfall: skipped, {str(exc)[:160]}")
-        plot = None
-    if plot is not None:
-        report.images.insert(0, ("Ablation path: each step's gain", plot))
-        md = md.rstrip() + f"\n\n![Ablation path]({plot.name})\n"
-    report.lead.append((f"Ablation path\n{head}\n{text}", f"## Ablation path\n\n{head}.\n{md}"))
-    report.path_html = html_text(f"{head[:1].upper()}{head[1:]}.") + "\n" + pa.html(result)
+    params = (settings.get("plan") or {}).get("params") or []
+    report.path_html = _design_section(
+        report, out, "Ablation path", head, summary, lambda: pa.from_summary(summary, params), pa,
+        pa.waterfall_plot, ("Ablation path: each step's gain", "path.png"),
+    )  # fmt: skip
 
 
 def reeval_frame(batches: list[Batch]) -> pd.DataFrame | None:

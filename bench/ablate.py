@@ -467,7 +467,6 @@ def _run(args: argparse.Namespace, interrupts) -> int:
         join_done=True,
     )  # fmt: skip
 
-
     def results(summary: dict) -> str:
         if args.path:
             from bench.results import path as path_results

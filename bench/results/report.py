@@ -396,51 +396,34 @@ def what_matters(report: Report, batches: list[Batch], out: Path) -> None:
         return
     batch = done[-1]
     summary = batch.summary or {}
-    results = wm.from_summary(summary)
     source = batch.settings.get("base_source", "the base configuration")
     head = (
         f"controlled ablation (batch {batch.number}, around {source}; "
         f"{summary.get('finished', 0)} jobs finished, {summary.get('failed', 0)} failed)"
     )
-    if not results:
-        why = summary.get("error") or "no completed cell to compare"
-        report.lead.append(
-            (
-                f"What matters\n{head}: no analysis: {why}",
-                f"## What matters\n\n{head}: no analysis: {why}",
-            )
-        )
-        report.what_matters_html = html_text(f"{head[:1].upper()}{head[1:]}: no analysis: {why}")
-        return
-    text = wm.text(results).split("\n", 1)[1]
-    md = wm.markdown(results).split("\n", 1)[1]
-    try:
-        plot = wm.forest_plot(results, out / "what_matters.png")
-    except Exception as exc:  # noqa: BLE001 - the numbers are the report; the plot is a view
-        report.notes.append(f"What matters forest plot: skipped, {str(exc)[:160]}")
-        plot = None
-    if plot is not None:
-        report.images.insert(0, ("What matters: each level minus the base", plot))
-        md = md.rstrip() + f"\n\n![What matters]({plot.name})\n"
-    report.lead.append((f"What matters\n{head}\n{text}", f"## What matters\n\n{head}.\n{md}"))
-    report.what_matters_html = html_text(f"{head[:1].upper()}{head[1:]}.") + "\n" + wm.html(results)
+    report.what_matters_html = _design_section(
+        report, out, "What matters", head, summary, lambda: wm.from_summary(summary), wm,
+        wm.forest_plot, ("What matters: each level minus the base", "what_matters.png"),
+        missing="no completed cell to compare", plot_label="What matters forest plot",
+    )  # fmt: skip
 
 
 def _design_section(
     report: Report, out: Path, title: str, head: str, summary: dict, analyse, module, draw,
-    image: tuple[str, str],
+    image: tuple[str, str], missing: str = "no cell finished", plot_label: str | None = None,
 ) -> str:  # fmt: skip
     """One design's part of What matters: its text and markdown in the report's lead, its plot
-    among the images; returns its HTML. ``analyse()`` returns the result (None, or raising
-    ValueError, when there is nothing to analyse); ``module`` renders it (``text``,
-    ``markdown``, ``html``); ``draw(result, path)`` writes the plot ``image`` names into
-    ``out``. A summary's ``error`` is why there is no analysis."""
+    among the images; returns its HTML. ``analyse()`` returns the result (empty, or raising
+    ValueError, when there is nothing to analyse; ``missing`` says so); ``module`` renders it
+    (``text``, ``markdown``, ``html``); ``draw(result, path)`` writes the plot ``image`` names
+    into ``out`` (``plot_label`` names it in a note if it fails). A summary's ``error`` is why
+    there is no analysis."""
     try:
         result = None if summary.get("error") else analyse()
-        why = summary.get("error") or "no cell finished"
+        why = summary.get("error") or missing
     except ValueError as exc:
         result, why = None, str(exc)
-    if result is None:
+    if not result:
         line = f"{head}: no analysis: {why}"
         report.lead.append((f"{title}\n{line}", f"## {title}\n\n{line}"))
         return html_text(line[:1].upper() + line[1:])
@@ -450,7 +433,7 @@ def _design_section(
     try:
         plot = draw(result, out / name)
     except Exception as exc:  # noqa: BLE001 - the numbers are the report; the plot is a view
-        report.notes.append(f"{caption}: skipped, {str(exc)[:160]}")
+        report.notes.append(f"{plot_label or caption}: skipped, {str(exc)[:160]}")
         plot = None
     if plot is not None:
         report.images.insert(0, (caption, plot))

@@ -82,6 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
         "parameters that differ one at a time, each step keeping the best move; with each step's "
         "gain, the cumulative gain and a leave-one-out check",
     )
+    p.add_argument(
+        "--global",
+        dest="global_",
+        type=bounded_int(8, 1024, " configurations"),
+        metavar="N",
+        help="importance over the whole space instead: N configurations spread by a scrambled "
+        "Sobol sequence (at least 8), each trained once with the search's epoch budget, a few "
+        "repeated over --seeds for the noise floor; fANOVA and PED-ANOVA with bootstrap intervals",
+    )
     for flag, default in (("--from", "the space's first baseline"), ("--to", "the champion")):
         p.add_argument(
             flag,
@@ -238,6 +247,20 @@ def _check_path(args: argparse.Namespace, cross, factors) -> None:
             )
 
 
+def _check_global(args: argparse.Namespace, cross, factors) -> None:
+    """``--global`` is a design of its own: no base, no crossed or varied factors, no path."""
+    if args.global_ is None:
+        return
+    for flag, value in (("--cross", cross), ("--factors", factors), ("--path", args.path or None),
+                        ("--base-trial", args.base_trial), ("--base-config", args.base_config),
+                        ("--from", args.from_), ("--to", args.to_)):  # fmt: skip
+        if value is not None:
+            raise BenchError(
+                f"--global with {flag}: the global design spreads configurations over the whole "
+                "space, around no base; run the other design on its own"
+            )
+
+
 def _baselines(space, dataset: str) -> list:
     """The space's own baselines, then the built-in seed tutorials' for this dataset."""
     from bench.space import load_space
@@ -302,7 +325,7 @@ def _run(args: argparse.Namespace, interrupts) -> int:
     # the command's one deferred block: what --help and bad flags never need (NumPy, SQLAlchemy)
     from bench import data
     from bench import optuna_adapter as opt
-    from bench.designs import ablation, crossed, path
+    from bench.designs import ablation, crossed, path, space_filling
     from bench.designs.ablation_plan import dense_macs
     from bench.designs.ablation_plan import plan as make_plan
     from bench.engine import batch_space
@@ -326,6 +349,7 @@ def _run(args: argparse.Namespace, interrupts) -> int:
     cross = _names(args.cross, "--cross")
     _check_cross(cross, factors)
     _check_path(args, cross, factors)
+    _check_global(args, cross, factors)
     if args.study_name:
         check_name("--study-name", args.study_name)
     base_file = None
@@ -336,7 +360,7 @@ def _run(args: argparse.Namespace, interrupts) -> int:
         view.name = view.names[0]
     search = view.search_batch()
     s = search.settings if search is not None else {}
-    needs_study = not args.path or args.to_ is None  # the champion is the study's
+    needs_study = (not args.path or args.to_ is None) and args.global_ is None
     if args.path and any(end is not None and end[0] == "trial" for end in (args.from_, args.to_)):
         needs_study = True
     if args.base_config is None and not view.exists and needs_study:
@@ -360,7 +384,11 @@ def _run(args: argparse.Namespace, interrupts) -> int:
     view.name = study_name
     maximize = space.direction == "maximize"
     seeds = list(range(args.seeds))
-    if args.path:
+    if args.global_ is not None:
+        plan = space_filling.global_plan(space, args.global_, seeds, int(s.get("seed", 0)))
+        config, train = plan.base.config, {}
+        source = f"{args.global_} space-filling configurations"
+    elif args.path:
         ref, _, from_source = _endpoint(args.from_, "--from", space, view, maximize, dataset_name)
         config, train, source = _endpoint(args.to_, "--to", space, view, maximize, dataset_name)
     elif base_file is not None:
@@ -369,7 +397,9 @@ def _run(args: argparse.Namespace, interrupts) -> int:
         config, train, source = trial_config(view, args.base_trial)
     else:
         config, train, source = champion_config(view, maximize)
-    if args.path:
+    if args.global_ is not None:
+        design = space_filling.GlobalDesign
+    elif args.path:
         plan = path.path_plan(space, ref, config, seeds)
         design = path.PathDesign
     elif cross is not None:
@@ -384,7 +414,7 @@ def _run(args: argparse.Namespace, interrupts) -> int:
     uri = resolve_uri(args.tracking_uri)
     check_uri(uri)
     budget = int(spec_train["max_epochs"])
-    n_jobs = len(plan.cells) * len(plan.seeds)
+    n_jobs = getattr(plan, "n_jobs", None) or len(plan.cells) * len(plan.seeds)
     workers = plan_workers(args.workers, args.threads, n_jobs, usable_cpus(), visible_gpus())
     n_train = len(dataset.y_train) - int(spec_train["validation_size"])
     rate, how = seconds_per_mac(view, n_train)
@@ -401,7 +431,10 @@ def _run(args: argparse.Namespace, interrupts) -> int:
         / workers.jobs
     )
     kind = "crossed ablation" if cross else "ablation"
-    if args.path:
+    if args.global_ is not None:
+        print(f"study '{study_name}': importance over the whole space of "
+              f"{Path(space_path).name}", file=sys.stderr)  # fmt: skip
+    elif args.path:
         print(f"study '{study_name}': ablation path from {from_source} to {source}; every cell "
               f"trains with {source}'s train settings", file=sys.stderr)  # fmt: skip
     else:
@@ -434,7 +467,8 @@ def _run(args: argparse.Namespace, interrupts) -> int:
     resolved = list(plan.factors)
     ident = identity(
         plan.base.config, train, resolved, seeds, space.search_hash, dataset.name, budget,
-        crossed=cross is not None, kind="path" if args.path else None,
+        crossed=cross is not None,
+        kind="path" if args.path else "global" if args.global_ is not None else None,
     )  # fmt: skip
     experiment = check_name(
         "--experiment", args.experiment or s.get("experiment") or f"{dataset.name}-mlp"
@@ -453,9 +487,15 @@ def _run(args: argparse.Namespace, interrupts) -> int:
         "base_source": source,
         "factors": resolved,
         "seeds": seeds,
-        "plan": (path if args.path else crossed if cross else ablation).plan_to_settings(
-            plan, train
-        ),
+        "plan": (
+            space_filling
+            if args.global_ is not None
+            else path
+            if args.path
+            else crossed
+            if cross
+            else ablation
+        ).plan_to_settings(plan, train),
     }
     if args.path:
         settings.update(from_source=from_source, to_source=source)
@@ -468,6 +508,10 @@ def _run(args: argparse.Namespace, interrupts) -> int:
     )  # fmt: skip
 
     def results(summary: dict) -> str:
+        if args.global_ is not None:
+            from bench.results import importance
+
+            return importance.summary_text(summary)
         if args.path:
             from bench.results import path as path_results
 

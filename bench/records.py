@@ -36,6 +36,7 @@ REEVAL_DESIGN = "reeval"  # a finished search's best configurations, re-trained,
 ABLATION_DESIGN = "ablation"  # a controlled one-factor-at-a-time comparison
 CROSSED_DESIGN = "crossed"  # every combination of 2 or 3 factors' levels: interactions
 PATH_DESIGN = "path"  # the ablation path from a reference configuration to a target
+GLOBAL_DESIGN = "global"  # space-filling configurations: importance over the whole space
 
 # Batch states in the job store: OPENING (row, parent run, jobs being written), then RUNNING
 # and DONE, the same words and meanings as a job's.
@@ -300,6 +301,11 @@ class BatchSummary(TypedDict, total=False):
         levels: Every crossed factor's levels, in plan order.
     Path (besides finished, failed, seeds, records, headlines, error):
         path: The moves in order, ``{"param", "step"}``; the last one lands on the target.
+    Global (besides finished, failed, seeds, headlines, error; each record names its
+    configuration by ``index``):
+        diverged: Jobs that finished without a finite validation score.
+        analysis: The importances, their intervals and floors
+            (:class:`bench.results.importance.GlobalResult` as plain values).
     """
 
     finished: int
@@ -333,6 +339,8 @@ class BatchSummary(TypedDict, total=False):
     error: str
     levels: dict
     path: list[dict]
+    diverged: int
+    analysis: dict
 
 
 def check_keys(values: Mapping[str, Any], schema: type, what: str) -> None:

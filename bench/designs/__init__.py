@@ -14,6 +14,7 @@ from bench.designs.ablation import AblationDesign
 from bench.designs.crossed import CrossedDesign
 from bench.designs.path import PathDesign
 from bench.designs.search import ReevalDesign, SearchDesign
+from bench.designs.space_filling import GlobalDesign
 
 if TYPE_CHECKING:
     from bench.records import Batch
@@ -21,7 +22,8 @@ if TYPE_CHECKING:
 
 # A batch's ``design`` -> the class that makes its jobs (a new design: one line here).
 DESIGNS: dict[str, type[Design]] = {
-    d.name: d for d in (SearchDesign, ReevalDesign, AblationDesign, CrossedDesign, PathDesign)
+    d.name: d
+    for d in (SearchDesign, ReevalDesign, AblationDesign, CrossedDesign, PathDesign, GlobalDesign)
 }
 
 __all__ = ["DESIGNS", "Design", "OpeningFacts", "ParentRun", "make_design"]

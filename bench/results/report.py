@@ -18,6 +18,7 @@ from bench.records import (
     ABLATION_DESIGN,
     CROSSED_DESIGN,
     DONE,
+    GLOBAL_DESIGN,
     PATH_DESIGN,
     REEVAL_DESIGN,
     SEARCH_DESIGN,
@@ -217,6 +218,7 @@ class Report:
         self.what_matters_html: str | None = None  # the page's "What matters" body
         self.interactions_html: str | None = None  # a crossed run's part of it
         self.path_html: str | None = None  # an ablation path's part of it
+        self.global_html: str | None = None  # a global design's importances
         self.ablate_hint: str = ""  # the command that would measure what matters
 
     def add(self, title: str, body: pd.DataFrame | str, role: str = "search") -> None:
@@ -266,7 +268,8 @@ class Report:
             return [h.paragraph(rest[:1].upper() + rest[1:] + ".", "sub")] if rest else []
 
         plots = {path.name: (title, path) for title, path in self.images}
-        placed = {"confusion_matrix.png", "what_matters.png", "interactions.png", "path.png"}
+        placed = {"confusion_matrix.png", "what_matters.png", "interactions.png", "path.png",
+                  "importance.png"}  # fmt: skip
         sections = []
         for name, title in (("summary", "Summary"), ("champion", "Champion")):
             for heading, value in role(name):
@@ -279,7 +282,7 @@ class Report:
             else:
                 sections.append(h.Section("champion", "Champion", [figure]))
         matters = self.what_matters_html
-        if matters is None and not (self.interactions_html or self.path_html):
+        if matters is None and not (self.interactions_html or self.path_html or self.global_html):
             matters = h.text_block(
                 "No controlled ablation in this study yet. The per-level tables under The search "
                 "compare levels tried unequally; to measure what matters, run "
@@ -296,6 +299,10 @@ class Report:
             parts += ["<h3>Ablation path</h3>", self.path_html]
         if "path.png" in plots:
             parts.append(h.image(plots["path.png"][1], plots["path.png"][0]))
+        if self.global_html:
+            parts += ["<h3>Importance over the whole space</h3>", self.global_html]
+        if "importance.png" in plots:
+            parts.append(h.image(plots["importance.png"][1], plots["importance.png"][0]))
         sections.append(h.Section("what-matters", "What matters", parts))
         search = []
         for heading, value in role("search"):
@@ -485,6 +492,27 @@ def ablation_path(report: Report, batches: list[Batch], out: Path) -> None:
     )  # fmt: skip
 
 
+def global_importance(report: Report, batches: list[Batch], out: Path) -> None:
+    """Add the latest finished global design: importances with intervals and their floors."""
+    from bench.results import importance as im
+
+    done = _done(batches, GLOBAL_DESIGN)
+    if not done:
+        return
+    batch = done[-1]
+    summary = batch.summary or {}
+    n = len((batch.settings.get("plan") or {}).get("configs") or [])
+    head = (
+        f"global design (batch {batch.number}): {n} space-filling configurations; "
+        f"{summary.get('finished', 0)} jobs finished, {summary.get('failed', 0)} failed"
+    )
+    report.global_html = _design_section(
+        report, out, "Importance over the whole space", head, summary,
+        lambda: im.from_summary(summary), im, im.importance_plot,
+        ("Importance over the whole space, with its floors", "importance.png"),
+    )  # fmt: skip
+
+
 def reeval_frame(batches: list[Batch]) -> pd.DataFrame | None:
     """The latest re-evaluation rows (mean validation and test accuracy over seeds), if any.
 
@@ -546,6 +574,7 @@ def build(study: optuna.Study, out: Path, top_k: int, batches: list[Batch] | Non
     what_matters(report, batches, out)
     interactions(report, batches, out)
     ablation_path(report, batches, out)
+    global_importance(report, batches, out)
     metric, maximize = metric_name(study), opt.direction(study) == "maximize"
     budget = equal_budget(batches)
     frame = trials_frame(study, top_k, budget)

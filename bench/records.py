@@ -288,6 +288,8 @@ class BatchSummary(TypedDict, total=False):
         selection_score: The validation score it was chosen by.
         val_test_gap: Validation minus test, in the selection metric's own terms.
         no_champion: Why a batch that was to register a champion registered none.
+        from_start: The champion's members that are the space's enqueued start (chosen by
+            hand, not proposed by the search).
     Ablation:
         finished, failed, seeds: As above; the seeds every cell ran with.
         factors_planned: The factors the plan varied.
@@ -330,6 +332,7 @@ class BatchSummary(TypedDict, total=False):
     selection_score: float | None
     val_test_gap: float
     no_champion: str
+    from_start: list[str]
     seeds: list[int]
     factors_planned: list[str]
     base_levels: dict

@@ -136,8 +136,10 @@ def _run(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise BenchError(f"--out {out}: cannot create the folder ({exc.strerror})") from None
     store = job_store(args.storage or opt.DEFAULT_STORAGE)
-    batches = store.batches(study.study_name) if store is not None else []
-    report = build(study, out, args.top_k, batches)
+    everything = store.batches() if store is not None else []
+    batches = [b for b in everything if b.study == study.study_name]
+    others = [b for b in everything if b.study != study.study_name]
+    report = build(study, out, args.top_k, batches, others)
     print(report.text)
     print(
         f"\nwrote {out / 'report.html'} (open it in a browser), report.md and "

@@ -1,12 +1,15 @@
-"""The crossed-ablation benchmark (issue #19): wall time against the printed estimate.
+"""The crossed and global design benchmark (issue #19): wall time against the estimate.
 
-Runs ``python -m bench.ablate`` with ``--cross`` in a fresh folder (no history, so the up-front
-estimate is the prior's), measures the wall time, and prints one JSON line: the plan, the
-estimate, the measured seconds, their ratio and the headlines. Give it the two cores alone.
+Runs ``python -m bench.ablate`` with ``--cross`` (or ``--global N``) in a fresh folder (no
+history, so the up-front estimate is the prior's), measures the wall time, and prints one JSON
+line: the plan, the estimate, the measured seconds, their ratio and the headlines. Give it the
+two cores alone.
 
     python benchmarks/crossed.py --out /tmp/crossed.json -- \\
         --base-config benchmarks/ablate_base.yaml --space mlp \\
         --cross normalization,optimizer --seeds 3
+    python benchmarks/crossed.py --out /tmp/global.json -- \\
+        --global 64 --space mlp --seeds 3
 """
 
 from __future__ import annotations
@@ -52,7 +55,8 @@ def main() -> int:
         return proc.returncode
     m = re.search(r"estimated time: about ([\d.]+ (?:s|min|h)) .*at most ([\d.]+ (?:s|min|h))",
                   proc.stderr)  # fmt: skip
-    plan = next((ln for ln in proc.stderr.splitlines() if ln.startswith("crossed:")), "")
+    lines = proc.stderr.splitlines()
+    plan = next((ln for ln in lines if ln.startswith(("crossed:", "global:"))), "")
     estimate = _seconds(m.group(1)) if m else None
     heads = [ln.strip() for ln in proc.stdout.splitlines() if re.match(r"\s*\d+\. ", ln)]
     result = {

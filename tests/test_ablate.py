@@ -261,6 +261,11 @@ BAD = [
     ({}, None, ["--path", "--from", "teddy", "1"], "--from teddy 1: KIND must be one of"),
     ({}, None, ["--path", "--cross", "normalization,optimizer"], "--path with --cross"),
     ({}, None, ["--to", "config", "base.yaml"], "--to: only with --path"),
+    # --global (issue #19): at least 8 configurations, and no base or factors beside it
+    ({}, None, ["--global", "7"], "argument --global: must be from 8 to 1024 configurations"),
+    ({}, None, ["--global", "16", "--cross", "normalization,optimizer"], "--global with --cross"),
+    ({}, None, ["--global", "16", "--factors", "optimizer"], "--global with --factors"),
+    ({}, None, ["--global", "16", "--path"], "--global with --path"),
 ]  # fmt: skip
 
 
@@ -391,3 +396,76 @@ def test_ablation_path_runs_its_stages_resumes_after_sigint_and_reports(tmp_path
     md = (tmp_path / "r" / "report.md").read_text()
     assert "## Ablation path" in md and "![Ablation path](path.png)" in md
     assert (tmp_path / "r" / "path.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_global_run_resumes_after_sigint_tracks_every_configuration_and_reports(tmp_path):
+    """Issue #19, item 3: 8 space-filling configurations on digits, 2 of them repeated with a
+    second seed (10 jobs), interrupted, resumed without retraining, reported with its floors."""
+    args = [
+        "--global", "8", "--space", "smoke", "--dataset", "digits", "--seeds", "2",
+        "--jobs", "1", "--threads", "1", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.ablate", *args],
+        cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.time() + 300
+    while _done(tmp_path, "global") < 2 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, "finished before it could be interrupted: " + proc.stderr.read()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]
+    assert "global: 8 configurations from a scrambled Sobol sequence" in err
+    assert "2 of them also with seed(s) 1 for the noise floor -> 10 jobs" in err
+    batch, jobs = _jobs(tmp_path, "global")
+    before = {j.key: (j.id, j.run_id) for j in jobs if j.state == "done"}
+    assert 2 <= len(before) < 10 and len(jobs) == 10
+
+    proc2 = run_module("bench.ablate", *args, cwd=tmp_path, timeout=600)
+    assert proc2.returncode == 0, proc2.stderr[-3000:]
+    batch2, jobs2 = _jobs(tmp_path, "global")
+    assert batch2.id == batch.id and batch2.state == "done"
+    assert len(jobs2) == 10 and all(j.state == "done" for j in jobs2)
+    after = {j.key: (j.id, j.run_id) for j in jobs2}
+    assert {k: after[k] for k in before} == before  # finished jobs were not trained again
+    assert sorted(after) == sorted([f"global-c{i}-s0" for i in range(8)]
+                                   + ["global-c0-s1", "global-c7-s1"])  # fmt: skip
+    summary = batch2.summary
+    assert len(summary["records"]) == 10 and summary["analysis"]["n_used"] == 8
+    evaluators = [e["name"] for e in summary["analysis"]["evaluators"]]
+    assert evaluators == ["fanova", "ped-anova"]
+    assert "Importance over the whole space" in proc2.stdout
+    assert "seed-noise floor" in proc2.stdout and "chance floor" in proc2.stdout
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("digits-mlp")
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    (parent,) = [r for r in runs if r.data.tags.get("design") == "global"]
+    assert parent.info.status == "FINISHED" and parent.data.params["configurations"] == "8"
+    children = [
+        r
+        for r in runs
+        if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+        and r.info.status == "FINISHED"
+    ]  # fmt: skip (the interrupted job's first run ended KILLED)
+    assert len(children) == 10 and {r.data.params["factor"] for r in children} == {"global"}
+    levels = sorted(r.data.params["level"] for r in children)
+    assert levels == sorted([f"c{i}" for i in range(8)] + ["c0", "c7"])
+
+    rep = run_module("bench.report", "--study-name", STUDY, "--out", "r", "--tracking-uri",
+                     f"sqlite:///{tmp_path / 'mlflow.db'}", cwd=tmp_path, timeout=300)  # fmt: skip
+    assert rep.returncode == 0, rep.stderr[-2000:]
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "## Importance over the whole space" in md and "(seed-noise floor)" in md
+    assert "![Importance over the whole space](importance.png)" in md
+    assert (tmp_path / "r" / "importance.png").stat().st_size > 10_000
+    page = (tmp_path / "r" / "report.html").read_text()
+    assert "<h3>Importance over the whole space</h3>" in page
+
+    proc3 = run_module("bench.ablate", *args, cwd=tmp_path, timeout=300)
+    assert proc3.returncode == 0 and "already complete" in proc3.stderr
+    assert "Importance over the whole space" in proc3.stdout

@@ -315,3 +315,53 @@ def test_a_minimized_metric_chooses_the_lowest_reevaluation_mean():
     (refit,) = design.next_jobs(jobs, 36)
     assert refit.info["source"] == "search-0003"
     assert refit.info["selection_score"] == pytest.approx(0.29)
+
+
+# The built-in space's study.enqueue start, written out by hand as the model configuration the
+# search runs for it (issue #22: a champion member that came from it is said to be so).
+START = {"normalization": "standard", "n_layers": 2, "units": [512, 256],
+         "activation": ["relu", "relu"], "dropout": [0.1, 0.1], "l2": 1e-6, "optimizer": "adam",
+         "learning_rate": 1e-3, "batch_size": 256, "lr_schedule": "cosine"}  # fmt: skip
+
+
+def test_a_champion_member_from_the_spaces_start_is_named_in_the_summary():
+    from bench.records import Batch
+    from bench.results.champion import start_note
+    from bench.results.report import champion_section
+    from bench.space import load_space_text
+
+    _, text = load_space_text("mlp")
+    start = _search(5, 0.92, best_epoch=25)
+    start = Job(6, 1, JobSpec(key="search-0005", purpose=SEARCH, seed=5, config=START), DONE,
+                attempts=1, result=JobResult(COMPLETED, 0.92, 25, 26, 1.0, 10, 1.0, dict(START),
+                                             model_uri="models:/m-5"), synced=True)  # fmt: skip
+    design = _design(ensemble=2, space_text=text, space="/x/mlp.yaml")
+    searched = [*SEARCHED, start]
+    members = design.next_jobs(searched, 36)
+    assert [s.info["source"] for s in members] == ["search-0005", "search-0001"]
+    assert [s.info["from_start"] for s in members] == [True, False]
+    jobs = searched + [_done(s, 10 + i, 26 - 5 * i, 0.9) for i, s in enumerate(members)]
+    (spec,) = design.next_jobs(jobs, 36)
+    assert [m["from_start"] for m in spec.info["members"]] == [True, False]
+    registered = {"version": "1", "champion_version": "1", "promoted": True, "reason": "x",
+                  "selection_metric": "val_accuracy", "selection_direction": "maximize",
+                  "selection_procedure": "p"}  # fmt: skip
+    result = JobResult(COMPLETED, 0.91, 0, 0, 0, 0, 0, {}, test_accuracy=0.9, test_loss=0.3,
+                       model_uri="models:/avg", registered=registered)  # fmt: skip
+    summary = design.summary([*jobs, Job(20, 1, spec, DONE, result=result)])
+    assert summary["from_start"] == ["search-0005"]
+    check_keys(summary, BatchSummary, "summary")
+    note = start_note(summary["from_start"], 2)
+    assert note.startswith("note: 1 of the champion's 2 members (search-0005) came from the "
+                           "space's study.enqueue start")  # fmt: skip
+    section = champion_section([Batch(1, "s", 1, "search", "i", DONE, {"model_name": "m"},
+                                      "p", summary)])  # fmt: skip
+    assert "member search-0005: validation 0.9200, test alone" in section
+    assert "(the space's hand-picked start)" in section and note in section
+    # a champion the search found alone is not marked
+    other = _design(ensemble=2, space_text=text, space="/x/mlp.yaml")
+    picked = other.next_jobs(SEARCHED, 36)
+    assert [s.info["from_start"] for s in picked] == [False, False]
+    # an unreadable stored space says nothing rather than guessing
+    alone = _design(ensemble=2, space_text=text.replace("enqueue:", "enqueue_off:"))
+    assert alone._starts() == []

@@ -218,6 +218,10 @@ class Plan:
             for c in self.cells:
                 yield c, seed
 
+    def job_configs(self) -> list[dict]:
+        """The configuration of every job, in :meth:`jobs` order (what the estimate costs)."""
+        return [c.config for c, _ in self.jobs()]
+
     def describe(self) -> list[str]:
         """Lines for ``--dry-run``: sizes, the base configuration, each factor's levels."""
         n_jobs = len(self.cells) * len(self.seeds)
@@ -245,7 +249,7 @@ class Plan:
     ) -> float:
         """Upper bound on the training time of all jobs; see :func:`estimate_seconds`."""
         return estimate_seconds(
-            [c.config for c, _ in self.jobs()],
+            self.job_configs(),
             self.base.config,
             seconds_per_epoch_sample,
             max_epochs,

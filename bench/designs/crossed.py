@@ -79,6 +79,10 @@ class CrossPlan:
             for c in self.cells:
                 yield c, seed
 
+    def job_configs(self) -> list[dict]:
+        """The configuration of every job, in :meth:`jobs` order (what the estimate costs)."""
+        return [c.config for c, _ in self.jobs()]
+
     def describe(self) -> list[str]:
         """Lines for the plan printed before anything trains."""
         sizes = " x ".join(str(len(self.levels[f])) for f in self.factors)
@@ -100,9 +104,8 @@ class CrossPlan:
 
     def estimate_seconds(self, seconds_per_epoch_sample: float, max_epochs: int, **sizes) -> float:
         """Upper bound on the training time of all jobs (see ``ablation_plan.estimate_seconds``)."""
-        configs = [c.config for c, _ in self.jobs()]
         return estimate_seconds(
-            configs, self.base.config, seconds_per_epoch_sample, max_epochs, **sizes
+            self.job_configs(), self.base.config, seconds_per_epoch_sample, max_epochs, **sizes
         )
 
 

@@ -107,6 +107,10 @@ class PathPlan:
         steps = [_Cell(self.target) for k in range(1, d) for _ in range(d - k + 1)]
         return first + steps
 
+    def job_configs(self) -> list[dict]:
+        """Every job the path may train, at most (what the estimate costs)."""
+        return [c.config for c in self.cells for _ in self.seeds]
+
     def describe(self) -> list[str]:
         d, n_cells = len(self.params), len(self.cells)
         ref = " ".join(f"{p}={fmt_level(self.reference[p])}" for p in self.params)
@@ -121,8 +125,9 @@ class PathPlan:
 
     def estimate_seconds(self, seconds_per_epoch_sample: float, max_epochs: int, **sizes) -> float:
         """Upper bound on the training time of all jobs (see ``ablation_plan.estimate_seconds``)."""
-        configs = [c.config for c in self.cells for _ in self.seeds]
-        return estimate_seconds(configs, self.target, seconds_per_epoch_sample, max_epochs, **sizes)
+        return estimate_seconds(
+            self.job_configs(), self.target, seconds_per_epoch_sample, max_epochs, **sizes
+        )
 
 
 def path_plan(space: Space, reference: dict, target: dict, seeds: Sequence[int]) -> PathPlan:

@@ -251,15 +251,30 @@ class SearchDesign(Design):
             for i, c in enumerate(picked)
         ]
 
-    @staticmethod
-    def _info(choice: Choice) -> dict[str, Any]:
+    def _info(self, choice: Choice) -> dict[str, Any]:
         return {
             "source": choice.source,
             "selection_score": choice.score,
             "n_runs": choice.n_runs,
             "best_epoch": choice.best_epoch,
             "selection": choice.how,
+            "from_start": choice.config in self._starts(),
         }
+
+    def _starts(self) -> list[dict]:
+        """The configurations the space enqueues as its start (chosen by hand, not proposed by
+        the sampler): a champion member that is one of them is said to be so."""
+        if not hasattr(self, "_start_configs"):
+            from bench.errors import SpaceError
+            from bench.space import space_from_text, start_configs
+
+            text = self.settings.get("space_text")
+            try:
+                space = space_from_text(text, str(self.settings.get("space"))) if text else None
+                self._start_configs = start_configs(space) if space else []
+            except SpaceError:
+                self._start_configs = []
+        return self._start_configs
 
     def _ensemble_job(self, refits: list[Job]) -> list[JobSpec]:
         """Stage 4 of an ensemble: one job that averages the refit members and registers them.
@@ -295,6 +310,7 @@ class SearchDesign(Design):
                     "selection_score": j.spec.info["selection_score"],
                     "refit_epochs": j.result.epochs_run,
                     "test_accuracy": j.result.test_accuracy,
+                    "from_start": bool(j.spec.info.get("from_start")),
                 }
                 for j in members
             ],
@@ -428,9 +444,15 @@ class SearchDesign(Design):
             if members:
                 out["refit_epochs"] = job.spec.info["refit_epochs"]
                 out["ensemble"] = [
-                    {k: m[k] for k in ("source", "selection_score", "test_accuracy")}
+                    {k: m.get(k) for k in ("source", "selection_score", "test_accuracy",
+                                           "from_start")}
                     for m in members
-                ]
+                ]  # fmt: skip
+                starts = [m["source"] for m in members if m.get("from_start")]
+            else:
+                starts = [job.spec.info["source"]] if job.spec.info.get("from_start") else []
+            if starts:
+                out["from_start"] = starts
             out["source"] = job.spec.info.get("source")
             score = job.spec.info.get("selection_score")
             out["selection_score"] = score

@@ -92,6 +92,10 @@ class GlobalPlan:
         first = [(i, self.seeds[0]) for i in range(len(self.configs))]
         return first + [(i, s) for s in self.seeds[1:] for i in self.repeated]
 
+    def job_configs(self) -> list[dict]:
+        """The configuration of every job, in :meth:`jobs` order (what the estimate costs)."""
+        return [self.configs[i]["config"] for i, _ in self.jobs()]
+
     @property
     def n_jobs(self) -> int:
         return len(self.jobs())
@@ -108,9 +112,8 @@ class GlobalPlan:
 
     def estimate_seconds(self, seconds_per_epoch_sample: float, max_epochs: int, **sizes) -> float:
         """Upper bound on the training time of all jobs (see ``ablation_plan.estimate_seconds``)."""
-        configs = [self.configs[i]["config"] for i, _ in self.jobs()]
         return estimate_seconds(
-            configs, self.base.config, seconds_per_epoch_sample, max_epochs, **sizes
+            self.job_configs(), self.base.config, seconds_per_epoch_sample, max_epochs, **sizes
         )
 
 
@@ -146,7 +149,12 @@ def global_plan(space: Space, n: int, seeds: Sequence[int], qmc_seed: int = 0) -
     if not searched:
         raise BenchError(f"{space.path}: the space searches no parameter; nothing to rank")
     deepest = space.params["n_layers"]
-    n_max = deepest.high if isinstance(deepest, IntParam) else int(deepest.value)
+    if isinstance(deepest, IntParam):
+        n_max = deepest.high
+    elif isinstance(deepest, CategoricalParam):
+        n_max = max(int(c) for c in deepest.choices)
+    else:
+        n_max = int(deepest.value)
     box = {}  # every dimension, deepest widths included: the sequence fills a fixed box
     for name, p in searched.items():
         if name in PER_LAYER_OK and getattr(p, "per_layer", False):
@@ -283,7 +291,7 @@ class GlobalDesign(Design):
             "records": records,
         }
         try:
-            result = analyse(self.plan, records, maximize=self.maximize)
+            result = analyse(self.plan, records)  # validation accuracy: higher is better
         except ValueError as exc:
             out["error"] = str(exc)
             return out

@@ -32,6 +32,7 @@ from bench.records import (
     BatchSettings,
     check_keys,
 )
+from bench.results.champion import start_note
 from bench.tracking import Tracker, resolve_uri, ui_links
 
 if TYPE_CHECKING:
@@ -298,6 +299,8 @@ def print_outcome(
             f"models:/{record.settings['model_name']}@champion"
             + ("" if info.get("promoted", True) else f" ({info.get('reason')})")
         )
+        if info.get("from_start"):
+            print(start_note(info["from_start"], len(members) or 1))
     final = [j for j in jobs if j.purpose in FINAL]
     registers = record.design in (SEARCH_DESIGN, REEVAL_DESIGN) and record.settings.get(
         "register", True

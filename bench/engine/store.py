@@ -150,11 +150,13 @@ class JobStore:
             row = c.execute(q.order_by(batches.c.created.desc(), batches.c.id.desc())).first()
         return _batch(row) if row else None
 
-    def batches(self, study: str) -> list[Batch]:
+    def batches(self, study: str | None = None) -> list[Batch]:
+        """The batches of ``study`` in order; of every study (by study, then number) if None."""
+        q = sa.select(batches)
+        if study is not None:
+            q = q.where(batches.c.study == study)
         with self.engine.connect() as c:
-            rows = c.execute(
-                sa.select(batches).where(batches.c.study == study).order_by(batches.c.number)
-            ).all()
+            rows = c.execute(q.order_by(batches.c.study, batches.c.number)).all()
         return [_batch(r) for r in rows]
 
     def get_batch(self, batch_id: int) -> Batch:

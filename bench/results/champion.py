@@ -189,3 +189,15 @@ def member_tags(members: Sequence[Member]) -> dict[str, str]:
         if m.source_run_id:
             out[f"member{i}.source_run"] = m.source_run_id
     return out
+
+
+def start_note(sources: Sequence[str], n_members: int) -> str:
+    """The line that says a champion member came from the space's enqueued start."""
+    which = ", ".join(sources)
+    whole = "the champion" if len(sources) == n_members == 1 else (
+        f"{len(sources)} of the champion's {n_members} members")  # fmt: skip
+    return (
+        f"note: {whole} ({which}) came from the space's study.enqueue start, a configuration "
+        "chosen by hand, not one the search proposed; a space without it gets what the search "
+        "finds alone"
+    )

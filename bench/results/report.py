@@ -219,6 +219,8 @@ class Report:
         self.interactions_html: str | None = None  # a crossed run's part of it
         self.path_html: str | None = None  # an ablation path's part of it
         self.global_html: str | None = None  # a global design's importances
+        self.overview_html: str | None = None  # every design's word on each factor
+        self.across_html: str | None = None  # each factor's effect on each dataset
         self.ablate_hint: str = ""  # the command that would measure what matters
 
     def add(self, title: str, body: pd.DataFrame | str, role: str = "search") -> None:
@@ -288,7 +290,10 @@ class Report:
                 "compare levels tried unequally; to measure what matters, run "
                 f"`{self.ablate_hint or 'python -m bench.ablate --seeds 3'}`."
             )
-        parts = [matters] if matters else []
+        parts = ["<h3>Factor by factor</h3>", self.overview_html] if self.overview_html else []
+        if matters and self.overview_html and self.what_matters_html:
+            parts.append("<h3>One factor at a time</h3>")
+        parts += [matters] if matters else []
         if "what_matters.png" in plots:
             parts.append(h.image(plots["what_matters.png"][1], plots["what_matters.png"][0]))
         if self.interactions_html:
@@ -303,6 +308,8 @@ class Report:
             parts += ["<h3>Importance over the whole space</h3>", self.global_html]
         if "importance.png" in plots:
             parts.append(h.image(plots["importance.png"][1], plots["importance.png"][0]))
+        if self.across_html:
+            parts += ["<h3>Across datasets</h3>", self.across_html]
         sections.append(h.Section("what-matters", "What matters", parts))
         search = []
         for heading, value in role("search"):
@@ -390,7 +397,12 @@ def champion_section(batches: list[Batch]) -> str | None:
         lines.append(
             f"- member {m['source']}: validation {m['selection_score']:.4f}, test alone "
             + (f"{test:.4f}" if test is not None else "n/a")
+            + (" (the space's hand-picked start)" if m.get("from_start") else "")
         )
+    if s.get("from_start"):
+        from bench.results.champion import start_note
+
+        lines.append(start_note(s["from_start"], len(members) or 1))
     return "\n".join(lines)
 
 
@@ -513,6 +525,38 @@ def global_importance(report: Report, batches: list[Batch], out: Path) -> None:
     )  # fmt: skip
 
 
+def overview(report: Report, batches: list[Batch]) -> None:
+    """Lead What matters with every design's word on each factor, where two or more designs
+    ran (with one, its own section says it all)."""
+    from bench.results import overview as ov
+
+    items = ov.evidence(batches)
+    if len({e.design for e in items}) < 2:
+        return
+    title = "What matters, factor by factor"
+    report.lead.insert(0, (f"{title}\n{ov.text(items)}", f"## {title}\n\n{ov.markdown(items)}"))
+    report.overview_html = ov.html(items)
+
+
+def across_datasets(report: Report, batches: list[Batch], study: str | None = None) -> None:
+    """Add one table of each factor's effect on each dataset, where a design ran on two or more
+    (``batches`` then holds other studies' batches too)."""
+    import pandas as pd
+
+    from bench.results import html as h
+    from bench.results import overview as ov
+
+    table = ov.across_datasets(batches, study)
+    if table is None:
+        return
+    header, rows = table
+    title = "What matters, across datasets"
+    frame = pd.DataFrame(rows, columns=header)
+    report.lead.append((f"{title}\n{ov.ACROSS_INTRO}\n{_text(frame)}",
+                        f"## {title}\n\n{ov.ACROSS_INTRO}\n\n{_md(frame)}"))  # fmt: skip
+    report.across_html = h.paragraph(ov.ACROSS_INTRO) + "\n" + h.frame_table(frame)
+
+
 def reeval_frame(batches: list[Batch]) -> pd.DataFrame | None:
     """The latest re-evaluation rows (mean validation and test accuracy over seeds), if any.
 
@@ -559,7 +603,13 @@ def reeval_frame(batches: list[Batch]) -> pd.DataFrame | None:
     return None
 
 
-def build(study: optuna.Study, out: Path, top_k: int, batches: list[Batch] | None = None) -> Report:
+def build(
+    study: optuna.Study,
+    out: Path,
+    top_k: int,
+    batches: list[Batch] | None = None,
+    other_studies: list[Batch] | None = None,
+) -> Report:
     """Compute every table and plot of ``study``; write them, ``report.md`` and ``report.html``
     (the same, as one self-contained page) into ``out``.
 
@@ -568,6 +618,8 @@ def build(study: optuna.Study, out: Path, top_k: int, batches: list[Batch] | Non
         out: The folder to write into.
         top_k: Trials ranked first and drawn as learning curves.
         batches: The study's batches from the job store (ablation and re-evaluation summaries).
+        other_studies: Other studies' batches in the same store: where a design also ran on
+            another dataset, What matters adds a table across datasets.
     """
     batches = batches or []
     report = Report()
@@ -575,6 +627,8 @@ def build(study: optuna.Study, out: Path, top_k: int, batches: list[Batch] | Non
     interactions(report, batches, out)
     ablation_path(report, batches, out)
     global_importance(report, batches, out)
+    overview(report, batches)
+    across_datasets(report, [*(other_studies or []), *batches], study.study_name)
     metric, maximize = metric_name(study), opt.direction(study) == "maximize"
     budget = equal_budget(batches)
     frame = trials_frame(study, top_k, budget)

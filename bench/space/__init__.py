@@ -39,6 +39,7 @@ from bench.space._types import (
     Space,
     TrainSpec,
     flat_config,
+    start_configs,
     suggest,
 )
 
@@ -159,5 +160,6 @@ __all__ = [
     "resolve_space",
     "read_yaml_file",
     "space_from_text",
+    "start_configs",
     "suggest",
 ]

@@ -237,6 +237,30 @@ def suggest(trial: optuna.trial.BaseTrial, space: Space) -> dict[str, Any]:
     return config
 
 
+class _Fixed:
+    """Optuna-style ``suggest_*`` calls answered from fixed parameter values."""
+
+    def __init__(self, params: dict[str, Any]):
+        self.params = params
+
+    def suggest_int(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        return self.params[name]
+
+    suggest_float = suggest_categorical = suggest_int
+
+
+def start_configs(space: Space) -> list[dict[str, Any]]:
+    """The model configurations of the space's ``study.enqueue`` starts (hand-picked, not
+    proposed by the sampler); a start that leaves a parameter to the sampler is left out."""
+    out = []
+    for params in space.enqueue:
+        try:
+            out.append(suggest(_Fixed(dict(params)), space))
+        except KeyError:
+            continue
+    return out
+
+
 def flat_config(config: dict[str, Any]) -> dict[str, Any]:
     """A configuration with per-layer lists spread into ``name_i`` keys, for logging."""
     flat: dict[str, Any] = {}

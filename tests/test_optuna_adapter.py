@@ -198,3 +198,23 @@ def test_importances_at_the_equal_budget_count_pruned_trials_and_carry_intervals
     assert lr[1] <= lr[0] <= lr[2] and opt[1] <= opt[0] <= opt[2]
     assert importances_at_budget(study, values, n_boot=20) == (got, n)  # seeded: repeatable
     assert importances_at_budget(study, {0: 0.5}, n_boot=5) == ({}, 1)
+
+
+def test_the_global_designs_draws_and_evaluators_on_this_optuna(space):
+    """Issue #19, item 3, through the adapter (so CI runs it on the lowest declared Optuna too):
+    QMC draws are seeded and complete; both evaluators answer for every varied parameter."""
+    from bench.optuna_adapter.importance import evaluate, qmc_draws
+
+    draws = qmc_draws(space, 12, seed=0)
+    assert draws == qmc_draws(space, 12, seed=0) and len(draws) == 12
+    for d in draws:
+        n = d["config"]["n_layers"]
+        assert d["config"]["units"] == [d["params"][f"units_{i}"] for i in range(n)]
+        assert set(d["distributions"]) == set(d["params"])
+    rows = [(0.5 + 0.1 * (d["config"]["optimizer"] == "adam"), d["params"], d["distributions"])
+            for d in draws]  # fmt: skip
+    fanova = evaluate("fanova", rows, seed=0)
+    assert fanova["optimizer"] == max(fanova.values()) > 0.5  # the one factor the scores follow
+    ped = evaluate("ped-anova", rows, seed=0)
+    assert {"optimizer", "learning_rate", "normalization"} <= set(ped)
+    assert all(v >= 0 for v in ped.values())

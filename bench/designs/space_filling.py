@@ -17,7 +17,6 @@ layers a configuration has: the importances see them as conditional parameters.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,14 +27,8 @@ from bench.designs.ablation_plan import estimate_seconds, fmt_level
 from bench.errors import BenchError
 from bench.records import ABLATION, DONE, FAILED, GLOBAL_DESIGN, Job, JobSpec
 from bench.space import (
-    PER_LAYER_OK,
-    CategoricalParam,
     FixedParam,
-    FloatParam,
-    IntParam,
-    Param,
     Space,
-    suggest,
 )
 
 MIN_CONFIGS = 8  # fewer cannot rank 9 factors, let alone put an interval on it
@@ -117,25 +110,13 @@ class GlobalPlan:
         )
 
 
-def _distribution(p: Param) -> Any:
-    import optuna
-
-    d = optuna.distributions
-    if isinstance(p, IntParam):
-        return d.IntDistribution(p.low, p.high, step=p.step or 1, log=p.log)
-    if isinstance(p, FloatParam):
-        return d.FloatDistribution(p.low, p.high, step=p.step, log=p.log)
-    assert isinstance(p, CategoricalParam)
-    return d.CategoricalDistribution(list(p.choices))
-
-
 def global_plan(space: Space, n: int, seeds: Sequence[int], qmc_seed: int = 0) -> GlobalPlan:
     """``n`` configurations spread over ``space``, with the seeds they train with.
 
     Raises:
         BenchError: fewer than :data:`MIN_CONFIGS`, a space that searches nothing, or bad seeds.
     """
-    import optuna
+    from bench.optuna_adapter.importance import qmc_draws
 
     if not MIN_CONFIGS <= n <= MAX_CONFIGS:
         raise BenchError(
@@ -148,62 +129,8 @@ def global_plan(space: Space, n: int, seeds: Sequence[int], qmc_seed: int = 0) -
     searched = {k: p for k, p in space.params.items() if not isinstance(p, FixedParam)}
     if not searched:
         raise BenchError(f"{space.path}: the space searches no parameter; nothing to rank")
-    deepest = space.params["n_layers"]
-    if isinstance(deepest, IntParam):
-        n_max = deepest.high
-    elif isinstance(deepest, CategoricalParam):
-        n_max = max(int(c) for c in deepest.choices)
-    else:
-        n_max = int(deepest.value)
-    box = {}  # every dimension, deepest widths included: the sequence fills a fixed box
-    for name, p in searched.items():
-        if name in PER_LAYER_OK and getattr(p, "per_layer", False):
-            box.update({f"{name}_{i}": _distribution(p) for i in range(n_max)})
-        else:
-            box[name] = _distribution(p)
-    with warnings.catch_warnings():  # "QMCSampler is experimental": it is Optuna's, used as is
-        warnings.simplefilter("ignore")
-        sampler = optuna.samplers.QMCSampler(
-            qmc_type="sobol", scramble=True, seed=qmc_seed, warn_independent_sampling=False
-        )
-    verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.ERROR)  # no "trial N finished" per draw
-    try:
-        study = optuna.create_study(sampler=sampler)
-        configs = [_draw(study, box, space, searched) for _ in range(n)]
-    finally:
-        optuna.logging.set_verbosity(verbosity)
+    configs = qmc_draws(space, n, qmc_seed)
     return GlobalPlan(tuple(configs), tuple(repeated_indices(n)), tuple(seeds), qmc_seed)
-
-
-def _draw(study, box: dict, space: Space, searched: dict) -> dict:
-    """One configuration from the sequence, with the Optuna parameters it uses."""
-    import optuna
-
-    trial = study.ask(box)
-    config = suggest(trial, space)
-    study.tell(trial, 0.0)
-    used = _used_params(config, trial.params, searched)
-    return {
-        "config": config,
-        "params": {k: trial.params[k] for k in used},
-        "distributions": {
-            k: optuna.distributions.distribution_to_json(trial.distributions[k]) for k in used
-        },
-    }
-
-
-def _used_params(config: dict, drawn: dict, searched: dict) -> list[str]:
-    """The Optuna parameters ``config`` uses: a per-layer one only for its own layers."""
-    out = []
-    for name in drawn:
-        base, _, layer = name.rpartition("_")
-        if base in searched and layer.isdigit() and base in PER_LAYER_OK:
-            if int(layer) < config["n_layers"]:
-                out.append(name)
-        else:
-            out.append(name)
-    return out
 
 
 def plan_to_settings(plan: GlobalPlan, train: dict) -> dict[str, Any]:

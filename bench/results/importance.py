@@ -28,7 +28,6 @@ Scores are validation accuracies (higher is better); test accuracy is never read
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -177,40 +176,15 @@ def _num(x: float, evaluator: str) -> str:
     return f"{100 * x:.1f}%" if evaluator == "fanova" else f"{x:.3g}"
 
 
-def _study(trials: list, maximize: bool):
-    import optuna
-
-    study = optuna.create_study(direction="maximize" if maximize else "minimize")
-    study.add_trials(trials)
-    return study
+def _rows(configs: Sequence[Mapping], values: Mapping[int, float]) -> list[tuple]:
+    """One ``(value, params, distributions)`` row per configuration with a value."""
+    return [(v, configs[i]["params"], configs[i]["distributions"]) for i, v in values.items()]
 
 
-def _evaluate(name: str, trials: list, maximize: bool, seed: int) -> dict[str, float]:
-    import optuna
+def _evaluate(name: str, rows: list, seed: int) -> dict[str, float]:
+    from bench.optuna_adapter.importance import evaluate
 
-    if name == "fanova":
-        evaluator = optuna.importance.FanovaImportanceEvaluator(seed=seed)
-    else:
-        evaluator = optuna.importance.PedAnovaImportanceEvaluator()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return optuna.importance.get_param_importances(
-            _study(trials, maximize), evaluator=evaluator, normalize=False
-        )
-
-
-def _trials(configs: Sequence[Mapping], values: Mapping[int, float]) -> list:
-    import optuna
-
-    out = []
-    for i, v in values.items():
-        c = configs[i]
-        dists = {
-            k: optuna.distributions.json_to_distribution(d) for k, d in c["distributions"].items()
-        }
-        out.append(optuna.trial.create_trial(value=v, params=dict(c["params"]),
-                                             distributions=dists))  # fmt: skip
-    return out
+    return evaluate(name, rows, seed)
 
 
 Floor = tuple[float, float, float, float]
@@ -255,14 +229,10 @@ def analyse(
     Raises:
         ValueError: fewer than :data:`MIN_ANALYSED` configurations finished.
     """
-    import optuna
+    from bench.optuna_adapter.importance import quiet
 
-    verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.ERROR)  # no "a new study created" per resample
-    try:
+    with quiet():  # no "a new study created" per resample
         return _analyse(plan, records, n_boot, n_shuffle, seed)
-    finally:
-        optuna.logging.set_verbosity(verbosity)
 
 
 def _percentiles(draws: Sequence[float], q: Sequence[float]) -> list[float]:
@@ -290,16 +260,16 @@ def _analyse(plan, records, n_boot, n_shuffle, seed) -> GlobalResult:
     floor, f_low, f_high, seed_sd = seed_floor(
         {i: list(s.values()) for i, s in by_config.items()}, between
     )
-    trials = _trials(configs, values)
+    trials = _rows(configs, values)
     rng = np.random.default_rng(seed)
     results = []
     for name in EVALUATORS:
-        point = _evaluate(name, trials, True, seed)
+        point = _evaluate(name, trials, seed)
         draws: dict[str, list[float]] = {p: [] for p in point}
         for b in range(n_boot):
             sample = [trials[i] for i in rng.integers(0, len(trials), len(trials))]
             try:
-                got = _evaluate(name, sample, True, seed + 1 + b)
+                got = _evaluate(name, sample, seed + 1 + b)
             except (RuntimeError, ValueError):  # a resample in which nothing varies
                 continue
             for p in point:
@@ -308,7 +278,7 @@ def _analyse(plan, records, n_boot, n_shuffle, seed) -> GlobalResult:
         scores = list(values.values())
         for k in range(n_shuffle):
             shuffled = dict(zip(values, rng.permutation(scores), strict=True))
-            got = _evaluate(name, _trials(configs, shuffled), True, seed + 1 + n_boot + k)
+            got = _evaluate(name, _rows(configs, shuffled), seed + 1 + n_boot + k)
             for p in point:
                 null[p].append(got.get(p, 0.0))
         seeds = (floor, f_low, f_high) if name == "fanova" else (math.nan,) * 3

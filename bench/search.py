@@ -105,6 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="seeds per re-evaluated configuration (default 3)",
     )
     p.add_argument(
+        "--max-replacements",
+        type=bounded_int(0, 10_000),
+        default=10,
+        metavar="N",
+        help="failed search jobs (an error, or a worker that died 3 times on it) replaced by "
+        "fresh configurations so the batch keeps its trial count; 0: none (default 10)",
+    )
+    p.add_argument(
         "--allow-space-change",
         action="store_true",
         help="continue a study created with a different search space",
@@ -185,6 +193,7 @@ def _run(args: argparse.Namespace, interrupts) -> int:
         "reeval_top_k": args.reeval_top_k,
         "reeval_seeds": args.reeval_seeds if args.reeval_top_k else 0,
         "baselines": first,
+        "max_failures": args.max_replacements,
     }
     # creates the study, or checks it was made for this space, before anything else is written
     study = opt.open_study(

@@ -365,3 +365,18 @@ def test_a_champion_member_from_the_spaces_start_is_named_in_the_summary():
     # an unreadable stored space says nothing rather than guessing
     alone = _design(ensemble=2, space_text=text.replace("enqueue:", "enqueue_off:"))
     assert alone._starts() == []
+
+
+def test_failed_search_jobs_are_replaced_up_to_the_flags_count():
+    """``bench.search --max-replacements N`` (issue #17, item 4: ``max_failures`` was documented
+    but nothing set it) reaches the design as ``max_failures``."""
+    from bench.search import build_parser
+
+    assert build_parser().parse_args([]).max_replacements == 10
+    assert build_parser().parse_args(["--max-replacements", "0"]).max_replacements == 0
+    failed = [Job(i + 1, 1, JobSpec(key=f"search-{i:04d}", purpose=SEARCH, seed=i), FAILED,
+                  attempts=3, reason="x") for i in range(3)]  # fmt: skip
+    keys = [s.key for s in _design(max_failures=2).replacements(failed)]
+    assert keys == ["search-0000+", "search-0001+"]
+    assert _design(max_failures=0).replacements(failed) == []
+    assert len(_design().replacements(failed)) == 3  # a batch opened before the flag: 10

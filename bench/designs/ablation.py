@@ -90,15 +90,22 @@ def records(jobs: list[Job], metric: str = "val_accuracy") -> list[dict[str, Any
     return out
 
 
-class AblationDesign(Design):
-    """Produces an ablation batch's jobs (all at once) and reads their results."""
+class PlannedAblation(Design):
+    """A design whose whole plan is stored in its settings (``settings["plan"]``) and whose
+    cells are ``ablation`` jobs: the one-factor, crossed, path and global designs."""
 
-    name = ABLATION_DESIGN
     purposes = (ABLATION,)
+    role = "ablation"  # the UI lists them all with the ablations
 
     def __init__(self, settings: dict[str, Any], maximize: bool = True):
         super().__init__(settings, maximize)
         self.plan = settings["plan"]
+
+
+class AblationDesign(PlannedAblation):
+    """Produces an ablation batch's jobs (all at once) and reads their results."""
+
+    name = ABLATION_DESIGN
 
     def _params(self, facts: OpeningFacts) -> dict[str, Any]:
         s, base = self.settings, self.plan["cells"][0]["config"]

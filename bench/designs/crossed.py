@@ -19,8 +19,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.designs._base import Design, OpeningFacts
-from bench.designs.ablation import _plain, val_accuracy
+from bench.designs._base import OpeningFacts
+from bench.designs.ablation import PlannedAblation, _plain, val_accuracy
 from bench.designs.ablation_plan import (
     MAX_POINTS,
     _complete_base,
@@ -221,16 +221,10 @@ def records(jobs: list[Job], metric: str = "val_accuracy") -> list[dict[str, Any
     return out
 
 
-class CrossedDesign(Design):
+class CrossedDesign(PlannedAblation):
     """Produces a crossed batch's jobs (all at once) and reads their results."""
 
     name = CROSSED_DESIGN
-    purposes = (ABLATION,)
-    role = "ablation"  # the UI lists it with the ablations
-
-    def __init__(self, settings: dict[str, Any], maximize: bool = True):
-        super().__init__(settings, maximize)
-        self.plan = settings["plan"]
 
     def _base_config(self) -> dict:
         cells = self.plan["cells"]

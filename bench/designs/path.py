@@ -19,8 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bench.designs._base import Design, OpeningFacts
-from bench.designs.ablation import _plain, val_accuracy
+from bench.designs._base import OpeningFacts
+from bench.designs.ablation import PlannedAblation, _plain, val_accuracy
 from bench.designs.ablation_plan import _complete_base, estimate_seconds, fmt_level
 from bench.errors import BenchError
 from bench.records import ABLATION, COMPLETED, DONE, FAILED, PATH_DESIGN, Job, JobSpec
@@ -181,16 +181,10 @@ def _mean_val(jobs: list[Job]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-class PathDesign(Design):
+class PathDesign(PlannedAblation):
     """Produces a path batch's stages and reads where the path went."""
 
     name = PATH_DESIGN
-    purposes = (ABLATION,)
-    role = "ablation"
-
-    def __init__(self, settings: dict[str, Any], maximize: bool = True):
-        super().__init__(settings, maximize)
-        self.plan = settings["plan"]
 
     def _params(self, facts: OpeningFacts) -> dict[str, Any]:
         s = self.settings

@@ -21,8 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bench.designs._base import Design, OpeningFacts
-from bench.designs.ablation import _plain, val_accuracy
+from bench.designs._base import OpeningFacts
+from bench.designs.ablation import PlannedAblation, _plain, val_accuracy
 from bench.designs.ablation_plan import estimate_seconds, fmt_level
 from bench.errors import BenchError
 from bench.records import ABLATION, DONE, FAILED, GLOBAL_DESIGN, Job, JobSpec
@@ -147,16 +147,10 @@ def job_key(index: int, seed: int) -> str:
     return f"global-c{index}-s{seed}"
 
 
-class GlobalDesign(Design):
+class GlobalDesign(PlannedAblation):
     """Produces a global batch's jobs (all at once) and reads their results."""
 
     name = GLOBAL_DESIGN
-    purposes = (ABLATION,)
-    role = "ablation"
-
-    def __init__(self, settings: dict[str, Any], maximize: bool = True):
-        super().__init__(settings, maximize)
-        self.plan = settings["plan"]
 
     def _params(self, facts: OpeningFacts) -> dict[str, Any]:
         p = self.plan

@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from bench.results import sections
+
 BOOTSTRAPS = 50  # resamples of the configurations per evaluator
 SHUFFLES = 30  # permutations of the scores per evaluator, for the chance floors
 MIN_ANALYSED = 8  # finished configurations needed for any importance
@@ -339,31 +341,19 @@ def rows(r: GlobalResult) -> list[list[str]]:
 
 
 def text(r: GlobalResult) -> str:
-    import textwrap
-
-    out = ["Importance over the whole space", "", *textwrap.wrap(_intro(), 100), ""]
-    out += [f"{i:>2}. {line}" for i, line in enumerate(r.headlines(), 1)]
-    table = [HEADER, *rows(r)]
-    widths = [max(len(row[c]) for row in table) for c in range(len(HEADER))]
-    out.append("")
-    for row in table:
-        out.append("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-    return "\n".join(out) + "\n"
+    return sections.text(
+        "Importance over the whole space", _intro(), r.headlines(), HEADER, rows(r)
+    )
 
 
 def markdown(r: GlobalResult) -> str:
-    out = ["## Importance over the whole space", "", _intro(), ""]
-    out += [f"{i}. {line}" for i, line in enumerate(r.headlines(), 1)]
-    out += ["", "| " + " | ".join(HEADER) + " |", "|" + "|".join("---" for _ in HEADER) + "|"]
-    out += ["| " + " | ".join(row) + " |" for row in rows(r)]
-    return "\n".join(out) + "\n"
+    return sections.markdown(
+        "Importance over the whole space", _intro(), r.headlines(), HEADER, rows(r)
+    )
 
 
 def html(r: GlobalResult) -> str:
-    from bench.results import html as h
-
-    items = "".join(f"<li>{h.esc(line)}</li>" for line in r.headlines())
-    return "\n".join([h.paragraph(_intro()), f"<ol>{items}</ol>", h.table(HEADER, rows(r))])
+    return sections.html(_intro(), r.headlines(), HEADER, rows(r))
 
 
 def summary_text(summary: Mapping[str, Any]) -> str:

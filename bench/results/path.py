@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.results import sections
 from bench.results.stats import PairedDiff, fmt_interval, fmt_number, holm, paired_diff, verdict
 
 
@@ -167,31 +168,15 @@ HEADER = ["", "parameter", "Δ val (points)", "cumulative", "verdict"]
 
 
 def text(r: PathResult) -> str:
-    import textwrap
-
-    out = ["Ablation path", "", *textwrap.wrap(_intro(), 100), ""]
-    out += [f"{i:>2}. {line}" for i, line in enumerate(r.headlines(), 1)]
-    table = [HEADER, *rows(r)]
-    widths = [max(len(row[c]) for row in table) for c in range(len(HEADER))]
-    out.append("")
-    for row in table:
-        out.append("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-    return "\n".join(out) + "\n"
+    return sections.text("Ablation path", _intro(), r.headlines(), HEADER, rows(r))
 
 
 def markdown(r: PathResult) -> str:
-    out = ["## Ablation path", "", _intro(), ""]
-    out += [f"{i}. {line}" for i, line in enumerate(r.headlines(), 1)]
-    out += ["", "| " + " | ".join(HEADER) + " |", "|" + "|".join("---" for _ in HEADER) + "|"]
-    out += ["| " + " | ".join(row) + " |" for row in rows(r)]
-    return "\n".join(out) + "\n"
+    return sections.markdown("Ablation path", _intro(), r.headlines(), HEADER, rows(r))
 
 
 def html(r: PathResult) -> str:
-    from bench.results import html as h
-
-    items = "".join(f"<li>{h.esc(line)}</li>" for line in r.headlines())
-    return "\n".join([h.paragraph(_intro()), f"<ol>{items}</ol>", h.table(HEADER, rows(r))])
+    return sections.html(_intro(), r.headlines(), HEADER, rows(r))
 
 
 def waterfall_plot(r: PathResult, path: str | Path) -> Path:

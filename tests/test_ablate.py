@@ -58,22 +58,28 @@ def _done(folder: Path, design: str = "ablation") -> int:
         return 0
 
 
-@pytest.mark.slow
-def test_ablation_resumes_after_sigint_and_tracks_every_cell(tmp_path):
-    (tmp_path / "base.yaml").write_text(BASE)
+def _interrupt(folder: Path, args: list[str], design: str, after: int) -> str:
+    """Start ``bench.ablate args``, SIGINT it once ``after`` jobs of ``design`` are done; it must
+    end with 130 and no traceback. Returns its stderr."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.ablate", *_args(tmp_path)],
-        cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [sys.executable, "-m", "bench.ablate", *args],
+        cwd=folder, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     deadline = time.time() + 300
-    while _done(tmp_path) < 1 and proc.poll() is None and time.time() < deadline:
+    while _done(folder, design) < after and proc.poll() is None and time.time() < deadline:
         time.sleep(0.2)
     assert proc.poll() is None, "finished before it could be interrupted: " + proc.stderr.read()
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err[-2000:]
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]
+    return err
+
+
+@pytest.mark.slow
+def test_ablation_resumes_after_sigint_and_tracks_every_cell(tmp_path):
+    (tmp_path / "base.yaml").write_text(BASE)
+    err = _interrupt(tmp_path, _args(tmp_path), "ablation", 1)
     assert "rerun the same command to resume" in err
-    assert "Traceback" not in err
     batch, jobs = _jobs(tmp_path)
     before = {j.key: (j.id, j.run_id, j.result.train_seconds) for j in jobs if j.state == "done"}
     assert 1 <= len(before) < 6
@@ -139,18 +145,7 @@ def test_crossed_run_resumes_after_sigint_tracks_every_cell_and_reports_interact
     """Issue #19, item 1: 3 x 2 cells x 2 seeds on digits, interrupted, resumed, reported."""
     (tmp_path / "base.yaml").write_text(BASE)
     args = [a for a in _args(tmp_path) if a not in ("--factors", "normalization")] + CROSS
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.ablate", *args],
-        cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    deadline = time.time() + 300
-    while _done(tmp_path, "crossed") < 2 and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
-    assert proc.poll() is None, "finished before it could be interrupted: " + proc.stderr.read()
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err[-2000:]
-    assert "Traceback" not in err
+    err = _interrupt(tmp_path, args, "crossed", 2)
     assert "crossed: normalization x optimizer (3 x 2 levels) = 6 cells, 2 seeds" in err
     batch, jobs = _jobs(tmp_path, "crossed")
     before = {j.key: (j.id, j.run_id, j.result.train_seconds) for j in jobs if j.state == "done"}
@@ -345,17 +340,7 @@ def test_ablation_path_runs_its_stages_resumes_after_sigint_and_reports(tmp_path
         "--space", "smoke", "--dataset", "digits", "--seeds", "2", "--jobs", "1",
         "--threads", "1", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
     ]  # fmt: skip
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.ablate", *args],
-        cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    deadline = time.time() + 300
-    while _done(tmp_path, "path") < 3 and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
-    assert proc.poll() is None, "finished before it could be interrupted: " + proc.stderr.read()
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]
+    err = _interrupt(tmp_path, args, "path", 3)
     assert "path: 3 parameter(s) differ (normalization, units, learning_rate)" in err
     batch, jobs = _jobs(tmp_path, "path")
     before = {j.key: (j.id, j.run_id) for j in jobs if j.state == "done"}
@@ -406,17 +391,7 @@ def test_global_run_resumes_after_sigint_tracks_every_configuration_and_reports(
         "--global", "8", "--space", "smoke", "--dataset", "digits", "--seeds", "2",
         "--jobs", "1", "--threads", "1", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
     ]  # fmt: skip
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.ablate", *args],
-        cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    deadline = time.time() + 300
-    while _done(tmp_path, "global") < 2 and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
-    assert proc.poll() is None, "finished before it could be interrupted: " + proc.stderr.read()
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]
+    err = _interrupt(tmp_path, args, "global", 2)
     assert "global: 8 configurations from a scrambled Sobol sequence" in err
     assert "2 of them also with seed(s) 1 for the noise floor -> 10 jobs" in err
     batch, jobs = _jobs(tmp_path, "global")

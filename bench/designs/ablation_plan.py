@@ -259,6 +259,13 @@ class Plan:
         )
 
 
+@dataclass(frozen=True)
+class ConfigCell:
+    """A cell that is only a configuration (the path's and the global design's cells)."""
+
+    config: dict
+
+
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from bench.designs._base import OpeningFacts
 from bench.designs.ablation import PlannedAblation, _plain, val_accuracy
-from bench.designs.ablation_plan import _complete_base, estimate_seconds, fmt_level
+from bench.designs.ablation_plan import ConfigCell, _complete_base, estimate_seconds, fmt_level
 from bench.errors import BenchError
 from bench.records import ABLATION, COMPLETED, DONE, FAILED, PATH_DESIGN, Job, JobSpec
 from bench.space import PARAM_DEFAULTS, PER_LAYER_OK, Space
@@ -68,11 +68,6 @@ def differing(reference: dict, target: dict) -> list[str]:
 
 
 @dataclass(frozen=True)
-class _Cell:
-    config: dict
-
-
-@dataclass(frozen=True)
 class PathPlan:
     """A path's plan: what ``bench.ablate --path`` prints, estimates and stores.
 
@@ -93,18 +88,18 @@ class PathPlan:
         return self.params
 
     @property
-    def base(self) -> _Cell:
+    def base(self) -> ConfigCell:
         """The configuration costs are measured against (the target)."""
-        return _Cell(self.target)
+        return ConfigCell(self.target)
 
     @property
-    def cells(self) -> list[_Cell]:
+    def cells(self) -> list[ConfigCell]:
         """Every cell the path may train, at most: stage 0, then each step's candidates."""
         d = len(self.params)
-        first = [_Cell(self.reference), _Cell(self.target)]
+        first = [ConfigCell(self.reference), ConfigCell(self.target)]
         if d > 1:
-            first += [_Cell(move(self.target, self.reference, p)) for p in self.params]
-        steps = [_Cell(self.target) for k in range(1, d) for _ in range(d - k + 1)]
+            first += [ConfigCell(move(self.target, self.reference, p)) for p in self.params]
+        steps = [ConfigCell(self.target) for k in range(1, d) for _ in range(d - k + 1)]
         return first + steps
 
     def job_configs(self) -> list[dict]:

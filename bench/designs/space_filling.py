@@ -23,7 +23,7 @@ from typing import Any
 
 from bench.designs._base import OpeningFacts
 from bench.designs.ablation import PlannedAblation, _plain, val_accuracy
-from bench.designs.ablation_plan import estimate_seconds, fmt_level
+from bench.designs.ablation_plan import ConfigCell, estimate_seconds, fmt_level
 from bench.errors import BenchError
 from bench.records import ABLATION, DONE, FAILED, GLOBAL_DESIGN, Job, JobSpec
 from bench.space import (
@@ -40,11 +40,6 @@ def repeated_indices(n: int) -> list[int]:
     least 2, spread evenly over the sequence (so not all from its random first point)."""
     k = max(2, round(n / 16))
     return sorted({round(i * (n - 1) / (k - 1)) for i in range(k)}) if k > 1 else [0]
-
-
-@dataclass(frozen=True)
-class _Cell:
-    config: dict
 
 
 @dataclass(frozen=True)
@@ -72,13 +67,13 @@ class GlobalPlan:
         return tuple(names)
 
     @property
-    def base(self) -> _Cell:
+    def base(self) -> ConfigCell:
         """The configuration costs are measured against (the first one)."""
-        return _Cell(self.configs[0]["config"])
+        return ConfigCell(self.configs[0]["config"])
 
     @property
-    def cells(self) -> list[_Cell]:
-        return [_Cell(c["config"]) for c in self.configs]
+    def cells(self) -> list[ConfigCell]:
+        return [ConfigCell(c["config"]) for c in self.configs]
 
     def jobs(self) -> list[tuple[int, int]]:
         """Every (configuration index, seed): the first seed for all, then the repeats."""

@@ -437,7 +437,7 @@ def _run(args: argparse.Namespace, interrupts) -> int:
     uri = resolve_uri(args.tracking_uri)
     check_uri(uri)
     budget = int(spec_train["max_epochs"])
-    n_jobs = getattr(plan, "n_jobs", None) or len(plan.cells) * len(plan.seeds)
+    n_jobs = len(plan.job_configs())  # every plan lists its jobs' configurations
     workers = plan_workers(args.workers, args.threads, n_jobs, usable_cpus(), visible_gpus())
     n_train = len(dataset.y_train) - int(spec_train["validation_size"])
     rate, how = seconds_per_mac(view, n_train)

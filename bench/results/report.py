@@ -296,18 +296,15 @@ class Report:
         parts += [matters] if matters else []
         if "what_matters.png" in plots:
             parts.append(h.image(plots["what_matters.png"][1], plots["what_matters.png"][0]))
-        if self.interactions_html:
-            parts += ["<h3>Interactions</h3>", self.interactions_html]
-        if "interactions.png" in plots:
-            parts.append(h.image(plots["interactions.png"][1], plots["interactions.png"][0]))
-        if self.path_html:
-            parts += ["<h3>Ablation path</h3>", self.path_html]
-        if "path.png" in plots:
-            parts.append(h.image(plots["path.png"][1], plots["path.png"][0]))
-        if self.global_html:
-            parts += ["<h3>Importance over the whole space</h3>", self.global_html]
-        if "importance.png" in plots:
-            parts.append(h.image(plots["importance.png"][1], plots["importance.png"][0]))
+        for heading, body_html, image in (
+            ("Interactions", self.interactions_html, "interactions.png"),
+            ("Ablation path", self.path_html, "path.png"),
+            ("Importance over the whole space", self.global_html, "importance.png"),
+        ):
+            if body_html:
+                parts += [f"<h3>{heading}</h3>", body_html]
+            if image in plots:
+                parts.append(h.image(plots[image][1], plots[image][0]))
         if self.across_html:
             parts += ["<h3>Across datasets</h3>", self.across_html]
         sections.append(h.Section("what-matters", "What matters", parts))

@@ -104,8 +104,6 @@ def engine_main(run_fn: Callable[..., int], args: argparse.Namespace) -> int:
 
     setup_logging(verbose=getattr(args, "verbose", None))
     try:
-        # importing the engine checks its environment (BENCH_LEASE_SECONDS): a bad value is
-        # a usage error like a bad flag
         from bench.engine.interrupts import Interrupts
 
         interrupts = Interrupts()

@@ -146,7 +146,6 @@ class Job:
     state: str
     attempts: int = 0
     owner: dict | None = None
-    lease_until: float | None = None
     result: JobResult | None = None
     trial_number: int | None = None
     run_id: str | None = None

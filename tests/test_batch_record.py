@@ -22,6 +22,7 @@ import pytest
 pytestmark = pytest.mark.component  # trains Keras in this process
 pytest.importorskip("keras")
 
+from bench.engine.driver import drive_here  # noqa: E402
 from bench.engine.store import JobStore  # noqa: E402
 from bench.records import ALL, DONE, REFIT, SEARCH, WAITING, JobResult, JobSpec  # noqa: E402
 from tests.conftest import run_module  # noqa: E402
@@ -69,16 +70,29 @@ def _open(folder: Path, uri: str, specs: list[JobSpec], digest: str | None = Non
     return store, batch, storage
 
 
-def _worker(storage: str, uri: str, batch_id: int):
-    from bench.engine.worker import Worker, WorkerSettings
+def _settings(storage: str, uri: str, batch_id: int):
+    from bench.engine.worker import WorkerSettings
 
-    return Worker(WorkerSettings(storage=storage, tracking_uri=uri, batch_id=batch_id, threads=1))
+    return WorkerSettings(storage=storage, tracking_uri=uri, batch_id=batch_id, threads=1)
+
+
+def _worker(storage: str, uri: str, batch_id: int):
+    from bench.engine.worker import Worker
+
+    return Worker(_settings(storage, uri, batch_id))
+
+
+def _finish(worker, jobs) -> None:
+    """What the driver does once no job is left: the design's summary, the end of the mirror."""
+    from bench.designs import make_design
+
+    worker.ledger.finish_batch(make_design(worker.batch, worker.space), jobs)
 
 
 def _recorded_with_a_running_run(store, worker) -> None:
     """The batch's one job recorded and synced while MLflow was unreachable: its run RUNNING."""
-    token = worker.token
-    job = store.take(worker.batch.id, token, worker.owner, 30.0)
+    token = worker.token = "attempt-1"
+    job = store.take(worker.batch.id, token, {"slot": 0})
     run_id = worker.tracker.start_child(worker.batch.parent_run_id, job.key, {}, {})
     store.update_owned(job.id, token, run_id=run_id)
     result = JobResult("completed", 0.9, 1, 2, 0.5, 100, 1.0, CONFIG)
@@ -97,7 +111,7 @@ def test_a_worker_trains_the_space_stored_with_the_batch_when_its_file_is_gone(w
     worker = _worker(storage, uri, batch.id)
     assert worker.space.search_hash == batch_space_hash(batch)
     assert worker.space.train.max_epochs == 2  # the batch's --max-epochs, over the file's 3
-    assert worker.run() == "done"
+    assert drive_here(_settings(storage, uri, batch.id)) == 0
     (job,) = store.jobs(batch.id)
     assert job.state == DONE and job.result.status in ("completed", "pruned")
     assert store.get_batch(batch.id).state == "done" and store.unmirrored(STUDY) == []
@@ -138,7 +152,7 @@ def test_end_of_batch_calls_bypass_a_tripped_breaker(workdir):
     tracker = worker.tracker
     tracker.safe(tracker.end_run, "0" * 32, "FINISHED")  # a real failure: no such run
     assert tracker._down_until > time.monotonic()  # the breaker is open for 30 s
-    worker.finish_batch(store.jobs(batch.id))
+    _finish(worker, store.jobs(batch.id))
     (job,) = store.jobs(batch.id)
     statuses = _statuses(workdir, uri)
     assert statuses[batch.parent_run_id] == "FINISHED"
@@ -163,7 +177,7 @@ def test_an_outage_at_the_end_of_a_batch_is_mirrored_by_a_later_command(workdir,
         worker = _worker(storage, uri, batch.id)
         _recorded_with_a_running_run(store, worker)
         kill_group(server)
-        worker.finish_batch(store.jobs(batch.id))  # the tracking store is down right now
+        _finish(worker, store.jobs(batch.id))  # the tracking store is down right now
         assert store.get_batch(batch.id).state == "done"
         assert [b.id for b in store.unmirrored(STUDY)] == [batch.id]
 
@@ -218,9 +232,9 @@ def test_rerun_joins_with_the_stored_space_and_refuses_other_data_in_one_line(wo
 
 
 def test_a_worker_that_lost_its_job_while_stopped_leaves_no_trace(workdir):
-    # the worker was stopped (SIGSTOP, a laptop asleep) longer than its lease; a peer reaped the
-    # job and took it over with a run of its own. Resumed, the worker must not log its model
-    # into the peer's run, register a version or move the alias: the attempt is dropped.
+    # the slot was stopped (SIGSTOP, a node cut off) until the driver gave its attempt up and
+    # started another with a run of its own. Resumed, the slot must not log its model into the
+    # other attempt's run, register a version or move the alias: the attempt is dropped.
     import mlflow
 
     uri = f"sqlite:///{workdir}/mlflow.db"
@@ -228,11 +242,11 @@ def test_a_worker_that_lost_its_job_while_stopped_leaves_no_trace(workdir):
                     info={"source": "search-0000", "selection_score": 0.9})  # fmt: skip
     store, batch, storage = _open(workdir, uri, [refit])
     worker = _worker(storage, uri, batch.id)
-    job = store.take(batch.id, worker.token, worker.owner, 30.0)
-    assert store.reap(job, WAITING, "worker died")  # what a peer does once the lease ran out
-    peer = {**worker.owner, "pid": worker.owner["pid"] + 1}
-    peer_token = "peer-token"
-    taken = store.take(batch.id, peer_token, peer, 30.0)
+    worker.token = "frozen-attempt"
+    job = store.take(batch.id, worker.token, {"slot": 0})
+    assert store.reap(job, WAITING, "its node was lost")  # what the driver does then
+    peer_token = "next-attempt"
+    taken = store.take(batch.id, peer_token, {"slot": 1})
     peer_run = worker.tracker.start_child(batch.parent_run_id, "refit", {}, {})
     assert store.update_owned(taken.id, peer_token, run_id=peer_run)
 
@@ -250,17 +264,18 @@ def test_a_worker_that_lost_its_job_while_stopped_leaves_no_trace(workdir):
 def test_a_database_blip_while_recovering_is_retried_not_fatal(workdir, monkeypatch):
     import sqlalchemy.exc
 
+    from bench.engine.ledger import Ledger
+
     uri = f"sqlite:///{workdir}/mlflow.db"
     store, batch, storage = _open(workdir, uri, [JobSpec("search-0000", SEARCH, 0)])
-    worker = _worker(storage, uri, batch.id)
-    real, calls = worker.recover, []
+    real, calls = Ledger.recover, []
 
-    def blip_once():
+    def blip_once(self):
         calls.append(1)
         if len(calls) == 1:
             raise sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("server closed"))
-        real()
+        real(self)
 
-    monkeypatch.setattr(worker, "recover", blip_once)
-    assert worker.run() == "done"
-    assert len(calls) >= 2 and [j.state for j in store.jobs(batch.id)] == [DONE]
+    monkeypatch.setattr(Ledger, "recover", blip_once)
+    assert drive_here(_settings(storage, uri, batch.id)) == 0
+    assert len(calls) == 2 and [j.state for j in store.jobs(batch.id)] == [DONE]

@@ -45,20 +45,6 @@ def test_help_lists_the_flags(tmp_path):
 
 
 @pytest.mark.component
-@pytest.mark.parametrize("value", ["abc", "nan", "0", "-5"])
-def test_a_bad_lease_setting_is_one_line_and_exit_2(tmp_path, value):
-    proc = run_module(
-        "bench.search", "--dataset", "digits", "--space", "smoke", "--trials", "1",
-        cwd=tmp_path, BENCH_LEASE_SECONDS=value,
-    )  # fmt: skip
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: BENCH_LEASE_SECONDS="), proc.stderr
-    assert "from 1 to 86400" in lines[0]
-    assert not (tmp_path / "optuna-studies.log").exists()
-
-
-@pytest.mark.component
 def test_reevaluate_no_refit_is_renamed_with_one_line(tmp_path):
     # in bench.search --no-refit registers the search run's own model; bench.reevaluate's
     # "register nothing" is --no-register, and its old spelling says so instead of acting

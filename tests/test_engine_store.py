@@ -1,25 +1,24 @@
-"""Unit: the job store's compare-and-set rules, owner liveness, and continuing an opening batch.
+"""Unit: the job store's compare-and-set rules per attempt, the batch lock, and continuing an
+opening batch.
 
 No TensorFlow, no Optuna, no MLflow: a temporary SQLite file per test.
 """
 
 from __future__ import annotations
 
-import json
+import os
 import subprocess
 import sys
 import threading
-import time
+import uuid
 
 import pytest
 
 from bench.engine import open_batch
-from bench.engine.owner import is_dead, new_owner
+from bench.engine.lock import BatchLock
 from bench.engine.store import JobStore, store_url
 from bench.records import DONE, FAILED, RUNNING, WAITING, JobResult, JobSpec
 from tests.conftest import cli_env
-
-LEASE = 30.0
 
 
 @pytest.fixture
@@ -39,9 +38,8 @@ def _specs(n, prefix="search"):
     return [JobSpec(key=f"{prefix}-{i:04d}", purpose="search", seed=i) for i in range(n)]
 
 
-def _owner():
-    o = new_owner()
-    return o.pop("token"), o
+def _owner(slot=0):
+    return uuid.uuid4().hex, {"slot": slot, "host": "here", "pid": os.getpid()}
 
 
 def _result(value=0.9):
@@ -91,7 +89,7 @@ def test_take_is_exclusive_across_stores_and_threads(tmp_path):
 
     def worker(s: JobStore):
         token, owner = _owner()
-        while (job := s.take(batch.id, token, owner, LEASE)) is not None:
+        while (job := s.take(batch.id, token, owner)) is not None:
             assert job.state == RUNNING and job.owner["token"] == token
             with lock:
                 taken.append((job.id, token))
@@ -112,18 +110,18 @@ def test_take_is_exclusive_across_stores_and_threads(tmp_path):
 def test_take_returns_none_when_nothing_waits(store):
     b = _batch(store)
     token, owner = _owner()
-    assert store.take(b.id, token, owner, LEASE) is None
+    assert store.take(b.id, token, owner) is None
 
 
-def test_finish_release_heartbeat_only_by_the_owner(store):
+def test_finish_release_and_owns_only_for_the_attempts_token(store):
     b = _batch(store)
     store.add_jobs(b.id, _specs(2))
     mine, me = _owner()
     other, _ = _owner()
-    job = store.take(b.id, mine, me, LEASE)
+    job = store.take(b.id, mine, me)
 
-    assert not store.heartbeat(job.id, other, LEASE)
-    assert store.heartbeat(job.id, mine, LEASE)
+    assert not store.owns(job.id, other)
+    assert store.owns(job.id, mine)
     assert not store.update_owned(job.id, other, trial_number=7)
     assert store.update_owned(job.id, mine, trial_number=3)
     assert store.get_job(job.id).trial_number == 3
@@ -136,13 +134,14 @@ def test_finish_release_heartbeat_only_by_the_owner(store):
     done = store.get_job(job.id)
     assert done.state == DONE and done.result == _result(0.8)
     assert not store.finish(job.id, mine, FAILED, None)  # finished once
+    assert not store.owns(job.id, mine)  # a recorded attempt holds nothing any more
     assert not store.release(job.id, mine, "too late")
 
-    second = store.take(b.id, mine, me, LEASE)
+    second = store.take(b.id, mine, me)
     assert store.release(second.id, mine, "interrupted")
     again = store.get_job(second.id)
     assert again.state == WAITING and again.owner["token"] is None and again.reason == "interrupted"
-    assert store.take(b.id, other, me, LEASE).id == second.id  # it is taken again
+    assert store.take(b.id, other, me).id == second.id  # it is taken again
     assert store.get_job(second.id).attempts == 1  # a release is not a death (see below)
 
 
@@ -150,7 +149,7 @@ def test_reap_only_while_the_dead_owners_token_is_on_the_job(store):
     b = _batch(store)
     store.add_jobs(b.id, _specs(1))
     dead, owner = _owner()
-    job = store.take(b.id, dead, owner, LEASE)
+    job = store.take(b.id, dead, owner)
     seen = store.get_job(job.id)
 
     assert store.reap(seen, WAITING, "worker died")  # the first reaper wins
@@ -158,7 +157,7 @@ def test_reap_only_while_the_dead_owners_token_is_on_the_job(store):
     assert store.get_job(job.id).state == WAITING
 
     alive, owner2 = _owner()
-    retaken = store.take(b.id, alive, owner2, LEASE)
+    retaken = store.take(b.id, alive, owner2)
     assert not store.reap(seen, WAITING, "stale view")  # the new owner keeps its job
     assert store.get_job(retaken.id).owner["token"] == alive
     # an owner that was merely slow cannot record after being reaped
@@ -169,22 +168,6 @@ def test_reap_only_while_the_dead_owners_token_is_on_the_job(store):
     assert store.finish(retaken.id, alive, DONE, _result())
     assert not store.reap(view, FAILED, "too late")
     assert store.get_job(retaken.id).state == DONE
-
-
-def test_take_over_sync_of_an_unsynced_result_is_exclusive(store):
-    b = _batch(store)
-    store.add_jobs(b.id, _specs(1))
-    dead, owner = _owner()
-    job = store.take(b.id, dead, owner, LEASE)
-    store.finish(job.id, dead, DONE, _result())
-    view = store.get_job(job.id)
-    a, oa = _owner()
-    c, oc = _owner()
-    assert store.take_over_sync(view, a, oa, LEASE)
-    assert not store.take_over_sync(view, c, oc, LEASE)
-    store.mark_synced(job.id, a)
-    synced = store.get_job(job.id)
-    assert synced.synced and synced.state == DONE and synced.result == _result()
 
 
 def test_finish_batch_is_true_once(tmp_path):
@@ -253,44 +236,48 @@ def test_set_parent_run_keeps_the_first(store):
     assert store.set_parent_run(b.id, "run-b") == "run-a"
 
 
-# ---------------------------------------------------------------- owner liveness
+# ---------------------------------------------------------------- the batch lock
 
 
-def test_owner_alive_while_its_process_lives_and_lease_holds():
-    me = new_owner()
-    assert not is_dead(me, time.time() + 60)
-    assert not is_dead(me, None)
-
-
-def test_owner_dead_when_lease_is_in_the_past():
-    me = new_owner()  # this very process, alive
-    assert is_dead(me, time.time() - 1)
-    assert is_dead(me, 100.0, now=101.0)
-    assert is_dead(None, time.time() + 60)  # no owner at all
+def test_one_batch_lock_holder_at_a_time_and_who_holds_it_is_recorded(store):
+    b = _batch(store)
+    first, second = BatchLock(store, b.id), BatchLock(store, b.id)
+    assert first.try_acquire() and first.held
+    assert not second.try_acquire()  # even from the same process: the lock is per holder
+    assert store.driver(b.id)["pid"] == os.getpid()
+    assert BatchLock(store, _batch(store, study="t").id).try_acquire()  # other batches are free
+    first.release()
+    assert store.driver(b.id) is None
+    assert second.try_acquire()
+    second.release()
 
 
 @pytest.mark.component
-def test_owner_dead_at_once_when_its_pid_is_gone():
-    code = "import json; from bench.engine.owner import new_owner; print(json.dumps(new_owner()))"
-    proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=cli_env()
+def test_the_kernel_releases_the_lock_of_a_killed_holder(tmp_path):
+    """SIGKILL leaves no chance to clean up: the next command still gets the lock at once."""
+    path = str(tmp_path / "journal.log")
+    store = JobStore(path)
+    b = _batch(store)
+    code = (
+        "import sys, time; from bench.engine.store import JobStore; "
+        "from bench.engine.lock import BatchLock; "
+        f"lock = BatchLock(JobStore({path!r}), {b.id}); assert lock.try_acquire(); "
+        "print('held', flush=True); time.sleep(600)"
     )
-    gone = json.loads(proc.stdout)
-    assert is_dead(gone, time.time() + 60)  # the lease holds, but the process is gone
-
-
-def test_owner_with_reused_pid_is_dead():
-    me = new_owner()
-    assert is_dead({**me, "start": "0"}, time.time() + 60)  # same PID, another start time
-
-
-def test_owner_in_another_pid_namespace_is_judged_by_its_lease_only():
-    me = new_owner()
-    other = {**me, "pid": 999_999_999, "pidns": "pid:[1]"}  # a PID we cannot see from here
-    assert not is_dead(other, time.time() + 60)
-    assert is_dead(other, time.time() - 1)
-    other_host = {**me, "pid": 999_999_999, "boot": "another-kernel"}
-    assert not is_dead(other_host, time.time() + 60)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=cli_env()
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        mine = BatchLock(store, b.id)
+        assert not mine.try_acquire()
+        assert store.driver(b.id)["pid"] == holder.pid  # what a waiting command prints
+        holder.kill()
+        holder.wait(timeout=30)
+        assert mine.try_acquire()
+        mine.release()
+    finally:
+        holder.kill()
 
 
 # ---------------------------------------------------------------- opening a batch
@@ -406,20 +393,17 @@ def test_a_peer_that_opens_a_batch_between_look_and_create_is_joined_not_doubled
     assert [b.number for b in mine.batches("s")] == [1]
 
 
-def test_a_job_reaped_for_good_is_synced_so_no_worker_waits_on_it(store):
-    # its owner died on another machine (another kernel, its lease long gone): only that kernel
-    # could have judged it dead a second time, so an unsynced failed job hung every worker
+def test_a_job_reaped_for_good_is_synced_so_nothing_waits_on_it(store):
+    # an unsynced failed job once hung every worker: nothing but its dead owner could clear it
     b = _batch(store)
     store.add_jobs(b.id, _specs(2))
-    elsewhere = {**new_owner(), "host": "other-host", "boot": "another-kernel", "pid": 4242}
-    token = elsewhere.pop("token")
-    job = store.take(b.id, token, elsewhere, -1.0)  # a lease that has already run out
-    assert is_dead(job.owner, job.lease_until)
+    token, elsewhere = _owner()
+    job = store.take(b.id, token, elsewhere)
     assert store.reap(job, FAILED, "worker other-host:4242 died (3 attempts)")
     failed = store.get_job(job.id)
     assert failed.state == FAILED and failed.synced
     # a job sent back to waiting is not synced: its next attempt's result still needs mirroring
-    again = store.take(b.id, token, elsewhere, -1.0)
+    again = store.take(b.id, token, elsewhere)
     assert store.reap(again, WAITING, "worker died")
     assert not store.get_job(again.id).synced
 
@@ -431,13 +415,13 @@ def test_release_gives_back_the_attempt_its_take_counted(store):
     store.add_jobs(b.id, _specs(1))
     token, owner = _owner()
     for reason in ("interrupted by the user", "registration failed: down", "interrupted"):
-        job = store.take(b.id, token, owner, LEASE)
+        job = store.take(b.id, token, owner)
         assert job.attempts == 1
         assert store.release(job.id, token, reason)
         assert store.get_job(job.id).attempts == 0
-    job = store.take(b.id, token, owner, LEASE)
+    job = store.take(b.id, token, owner)
     assert store.reap(job, WAITING, "worker died")
-    assert store.take(b.id, token, owner, LEASE).attempts == 2  # the death counted
+    assert store.take(b.id, token, owner).attempts == 2  # the death counted
 
 
 def test_a_done_batch_stays_unmirrored_until_its_mirror_is_complete(store):

@@ -50,7 +50,6 @@ N = 4
 SEARCH = ["--dataset", "digits", "--space", "smoke", "--trials", str(N), "--jobs", "1", "--quiet",
           "--ensemble", "1"]  # fmt: skip
 REEVAL = ["--reeval-top-k", "2", "--reeval-seeds", "2"]
-FAST_LEASE = {"BENCH_LEASE_SECONDS": "3"}
 # Let the first pass through a point live where a later one is sure to come, so that some results
 # are recorded before the kill and the test can check that none of them is lost.
 SKIP = {"open-batch": 0, "register": 0, "train": 0}  # smoke prunes most trials at epoch 0
@@ -150,7 +149,6 @@ def _left_behind(folder, point: str) -> None:
 def test_kill_at_each_point_then_plain_rerun_recovers(tmp_path, point):
     args = SEARCH + (REEVAL if point == "reeval" else [])
     env = {
-        **FAST_LEASE,
         "BENCH_TEST_KILL_AT": point,
         "BENCH_TEST_KILL_SKIP": str(SKIP.get(point, 1)),
     }
@@ -160,7 +158,7 @@ def test_kill_at_each_point_then_plain_rerun_recovers(tmp_path, point):
     before = _snapshot(tmp_path)
 
     started = time.monotonic()
-    rerun = run_module("bench.search", *args, cwd=tmp_path, **FAST_LEASE)
+    rerun = run_module("bench.search", *args, cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert time.monotonic() - started < 240  # it never waits out a dead claimant's claim
     assert "Traceback" not in rerun.stderr
@@ -196,7 +194,7 @@ def test_kill_while_registering_the_ensemble_then_plain_rerun_recovers(tmp_path)
     study = "digits-space"
     args = ["--dataset", "digits", "--space", "space.yaml", "--trials", "4", "--jobs", "1",
             "--quiet"]  # fmt: skip
-    env = {**FAST_LEASE, "BENCH_TEST_KILL_AT": "register", "BENCH_TEST_KILL_SKIP": "0"}
+    env = {"BENCH_TEST_KILL_AT": "register", "BENCH_TEST_KILL_SKIP": "0"}
     killed = run_module("bench.search", *args, cwd=tmp_path, **env)
     assert killed.returncode == -signal.SIGKILL, (killed.returncode, killed.stderr[-3000:])
     jobs = jobs_of(tmp_path, study)
@@ -208,7 +206,7 @@ def test_kill_while_registering_the_ensemble_then_plain_rerun_recovers(tmp_path)
     assert not client.get_registered_model(MODEL).aliases
     before = _snapshot(tmp_path, study)
 
-    rerun = run_module("bench.search", *args, cwd=tmp_path, **FAST_LEASE)
+    rerun = run_module("bench.search", *args, cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert_recovered(tmp_path, before=before, study=study)
     jobs = jobs_of(tmp_path, study)
@@ -224,18 +222,24 @@ def test_kill_while_registering_the_ensemble_then_plain_rerun_recovers(tmp_path)
     assert all(f"/runs/{j.run_id})" in note for j in members)
 
 
-def test_kill_of_every_worker_exits_nonzero_and_rerun_recovers(tmp_path):
-    """Both worker processes die (SIGKILL mid-training): the batch ran nothing, so exit != 0."""
-    at = SEARCH.index("--jobs") + 1
-    args = [*SEARCH[:at], "2", *SEARCH[at + 1 :]]  # --jobs 2
-    crashed = run_module(
-        "bench.search", *args, cwd=tmp_path, **FAST_LEASE, BENCH_TEST_KILL_AT="train"
-    )
+def test_jobs_that_kill_their_slot_every_time_fail_after_3_attempts_and_are_replaced(tmp_path):
+    """Every slot dies (SIGKILL mid-training) on every job: each job is retried on a fresh slot
+    until its third attempt dies, then fails for good; the design replaces it (up to
+    --max-replacements), and the batch ends. Nothing finished, so the command exits 1."""
+    args = ["--dataset", "digits", "--space", "smoke", "--trials", "2", "--jobs", "2", "--quiet",
+            "--max-replacements", "1"]  # fmt: skip
+    crashed = run_module("bench.search", *args, cwd=tmp_path, BENCH_TEST_KILL_AT="train")
     assert crashed.returncode == 1, crashed.stderr[-3000:]
-    assert "error: no job of batch 1 finished" in crashed.stderr
-    rerun = run_module("bench.search", *args, cwd=tmp_path, **FAST_LEASE)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert_recovered(tmp_path)
+    assert "error: no job of batch 1 finished; 3 failed" in crashed.stderr, crashed.stderr[-3000:]
+    assert "its slot was killed by SIGKILL" in crashed.stderr
+    assert "Traceback" not in crashed.stderr
+    jobs = jobs_of(tmp_path, STUDY)
+    assert [(j.state, j.attempts) for j in jobs] == [("failed", 3)] * 3  # 2 + 1 replacement
+    assert all(j.synced and "not retried again" in j.reason for j in jobs)
+    assert [b.state for b in batches(tmp_path, STUDY)] == ["done"]
+    assert {t.state.name for t in trials_of(tmp_path, STUDY)} == {"FAIL"}
+    _, runs = mlflow_runs(tmp_path)
+    assert len(runs) >= 9 and not [r for r in runs if r.info.status == "RUNNING"]
 
 
 def test_validation_split_that_cannot_work_is_refused_nonzero(tmp_path):
@@ -270,7 +274,7 @@ def test_interrupt_keeps_finished_jobs_and_rerun_resumes(tmp_path, strike):
     sig, call, skip, jobs = STRIKES[strike]
     study = "digits-slow"
     args = ["--dataset", "digits", "--space", slow_space(tmp_path), "--trials", "3", "--jobs", jobs]
-    env = dict(FAST_LEASE)
+    env: dict[str, str] = {}
     stamp = tmp_path / "signalled-at"
     if call:
         env.update(BENCH_TEST_SIGNAL_AT=call, BENCH_TEST_SIGNAL=sig, BENCH_TEST_SIGNAL_SKIP=skip,
@@ -307,7 +311,7 @@ def test_interrupt_keeps_finished_jobs_and_rerun_resumes(tmp_path, strike):
     if call == "log_metrics":  # the struck job's run ends KILLED (docs/failure-modes.md)
         assert [r for r in runs if r.info.status == "KILLED"], [r.info.status for r in runs]
 
-    rerun = run_module("bench.search", "--quiet", *args, cwd=tmp_path, **FAST_LEASE)
+    rerun = run_module("bench.search", "--quiet", *args, cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "joining search batch 1" in rerun.stderr
     assert_recovered(tmp_path, n=3, before=before, study=study)
@@ -321,7 +325,7 @@ def test_tracking_server_down_mid_search_keeps_results(tmp_path):
     uri = f"http://127.0.0.1:{port}"
     args = ["--dataset", "digits", "--space", slow_space(tmp_path), "--trials", "3", "--jobs", "1"]
     args += ["--tracking-uri", uri]
-    proc = start_search(tmp_path, *args, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", **FAST_LEASE)
+    proc = start_search(tmp_path, *args, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0")
     try:
         wait_for(lambda: running_mid_job(tmp_path, study), 300, "one finished job")
         kill_group(server)
@@ -345,8 +349,7 @@ def test_tracking_server_down_mid_search_keeps_results(tmp_path):
     try:
         done = run_module(
             "bench.register", "--study-name", study, "--tracking-uri", uri, cwd=tmp_path,
-            **FAST_LEASE,
-        )  # fmt: skip
+            )  # fmt: skip
         assert done.returncode == 0, done.stderr[-3000:]
         assert "digits-mlp version 1" in done.stdout
         again = run_module(
@@ -381,18 +384,18 @@ def test_same_study_with_another_space_is_refused_unless_allowed(tmp_path):
     assert batches(tmp_path, STUDY) == []  # refused before anything was written
 
 
-def test_kill_9_of_one_worker_is_retried_by_its_peer(tmp_path):
+def test_kill_9_of_one_slot_is_retried_on_a_fresh_slot(tmp_path):
     study = "digits-slow"
     args = ["--dataset", "digits", "--space", slow_space(tmp_path), "--trials", "4", "--jobs", "2"]
-    proc = start_search(tmp_path, *args, **FAST_LEASE)
+    proc = start_search(tmp_path, *args)
     try:
         victim = wait_for(lambda: running_mid_job(tmp_path, study, 0), 300, "a job mid-training")
-        assert victim.owner["pid"] != proc.pid  # a worker process, not the coordinator
+        assert victim.owner["pid"] != proc.pid  # a slot process, not the driver
         os.kill(victim.owner["pid"], signal.SIGKILL)
         code = proc.wait(timeout=600)
     finally:
         kill_group(proc)
-    # one worker died, but its peer finished the batch: the command succeeds
+    # one slot died; the driver reaped its attempt and a fresh slot finished it: success
     assert code == 0, stderr_of(tmp_path)[-3000:]
     assert "Traceback" not in stderr_of(tmp_path)
     assert_recovered(tmp_path, n=4, study=study)

@@ -1,24 +1,30 @@
 """A batch that was to register a champion and could not says so and exits 1 (never a silent 0).
 
-Component tier: a real job store in ``tmp_path`` driven the way workers drive it (take, finish,
-next stage from the search design), then the search command's own summary step; no training.
+Component tier: a real job store in ``tmp_path`` driven by the real driver loop with a fake
+executor that records each job's outcome as a slot would, then the search command's own summary
+step; no training.
 """
 
 from __future__ import annotations
 
 import pytest
 
+from bench import optuna_adapter as opt
 from bench.designs.search import SearchDesign
-from bench.engine.driver import print_outcome
-from bench.engine.owner import new_owner
+from bench.engine.driver import print_outcome, run_batch
+from bench.engine.interrupts import Interrupts
+from bench.engine.ledger import Ledger
 from bench.engine.store import JobStore
 from bench.errors import EXIT_FAILURE
 from bench.records import COMPLETED, DIVERGED, DONE, REEVAL, REFIT, SEARCH, JobResult
+from bench.space import load_space
+from tests.fake_executor import FakeExecutor, FakeTracker
 
 
 @pytest.fixture
 def store(tmp_path):
     s = JobStore(str(tmp_path / "journal.log"))
+    s.journal = str(tmp_path / "journal.log")  # the Optuna storage beside it
     yield s
     s.dispose()
 
@@ -29,17 +35,11 @@ def _run_batch(store, settings, outcome) -> object:
     store.set_batch_state(batch.id, "running")
     design = SearchDesign(settings)
     store.add_jobs(batch.id, design.initial_jobs())
-    token, owner = (o := new_owner()).pop("token"), o
-    while True:
-        job = store.take(batch.id, token, owner, 30.0)
-        if job is None:
-            specs = design.next_jobs(store.jobs(batch.id), 10)
-            if not specs:
-                break
-            store.add_jobs(batch.id, specs)
-            continue
-        assert store.finish(job.id, token, "done", outcome(job.spec))
-    assert store.finish_batch(batch.id, design.summary(store.jobs(batch.id)))
+    space = load_space("smoke")
+    study = opt.open_study("s", store.journal, space, 0)
+    ledger = Ledger(store, batch, study, FakeTracker(), space.metric)
+    executor = FakeExecutor(store, 1, lambda job: outcome(job.spec))
+    assert run_batch(store, batch, design, 10, ledger, executor, Interrupts()) == 0
     return store.get_batch(batch.id)
 
 

@@ -281,11 +281,11 @@ def test_diverging_and_raising_configurations_fail_alone_and_the_batch_goes_on(
     workdir, monkeypatch
 ):
     from bench.engine import open_batch
-    from bench.engine.worker import Worker, WorkerSettings
+    from bench.engine.driver import drive_here
+    from bench.engine.worker import WorkerSettings
     from bench.space import load_space
     from bench.tracking import Tracker
 
-    monkeypatch.setenv("BENCH_LEASE_SECONDS", "30")
     space = {
         **SPACE,
         "study": {"pruner": {"name": "none"}},
@@ -328,8 +328,7 @@ def test_diverging_and_raising_configurations_fail_alone_and_the_batch_goes_on(
         lambda b: tracker.start_parent("faulty-batch-1", {}, {"role": "study"}), tracker,
     )  # fmt: skip
     assert created
-    worker = Worker(WorkerSettings(storage=storage, tracking_uri=uri, batch_id=batch.id, threads=2))
-    assert worker.run() == "done"
+    assert drive_here(WorkerSettings(storage, uri, batch.id, threads=2)) == 0
 
     jobs = {j.key: j for j in store.jobs(batch.id)}
     diverged, oom, good = (jobs[f"search-{i:04d}"] for i in range(3))

@@ -2,9 +2,13 @@
 cells, refits) on crash-safe workers, with one tracking layout.
 
 - :mod:`bench.engine.store`: batches and jobs, the source of truth (compare-and-set updates).
-- :mod:`bench.engine.worker`: the loop every worker process runs.
-- :mod:`bench.engine.progress`: what a batch's run prints while it runs.
-- this module: opening (or joining) a batch, and running workers for it.
+- :mod:`bench.engine.lock`: one driver per batch (a lock the OS or the database releases).
+- :mod:`bench.engine.driver`: the driver's loop, progress and outcome; what the CLIs call.
+- :mod:`bench.engine.slots`: where jobs run (the executor contract; local slot processes).
+- :mod:`bench.engine.worker`: what a slot does with one job's attempt.
+- :mod:`bench.engine.ledger`: recording, mirroring, reaping (the retry policy), ending a batch.
+- :mod:`bench.engine.progress`, :mod:`bench.engine.mirror`, :mod:`bench.engine.interrupts`.
+- this module: opening (or joining) a batch.
 
 Guarantees, each proven by a kill-point test: a plain rerun finishes what a killed run left, never
 waits on a dead claimant, keeps every recorded result, leaves no Optuna trial or MLflow run
@@ -14,16 +18,11 @@ RUNNING, and registers the champion once.
 from __future__ import annotations
 
 import logging
-import os
-import signal
-import sys
-import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 from bench.engine.store import JobStore
-from bench.engine.worker import WorkerSettings
 from bench.errors import BenchError
 from bench.faults import kill_point
 from bench.records import DONE, FAILED, OPENING, RUNNING, WAITING, Batch, Job, JobSpec
@@ -151,47 +150,3 @@ def counts(jobs: list[Job]) -> dict[str, int]:
     for j in jobs:
         out[j.state] = out.get(j.state, 0) + 1
     return out
-
-
-def run_workers(settings: list[WorkerSettings], interrupts) -> int:
-    """Run one worker per settings entry (in this process when there is one); failures count.
-
-    Returns:
-        How many workers exited with an error.
-    """
-    if len(settings) == 1 and not settings[0].env:
-        from bench.engine.worker import Worker
-
-        Worker(settings[0], interrupts).run()
-        return 0
-    import multiprocessing as mp
-
-    ctx = mp.get_context("spawn")
-    procs = [
-        ctx.Process(target=_child, args=(s, i), name=f"bench-worker-{i}")
-        for i, s in enumerate(settings)
-    ]
-    for p in procs:
-        p.start()
-    try:
-        while any(p.is_alive() for p in procs):
-            for p in procs:
-                p.join(timeout=0.5)
-    except KeyboardInterrupt:
-        for p in procs:
-            if p.is_alive():
-                os.kill(p.pid, signal.SIGINT)
-        # a worker recording a result finishes it first; its lease keeps peers off meanwhile
-        deadline = time.time() + 60
-        for p in procs:
-            p.join(timeout=max(0.1, deadline - time.time()))
-            if p.is_alive():
-                p.kill()
-        raise
-    return sum(1 for p in procs if p.exitcode != 0)
-
-
-def _child(settings: WorkerSettings, index: int) -> None:
-    from bench.engine.worker import worker_main
-
-    sys.exit(worker_main(settings, index))

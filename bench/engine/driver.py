@@ -1,24 +1,42 @@
-"""The driver of one batch: open it with its design's parent run, run workers on it, show
-progress, and print its outcome. Every command that runs a batch (``bench.search``,
-``bench.ablate``, ``bench.reevaluate``, ``bench.register``, ``bench.report --reevaluate``)
-comes through here, so none of them imports another.
+"""The driver of one batch: open it with its design's parent run, take its lock, hand its jobs
+to slots, record what they end with, show progress, and print its outcome. Every command that runs
+a batch (``bench.search``, ``bench.ablate``, ``bench.reevaluate``, ``bench.register``,
+``bench.report --reevaluate``) comes through here, so none of them imports another.
+
+One driver per batch (:mod:`bench.engine.lock`): it alone asks the design for the next stage,
+starts attempts (a fresh token per attempt), reaps the attempts whose slot died, and finishes the
+batch. A second command on a batch that is being driven says who drives it and waits, then prints
+the outcome; if the driver dies, the waiter takes the lock and continues the batch.
 """
 
 from __future__ import annotations
 
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.designs import DESIGNS, Design, OpeningFacts
-from bench.engine import batch_tag, counts, open_batch, run_workers
+from bench import optuna_adapter as opt
+from bench.designs import DESIGNS, Design, OpeningFacts, make_design
+from bench.engine import batch_tag, counts, open_batch
+from bench.engine.interrupts import Interrupts
+from bench.engine.ledger import Ledger
+from bench.engine.lock import BatchLock, driver_words
 from bench.engine.mirror import complete_mirrors
 from bench.engine.progress import Progress
+from bench.engine.slots import Executor, LocalExecutor
 from bench.engine.store import JobStore
 from bench.engine.worker import WorkerSettings
-from bench.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, redact, store_location
+from bench.errors import (
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    BenchError,
+    redact,
+    store_location,
+)
 from bench.optuna_adapter import DEFAULT_STORAGE
 from bench.records import (
     COMPLETED,
@@ -28,6 +46,7 @@ from bench.records import (
     REEVAL_DESIGN,
     RUNNING,
     SEARCH_DESIGN,
+    WAITING,
     Batch,
     BatchSettings,
     check_keys,
@@ -124,67 +143,224 @@ class BatchRun:
 
 
 def drive(run: BatchRun, interrupts) -> int:
-    """Run workers on an open batch, with progress; print the outcome. Shared by the CLIs.
+    """Drive an open batch to its end (or wait for the command that drives it), with progress;
+    print the outcome. Shared by the CLIs.
 
     Returns:
         The command's exit code: 0 (also for a batch cut short by ``--timeout``), 1 when no job
         finished or the champion could not be registered, 130 on an interrupt.
     """
     store, batch, tracker, uri, storage = run.store, run.batch, run.tracker, run.uri, run.storage
-    plan, space = run.plan, run.space
+    maximize = run.space.direction == "maximize"
     purposes = DESIGNS[batch.design].purposes  # what progress counts and the outcome lists
     complete_mirrors(store, batch.study, tracker)  # what an outage left of earlier batches
     jobs = [j for j in store.jobs(batch.id) if j.purpose in purposes]
     done_before = counts(jobs)[DONE]
     total = len(jobs)
     if not run.created:
-        tracker.safe(tracker.reopen, batch.parent_run_id)
         print(
             f"joining {batch.design} batch {batch.number} of study '{batch.study}': "
             f"{done_before}/{total} jobs already finished",
             file=sys.stderr,
         )
+    started = time.time()
+    lock = BatchLock(store, batch.id)
+    try:
+        if not _take_lock(lock, store, batch, interrupts):
+            # the driver finished it while this command waited: its outcome is the answer
+            return print_outcome(
+                store, batch, tracker, uri, storage, purposes, time.time() - started, 0, None,
+                maximize=maximize,
+            )  # fmt: skip
+        return _drive_locked(run, interrupts, purposes, done_before, total)
+    except KeyboardInterrupt:
+        return _interrupted(store, batch, tracker, purposes, done_before)
+    finally:
+        lock.release()
+
+
+def _take_lock(lock: BatchLock, store: JobStore, batch: Batch, interrupts) -> bool:
+    """Hold ``batch``'s lock; while another command holds it, say who and wait. False when the
+    batch was finished by that command meanwhile (nothing left to drive)."""
+    told = False
+    while not lock.try_acquire():
+        if not told:
+            print(
+                f"{batch.design} batch {batch.number} of study '{batch.study}' is being driven "
+                f"by {driver_words(store.driver(batch.id))}; waiting for it to finish",
+                file=sys.stderr,
+            )
+            told = True
+        interrupts.wait(1.0)
+    if store.get_batch(batch.id).state == DONE:
+        return False
+    if told:
+        print(
+            f"the command driving batch {batch.number} stopped before it finished; "
+            "continuing it here",
+            file=sys.stderr,
+        )
+    return True
+
+
+def _drive_locked(run: BatchRun, interrupts, purposes, done_before: int, total: int) -> int:
+    store, batch, tracker, uri, storage = run.store, run.batch, run.tracker, run.uri, run.storage
+    plan, space = run.plan, run.space
+    maximize = space.direction == "maximize"
+    if batch.parent_run_id:
+        tracker.safe(tracker.reopen, batch.parent_run_id)
     print(
         f"study '{batch.study}' {batch.design} batch {batch.number}: {total} jobs on {plan.jobs} "
-        f"worker(s) x {plan.threads} thread(s); storage {redact(storage)}; tracking {redact(uri)}",
+        f"slot(s) x {plan.threads} thread(s); storage {redact(storage)}; tracking {redact(uri)}",
         file=sys.stderr,
     )
+    study = opt.open_study(batch.study, storage, space, batch.settings["seed"], record_space=False)
+    ledger = Ledger(store, batch, study, tracker, space.metric)
+    recover(ledger, interrupts)  # this command holds the lock: no attempt of it is alive
     deadline = time.time() + run.timeout if run.timeout else None
-    settings = [
+    executor = LocalExecutor(
         WorkerSettings(
             storage=storage,
             tracking_uri=uri,
             batch_id=batch.id,
             threads=plan.threads,
-            deadline=deadline,
             tensorboard_dir=run.tensorboard,
-            env=plan.per_worker_env[i] if plan.per_worker_env else {},
-        )
-        for i in range(plan.jobs)
-    ]
-    progress = Progress(
-        storage, batch, purposes, space.direction == "maximize", total, enabled=not run.quiet
+        ),
+        plan.jobs,
+        list(plan.per_worker_env),
+        interrupts,
     )
-    progress.start()
+    progress = Progress(storage, batch, purposes, maximize, total, enabled=not run.quiet)
     started = time.time()
+    progress.start()
     try:
-        failed_workers = run_workers(settings, interrupts)
-    except KeyboardInterrupt:
+        with interrupts.cooperative():
+            failed_slots = run_batch(
+                store, batch, make_design(batch, space), space.train.max_epochs, ledger,
+                executor, interrupts, deadline,
+            )  # fmt: skip
+    finally:
         progress.stop()
-        return _interrupted(store, batch, tracker, purposes, done_before)
-    progress.stop()
     return print_outcome(
-        store,
-        batch,
-        tracker,
-        uri,
-        storage,
-        purposes,
-        time.time() - started,
-        failed_workers,
-        deadline,
-        maximize=space.direction == "maximize",
-    )
+        store, batch, tracker, uri, storage, purposes, time.time() - started, failed_slots,
+        deadline, maximize=maximize,
+    )  # fmt: skip
+
+
+def drive_here(settings: WorkerSettings, interrupts=None) -> int:
+    """Drive an open batch in this process with one slot: no progress, no printed outcome.
+
+    For programs that embed bench (and tests); the CLIs use :func:`drive`.
+
+    Returns:
+        How many slots refused more work (0 or 1).
+
+    Raises:
+        BenchError: another command drives the batch right now.
+    """
+    from bench.engine import batch_space
+
+    interrupts = interrupts or Interrupts()
+    store = JobStore(settings.storage)
+    batch = store.get_batch(settings.batch_id)
+    space = batch_space(batch.settings)
+    tracker = Tracker(settings.tracking_uri, batch.settings["experiment"])
+    with BatchLock(store, batch.id) as lock:
+        if not lock.try_acquire():
+            raise BenchError(
+                f"batch {batch.number} of study '{batch.study}' is being driven by "
+                f"{driver_words(store.driver(batch.id))}"
+            )
+        study = opt.open_study(
+            batch.study, settings.storage, space, batch.settings["seed"], record_space=False
+        )
+        ledger = Ledger(store, batch, study, tracker, space.metric)
+        recover(ledger, interrupts)
+        with interrupts.cooperative():
+            return run_batch(
+                store, batch, make_design(batch, space), space.train.max_epochs, ledger,
+                LocalExecutor(settings, 1, [], interrupts), interrupts,
+            )  # fmt: skip
+
+
+def recover(ledger: Ledger, interrupts, tries: int = 5) -> None:
+    """:meth:`Ledger.recover`, retried through database blips (a restarting server, a dropped
+    connection) instead of ending the command on the first."""
+    import sqlalchemy.exc as sa_exc
+
+    for attempt in range(tries):
+        try:
+            ledger.recover()
+            return
+        except sa_exc.OperationalError as exc:
+            if attempt == tries - 1:
+                raise
+            print(f"recovering the batch failed ({redact(exc, 200)}); retrying", file=sys.stderr)
+            interrupts.wait(1.0 + attempt)
+
+
+def run_batch(
+    store: JobStore,
+    batch: Batch,
+    design: Design,
+    max_epochs: int,
+    ledger: Ledger,
+    executor: Executor,
+    interrupts,
+    deadline: float | None = None,
+) -> int:
+    """The driver's loop: hand waiting jobs to free slots, handle the attempts that end, ask the
+    design for the next stage when nothing waits or runs, finish the batch.
+
+    The caller holds the batch's lock. Stops when the batch is done, when ``deadline`` passes
+    (running attempts finish first), or when every slot refused more work.
+
+    Returns:
+        How many slots refused more work (the outcome says so; 0 on a clean run).
+    """
+    executor.start()
+    free = list(range(executor.slots))
+    running: dict[int, tuple[int, str]] = {}
+    retired = 0
+    try:
+        while True:
+            interrupts.check()
+            late = deadline is not None and time.time() >= deadline
+            while free and not late:
+                token = uuid.uuid4().hex
+                job = store.take(batch.id, token, executor.where(free[0]))
+                if job is None:
+                    break
+                slot = free.pop(0)
+                running[slot] = (job.id, token)
+                executor.submit(slot, job.id, token)
+            if running:
+                for ended in executor.wait(0.5):
+                    running.pop(ended.slot, None)
+                    if ended.died and ended.job_id is not None:
+                        ledger.after_death(ended.job_id, ended.token, ended.died)
+                    if ended.error:
+                        retired += 1
+                        print(f"error: slot {ended.slot}: {redact(ended.error)}", file=sys.stderr)
+                    else:
+                        free.append(ended.slot)
+                continue
+            if late or not free:
+                return retired  # the --timeout passed, or no slot is left to run anything
+            jobs = store.jobs(batch.id)
+            if any(j.state == WAITING for j in jobs):
+                continue  # (a free slot takes it next round)
+            specs = design.next_jobs(jobs, max_epochs)
+            if specs:
+                store.add_jobs(batch.id, specs)
+                continue
+            ledger.finish_batch(design, jobs)
+            return retired
+    except KeyboardInterrupt:
+        executor.stop(grace=60)  # a slot recording a result finishes it first
+        raise
+    finally:
+        executor.stop(grace=30)
 
 
 def _interrupted(store, batch, tracker, purposes, done_before: int) -> int:
@@ -329,7 +505,7 @@ def print_outcome(
         reason = "the --timeout passed" if deadline and time.time() >= deadline else None
         if failed_workers and not reason:
             print(
-                f"error: {failed_workers} worker(s) exited with an error before the batch was "
+                f"error: {failed_workers} slot(s) stopped with an error before the batch was "
                 "complete; finished jobs are kept; rerun the same command to continue",
                 file=sys.stderr,
             )

@@ -4,11 +4,12 @@ Beside a journal-file Optuna storage it is a SQLite file (``<journal>.jobs.db``)
 storage (PostgreSQL, MySQL, SQLite URL) it is two ``bench_*`` tables in the same database, so every
 machine that reaches the study reaches its jobs. Optuna never lists them as studies.
 
-Every change that two workers could race on is one conditional UPDATE (compare-and-set): taking a
-job (``waiting`` -> ``running`` with this worker's owner token), finishing or releasing it (only
-by its owner), reaping it (only while the dead owner's token is still on it), finishing a batch.
-Enqueuing is idempotent: a job's key is unique within its batch, so two workers that both decide
-"the next stage starts now" insert the same rows once.
+One driver runs a batch at a time (:mod:`bench.engine.lock`). Every change to a job is still one
+conditional UPDATE (compare-and-set) on its attempt's token: taking a job (``waiting`` ->
+``running`` with a fresh token for that attempt), recording or releasing it (only with that
+token), reaping it (only while the dead attempt's token is still on it). So a late write from an
+attempt that was given up (a frozen slot, a lost node) is refused and leaves no trace. No clock
+is compared across machines. Enqueuing is idempotent: a job's key is unique within its batch.
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ batches = sa.Table(
     # False from the moment a batch is done until its MLflow mirror is complete (parent run
     # ended, no run left RUNNING); NULL: a batch done before the flag existed, left alone
     sa.Column("mirrored", sa.Boolean),
+    # who drives the batch now (host, pid, since): what a second command prints while it waits
+    sa.Column("driver", sa.Text),
     sa.UniqueConstraint("study", "number", name="bench_batches_study_number"),
 )
 jobs = sa.Table(
@@ -63,8 +66,7 @@ jobs = sa.Table(
     sa.Column("state", sa.String(16), nullable=False),
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
     sa.Column("owner_token", sa.String(64)),
-    sa.Column("owner", sa.Text),
-    sa.Column("lease_until", sa.Float),
+    sa.Column("owner", sa.Text),  # where the current attempt runs (slot, host, pid)
     sa.Column("result", sa.Text),
     sa.Column("trial_number", sa.Integer),
     sa.Column("run_id", sa.String(64)),
@@ -124,9 +126,10 @@ class JobStore:
     def _add_missing_columns(self) -> None:
         """Columns added since a store was created (``create_all`` never alters a table)."""
         have = {c["name"] for c in sa.inspect(self.engine).get_columns("bench_batches")}
-        if "mirrored" not in have:
-            with self.engine.begin() as c:
-                c.execute(sa.text("ALTER TABLE bench_batches ADD COLUMN mirrored BOOLEAN"))
+        for name, kind in (("mirrored", "BOOLEAN"), ("driver", "TEXT")):
+            if name not in have:
+                with self.engine.begin() as c:
+                    c.execute(sa.text(f"ALTER TABLE bench_batches ADD COLUMN {name} {kind}"))
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -243,6 +246,20 @@ class JobStore:
             ).all()
         return [_batch(r) for r in rows]
 
+    def set_driver(self, batch_id: int, driver: dict | None) -> None:
+        """Record who drives the batch (written by the lock's holder, read by waiters)."""
+        with self.engine.begin() as c:
+            c.execute(
+                batches.update()
+                .where(batches.c.id == batch_id)
+                .values(driver=_dumps(driver) if driver else None)
+            )
+
+    def driver(self, batch_id: int) -> dict | None:
+        with self.engine.connect() as c:
+            text = c.execute(sa.select(batches.c.driver).where(batches.c.id == batch_id)).scalar()
+        return _loads(text)
+
     def set_mirrored(self, batch_id: int) -> None:
         with self.engine.begin() as c:
             c.execute(batches.update().where(batches.c.id == batch_id).values(mirrored=True))
@@ -294,8 +311,13 @@ class JobStore:
         with self.engine.connect() as c:
             return _job(c.execute(sa.select(jobs).where(jobs.c.id == job_id)).one())
 
-    def take(self, batch_id: int, token: str, owner: dict, lease: float) -> Job | None:
-        """Take the batch's first waiting job for this worker (compare-and-set), or None."""
+    def take(self, batch_id: int, token: str, owner: dict) -> Job | None:
+        """Start the next attempt of the batch's first waiting job (compare-and-set), or None.
+
+        Args:
+            token: This attempt's token: every later write of the attempt must present it.
+            owner: Where the attempt runs (slot, host, pid), for people and messages only.
+        """
         for job in self.jobs(batch_id, states=(WAITING,)):
             with self.engine.begin() as c:
                 n = c.execute(
@@ -305,7 +327,6 @@ class JobStore:
                         state=RUNNING,
                         owner_token=token,
                         owner=_dumps(owner),
-                        lease_until=time.time() + lease,
                         attempts=jobs.c.attempts + 1,
                     )
                 ).rowcount
@@ -316,12 +337,15 @@ class JobStore:
     def _owned(self, job_id: int, token: str):
         return jobs.update().where(jobs.c.id == job_id, jobs.c.owner_token == token)
 
-    def heartbeat(self, job_id: int, token: str, lease: float) -> bool:
-        """Extend this worker's lease on its job; False once it no longer owns it."""
-        with self.engine.begin() as c:
+    def owns(self, job_id: int, token: str) -> bool:
+        """Whether ``token``'s attempt is still the job's running attempt (checked before every
+        side effect that another attempt must never see: a model logged, a version registered)."""
+        with self.engine.connect() as c:
             n = c.execute(
-                self._owned(job_id, token).values(lease_until=time.time() + lease)
-            ).rowcount
+                sa.select(sa.func.count())
+                .select_from(jobs)
+                .where(jobs.c.id == job_id, jobs.c.owner_token == token, jobs.c.state == RUNNING)
+            ).scalar()
         return n == 1
 
     def update_owned(self, job_id: int, token: str, **values: Any) -> bool:
@@ -350,8 +374,8 @@ class JobStore:
     def release(self, job_id: int, token: str, reason: str) -> bool:
         """Give a job back (an interrupt, a registration outage): it waits for the next taker.
 
-        The attempt its taking counted is given back too: ``attempts`` counts the deaths of
-        workers (what :meth:`reap` acts on), and a job handed back alive is not one.
+        The attempt its taking counted is given back too: ``attempts`` counts attempts that died
+        (what :meth:`reap` acts on), and a job handed back alive is not one.
         """
         with self.engine.begin() as c:
             n = c.execute(
@@ -360,7 +384,6 @@ class JobStore:
                 .values(
                     state=WAITING,
                     owner_token=None,
-                    lease_until=None,
                     reason=reason,
                     attempts=jobs.c.attempts - 1,
                 )
@@ -372,14 +395,15 @@ class JobStore:
         if token is not None:
             q = q.where(jobs.c.owner_token == token)
         with self.engine.begin() as c:
-            c.execute(q.values(synced=True, owner_token=None, lease_until=None))
+            c.execute(q.values(synced=True, owner_token=None))
 
     def reap(self, job: Job, state: str, reason: str) -> bool:
-        """Take a dead owner's job away from it: back to ``waiting``, or ``failed`` for good (and
-        then synced at once).
+        """Take a dead attempt's job away from it: back to ``waiting``, or ``failed`` for good
+        (and then synced at once: nothing of it is left to mirror but its Optuna trial and MLflow
+        run, which the reaper closes).
 
-        Only succeeds while the dead owner's token is still on the job, so two reapers never
-        both act, and an owner that was merely slow keeps nothing it no longer owns.
+        Only succeeds while the dead attempt's token is still on the job, so an attempt that
+        recorded its result just before it died keeps it.
         """
         with self.engine.begin() as c:
             n = c.execute(
@@ -388,36 +412,13 @@ class JobStore:
                     jobs.c.id == job.id,
                     jobs.c.owner_token == (job.owner or {}).get("token"),
                     jobs.c.state == job.state,
-                    # a lease renewed since the reaper read it means the owner is alive after all
-                    jobs.c.lease_until.is_(None)
-                    if job.lease_until is None
-                    else jobs.c.lease_until == job.lease_until,
                 )
                 .values(
                     state=state,
                     owner_token=None,
-                    lease_until=None,
                     reason=reason,
-                    # failed for good: nothing of it is left to mirror but its Optuna trial and
-                    # MLflow run, which any recover() and the batch's end close (RUNNING ->
-                    # FAIL/FAILED). Left unsynced, only its dead owner's own kernel could ever
-                    # clear it, and every worker elsewhere would wait on it forever.
                     **({"synced": True} if state == FAILED else {}),
                 )
-            ).rowcount
-        return n == 1
-
-    def take_over_sync(self, job: Job, token: str, owner: dict, lease: float) -> bool:
-        """Adopt a finished-but-unsynced job whose owner died, to finish mirroring it."""
-        with self.engine.begin() as c:
-            n = c.execute(
-                jobs.update()
-                .where(
-                    jobs.c.id == job.id,
-                    jobs.c.synced.is_(False),
-                    jobs.c.owner_token == (job.owner or {}).get("token"),
-                )
-                .values(owner_token=token, owner=_dumps(owner), lease_until=time.time() + lease)
             ).rowcount
         return n == 1
 
@@ -457,7 +458,6 @@ def _job(row) -> Job:
         state=m["state"],
         attempts=m["attempts"],
         owner=owner,
-        lease_until=m["lease_until"],
         result=JobResult.from_dict(result) if result else None,
         trial_number=m["trial_number"],
         run_id=m["run_id"],

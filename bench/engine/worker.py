@@ -1,10 +1,11 @@
-"""A worker: takes jobs of one batch from the job store, trains them, records them, repeats.
+"""A slot's worker: runs one job of a batch at a time, as its driver hands them out.
 
-The loop is ``recover -> take -> run -> record -> mirror``, for every purpose (search, baseline,
-re-evaluation, ablation cell, refit). The job store is the source of truth; Optuna and MLflow are
-mirrors brought up to date from it, so a worker that dies after recording leaves nothing a peer or
-the next plain rerun cannot finish. A worker renews its job's lease from taking it until its
-result is mirrored, so no peer reaps a job whose result is still being written.
+A slot keeps TensorFlow, the dataset and its splits loaded between jobs. For each job the driver
+starts an attempt (a fresh token on the job in the store) and the slot runs it: configure (a
+search job asks Optuna for its trial), train with per-epoch tracking and pruning, record the
+result, mirror it (:class:`~bench.engine.ledger.Ledger`). Every write and every side effect that
+another attempt must never see (the result, a model logged, a version registered, the alias) is
+fenced by the attempt's token: once the driver has given the attempt up, they are refused.
 """
 
 from __future__ import annotations
@@ -12,23 +13,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import threading
-import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
-
-import sqlalchemy.exc as sa_exc
 
 from bench import data
 from bench import optuna_adapter as opt
-from bench.designs import make_design
 from bench.engine.interrupts import Interrupts
-from bench.engine.mirror import finish_mirror, mirror_job_run
-from bench.engine.owner import LEASE_SECONDS, is_dead, new_owner
+from bench.engine.ledger import Ledger, job_tags, trial_attrs
 from bench.engine.store import JobStore
 from bench.errors import BenchError, redact
 from bench.faults import kill_point
-from bench.logs import setup_logging
 from bench.records import (
     ABLATION,
     ALL,
@@ -38,33 +32,17 @@ from bench.records import (
     ENSEMBLE,
     FAILED,
     FINAL,
-    PRUNED,
     REEVAL,
     REFIT,
     REGISTER,
     RUNNING,
     SEARCH,
     STUDY_CONFUSION,
-    TRIAL_BASELINE,
     TRIAL_BATCH,
-    TRIAL_BEST_EPOCH,
-    TRIAL_CONFIG,
-    TRIAL_EPOCHS,
-    TRIAL_HISTORY,
     TRIAL_JOB,
-    TRIAL_MODEL,
-    TRIAL_PARAM_COUNT,
     TRIAL_REASON,
-    TRIAL_RUN,
-    TRIAL_SEED,
-    TRIAL_TEST_ACCURACY,
-    TRIAL_TRAIN_FLOPS,
-    TRIAL_TRAIN_SECONDS,
-    WAITING,
-    BatchSummary,
     Job,
     JobResult,
-    check_keys,
     is_ensemble,
 )
 from bench.results.champion import (
@@ -86,46 +64,23 @@ from bench.training import (
 )
 
 log = logging.getLogger("bench")
-MAX_ATTEMPTS = 3  # a job whose worker died this often fails for good
 # jobs whose test accuracy is measured: reported, never used to choose
 TEST_SCORED = (BASELINE, REEVAL, ABLATION, REFIT, REGISTER, ENSEMBLE)
 
 
 @dataclass(frozen=True)
 class WorkerSettings:
-    """What a worker process needs; plain values so it crosses process boundaries."""
+    """What a slot needs; plain values so it crosses process (and machine) boundaries."""
 
     storage: str
     tracking_uri: str
     batch_id: int
     threads: int | None = None
-    deadline: float | None = None  # wall-clock time after which no new job starts
     tensorboard_dir: str | None = None
-    env: dict[str, str] = field(default_factory=dict)
-
-
-class _Lease(threading.Thread):
-    """Renews this worker's lease on one job until stopped."""
-
-    def __init__(self, store: JobStore, job_id: int, token: str):
-        super().__init__(daemon=True)
-        self.store, self.job_id, self.token = store, job_id, token
-        self._stop = threading.Event()
-        self.start()
-
-    def run(self) -> None:
-        while not self._stop.wait(LEASE_SECONDS / 4):
-            try:
-                self.store.heartbeat(self.job_id, self.token, LEASE_SECONDS)
-            except Exception:  # noqa: BLE001 - a missed renewal is retried next interval
-                pass
-
-    def stop(self) -> None:
-        self._stop.set()
 
 
 class Worker:
-    """Runs the jobs of one batch; create once per process (data, stores, tracker are reused)."""
+    """Runs jobs of one batch; create once per slot (data, stores, tracker are reused)."""
 
     def __init__(self, settings: WorkerSettings, interrupts: Interrupts | None = None):
         # bench.engine imports this module at its top: a top-level import here would be a cycle
@@ -138,7 +93,6 @@ class Worker:
         self.batch = self.store.get_batch(settings.batch_id)
         s = self.batch.settings
         self.space = batch_space(s)  # the copy stored with the batch, not the opener's path
-        self.design = make_design(self.batch, self.space)
         self.dataset = data.load_dataset(s["dataset"], s.get("data_dir"))
         if s.get("dataset_digest") and self.dataset.digest != s["dataset_digest"]:
             raise BenchError(data_mismatch(self.batch, self.dataset.digest))  # before any take
@@ -146,138 +100,22 @@ class Worker:
             self.batch.study, settings.storage, self.space, s["seed"], record_space=False
         )
         self.tracker = Tracker(settings.tracking_uri, s["experiment"])
-        self.owner = new_owner()
-        self.token = self.owner.pop("token")
+        self.ledger = Ledger(self.store, self.batch, self.study, self.tracker, self.space.metric)
+        self.token = ""  # the running attempt's
         self._splits: dict[Any, Any] = {}
 
-    # ------------------------------------------------------------ loop
+    def run_one(self, job_id: int, token: str) -> None:
+        """Run the attempt ``token`` of job ``job_id`` (started by the driver) to its record.
 
-    def run(self) -> str:
-        """Work until the batch is complete or the deadline passes.
-
-        Returns:
-            ``"done"`` or ``"timeout"``. Raises KeyboardInterrupt when interrupted.
+        Raises KeyboardInterrupt when interrupted (the job is then released, not counted as a
+        death), RuntimeError when the champion's registration failed (the job is released).
         """
+        self.token = token
+        job = self.store.get_job(job_id)
+        if job.state != RUNNING or (job.owner or {}).get("token") != token:
+            return  # given up before it started here
         with self.interrupts.cooperative():
-            return self._loop()
-
-    def _loop(self) -> str:
-        bid = self.batch.id
-        while True:
-            self.interrupts.check()
-            try:
-                self.recover()
-            except sa_exc.OperationalError as exc:  # a database blip: try again next round
-                log.warning("recovering dead workers' jobs failed (%s); retrying", redact(exc))
-                self.interrupts.wait(1.0)
-                continue
-            if self.settings.deadline is not None and time.time() >= self.settings.deadline:
-                return "timeout"
-            job = lease = None
-            try:
-                with self.interrupts.critical():  # a taken job must get its lease thread
-                    job = self.store.take(bid, self.token, self.owner, LEASE_SECONDS)
-                    lease = _Lease(self.store, job.id, self.token) if job else None
-                if job is not None:
-                    self.run_job(job)
-                    continue
-            except KeyboardInterrupt:
-                if job is not None:  # owner-checked: a no-op once the job was recorded
-                    self.store.release(job.id, self.token, "interrupted by the user")
-                raise
-            finally:
-                if lease is not None:
-                    lease.stop()
-            jobs = self.store.jobs(bid)
-            if any(
-                j.state in (WAITING, RUNNING) or (j.state in (DONE, FAILED) and not j.synced)
-                for j in jobs
-            ):
-                self.interrupts.wait(1.0)  # a peer is still working; its job may come back
-                continue
-            specs = self.design.next_jobs(jobs, self.space.train.max_epochs)
-            if specs and self.store.add_jobs(bid, specs):
-                continue
-            if specs:  # a peer enqueued the same stage a moment ago
-                continue
-            self.finish_batch(jobs)
-            return "done"
-
-    def finish_batch(self, jobs: list[Job]) -> None:
-        """Mark the batch done, then end its MLflow mirror (job runs an outage left RUNNING,
-        final metrics, the parent run) whatever the tracker's breaker says; what still fails
-        leaves the batch unmirrored for the next command (:mod:`bench.engine.mirror`).
-
-        A job is marked synced even when the tracking store was down as it finished (the job
-        store is the source of truth, and waiting for MLflow would stall the batch), so its run
-        may still say RUNNING; once the batch is complete nothing under its parent should.
-        """
-        summary = self.design.summary(jobs)
-        check_keys(summary, BatchSummary, f"{self.batch.design} batch summary")
-        if self.store.finish_batch(self.batch.id, summary):
-            done = self.store.get_batch(self.batch.id)
-            finish_mirror(self.store, done, self.tracker, self.space.metric, jobs)
-
-    # ------------------------------------------------------------ recovery
-
-    def recover(self) -> None:
-        """Reap jobs whose worker died; finish mirroring results whose worker died after them."""
-        for job in self.store.jobs(self.batch.id, states=(RUNNING, DONE, FAILED)):
-            if job.state == RUNNING and is_dead(job.owner, job.lease_until):
-                self._reap(job)
-            elif (
-                job.state in (DONE, FAILED)
-                and not job.synced
-                and is_dead(job.owner, job.lease_until)
-                and self.store.take_over_sync(job, self.token, self.owner, LEASE_SECONDS)
-            ):
-                self.sync(self.store.get_job(job.id))
-        self._fail_orphan_trials()
-
-    def _reap(self, job: Job) -> None:
-        final = job.attempts >= MAX_ATTEMPTS
-        reason = f"worker {job.owner.get('host')}:{job.owner.get('pid')} died" if job.owner else ""
-        if final:
-            reason += f" ({job.attempts} attempts; not retried again)"
-        if not self.store.reap(job, FAILED if final else WAITING, reason):
-            return  # a peer reaped it first, or its owner just finished it
-        log.warning("job %s: %s", job.key, reason)
-        if job.trial_number is not None:
-            opt.tell(self.study, job.trial_number, "FAIL")
-        self._close_runs(job, reason)
-
-    def _close_runs(self, job: Job, reason: str) -> None:
-        ids = set(self.tracker.safe(self.tracker.find_runs, _job_tags(job), "RUNNING") or [])
-        if job.run_id:
-            ids.add(job.run_id)
-        for run_id in ids:
-            self.tracker.safe(self.tracker.set_tags, run_id, {"state_reason": reason})
-            self.tracker.safe(self.tracker.end_run, run_id, "FAILED")
-
-    def _fail_orphan_trials(self) -> None:
-        """Optuna trials left RUNNING by a worker that died before its job recorded them."""
-        jobs = {j.id: j for j in self.store.jobs(self.batch.id)}
-        for t in opt.trials(self.study, ("RUNNING",)):
-            ref = t.user_attrs.get(TRIAL_JOB)
-            if ref is None:
-                started = t.datetime_start.timestamp() if t.datetime_start else time.time()
-                if time.time() - started > LEASE_SECONDS:
-                    opt.tell(self.study, t.number, "FAIL")
-                continue
-            batch_id, job_id = ref
-            if batch_id != self.batch.id or job_id not in jobs:
-                continue
-            job = jobs[job_id]
-            if job.trial_number == t.number and job.state == RUNNING:
-                continue  # its job is alive (or will be reaped, which fails the trial)
-            if (
-                job.state == RUNNING
-                and job.trial_number is None
-                and not is_dead(job.owner, job.lease_until)
-            ):
-                continue  # the owner is between asking for the trial and recording it
-            if job.trial_number != t.number or job.state != DONE:
-                opt.tell(self.study, t.number, "FAIL")
+            self.run_job(job)
 
     # ------------------------------------------------------------ one job
 
@@ -326,7 +164,7 @@ class Worker:
             **{k: v for k, v in job.spec.info.items() if k in ("factor", "level", "source")},
         }
         tags = {
-            **_job_tags(job),
+            **job_tags(job),
             "study_name": self.batch.study,
             "space_hash": self.space.search_hash,
             "dataset_digest": self.dataset.digest,
@@ -378,7 +216,8 @@ class Worker:
                     live.set_attrs({TRIAL_REASON: reason})
                 failed = JobResult(FAILED, None, 0, 0, 0.0, 0, 0.0, config, reason=reason)
                 if self.store.finish(job.id, self.token, FAILED, failed, reason):
-                    self.sync(self.store.get_job(job.id))  # its replacement: design.next_jobs
+                    # its replacement comes from design.next_jobs
+                    self.ledger.sync(self.store.get_job(job.id), self.token)
                 elif live:
                     opt.tell(self.study, live.number, "FAIL")
             return
@@ -442,15 +281,15 @@ class Worker:
         return live, config
 
     def _still_owns(self, job: Job, live=None) -> bool:
-        """Renew the lease, and say whether this worker still owns ``job``; when it does not (it
-        was stopped, frozen or asleep longer than its lease and a peer took the job over), drop
-        the attempt before any side effect: nothing lands in the new owner's run, nothing is
+        """Whether this attempt still holds ``job``; when it does not (the slot was frozen or
+        cut off long enough for its driver to give the attempt up and start another), drop the
+        attempt before any side effect: nothing lands in another attempt's run, nothing is
         registered, no alias moves."""
-        if self.store.heartbeat(job.id, self.token, LEASE_SECONDS):
+        if self.store.owns(job.id, self.token):
             return True
         log.warning(
-            "job %s: another worker took it over while this one was stopped (its lease ran "
-            "out); this attempt's work is dropped",
+            "job %s: this attempt was given up by the driver (the slot was stopped or cut off) "
+            "and the job was handed to another; this attempt's work is dropped",
             job.key,
         )
         if live is not None:
@@ -507,14 +346,14 @@ class Worker:
                 self._store_confusion(job, result.model)
         kill_point("record")
         if live:
-            live.set_attrs(_trial_attrs(job, out))
+            live.set_attrs(trial_attrs(job, out))
         if not self.store.finish(job.id, self.token, DONE, out):
             log.warning("job %s: another worker took it over; this result is dropped", job.key)
             if live:
                 opt.tell(self.study, live.number, "FAIL")
             return
         kill_point("sync")
-        self.sync(self.store.get_job(job.id))
+        self.ledger.sync(self.store.get_job(job.id), self.token)
 
     def _wants_model(self, job: Job, out: JobResult) -> bool:
         """A search run's model is logged when it may be registered without a refit."""
@@ -700,7 +539,7 @@ class Worker:
                     **member_params(parts),  # what it averages, without opening other runs
                 },
                 {
-                    **_job_tags(job),
+                    **job_tags(job),
                     "study_name": self.batch.study,
                     "refit": "true",
                     **member_tags(parts),
@@ -742,43 +581,7 @@ class Worker:
                 out.registered = self._register(job, out)
             self._store_confusion(job, model)
             if self.store.finish(job.id, self.token, DONE, out):
-                self.sync(self.store.get_job(job.id))
-
-    # ------------------------------------------------------------ mirrors
-
-    def sync(self, job: Job) -> None:
-        """Bring Optuna and MLflow up to date with a recorded job (idempotent)."""
-        r = job.result
-        if job.purpose in (SEARCH, BASELINE) and r is not None:
-            state = {COMPLETED: "COMPLETE", PRUNED: "PRUNED"}.get(r.status, "FAIL")
-            value = r.value if state == "COMPLETE" else None
-            if job.trial_number is not None and job.spec.purpose == SEARCH:
-                if opt.trial_state(self.study, job.trial_number) == "RUNNING":
-                    opt.tell(self.study, job.trial_number, state, value)
-                elif opt.trial_state(self.study, job.trial_number) == "FAIL" and state != "FAIL":
-                    self._add_trial(job, state, value)  # reaped while finishing: add it back
-            elif state != "FAIL":
-                self._add_trial(job, state, value)
-        mirror_job_run(self.tracker, job, self.space.metric)
-        self.store.mark_synced(job.id, self.token)
-
-    def _add_trial(self, job: Job, state: str, value: float | None) -> None:
-        ref = [self.batch.id, job.id]
-        if any(
-            t.user_attrs.get(TRIAL_JOB) == ref and t.state != "FAIL" for t in opt.trials(self.study)
-        ):
-            return  # added already (a sync that died after it)
-        params = None
-        if job.trial_number is not None:
-            params = opt.trial_params(self.study, job.trial_number)
-        opt.add_finished(
-            self.study,
-            state,
-            value,
-            params[0] if params else None,
-            params[1] if params else None,
-            {TRIAL_JOB: ref, TRIAL_BATCH: self.batch.number, **_trial_attrs(job, job.result)},
-        )
+                self.ledger.sync(self.store.get_job(job.id), self.token)
 
     def _tb_dir(self, job: Job) -> str | None:
         root = self.settings.tensorboard_dir
@@ -793,35 +596,6 @@ def _json(value: Any) -> str:
     import json
 
     return json.dumps(value)
-
-
-def _job_tags(job: Job) -> dict[str, Any]:
-    return {"bench_job": f"{job.batch_id}:{job.id}", "purpose": job.purpose, "job_key": job.key}
-
-
-def _trial_attrs(job: Job, r: JobResult) -> dict[str, Any]:
-    attrs = {
-        TRIAL_CONFIG: r.config,
-        TRIAL_SEED: job.spec.seed,
-        TRIAL_EPOCHS: r.epochs_run,
-        TRIAL_BEST_EPOCH: r.best_epoch,
-        TRIAL_TRAIN_SECONDS: r.train_seconds,
-        TRIAL_PARAM_COUNT: r.param_count,
-        TRIAL_TRAIN_FLOPS: r.train_flops,
-        TRIAL_HISTORY: r.history,
-    }
-    if job.run_id:
-        attrs[TRIAL_RUN] = job.run_id
-    if r.model_uri:
-        attrs[TRIAL_MODEL] = r.model_uri
-    if r.reason:
-        attrs[TRIAL_REASON] = r.reason
-    baseline = job.spec.info.get("baseline")
-    if baseline:
-        attrs[TRIAL_BASELINE] = baseline
-        if r.test_accuracy is not None:
-            attrs[TRIAL_TEST_ACCURACY] = r.test_accuracy
-    return attrs
 
 
 def _score_or_nan(value: Any) -> float:
@@ -844,24 +618,3 @@ def _train_params(t) -> dict[str, Any]:
         "steps_per_execution": t.steps_per_execution,
         "jit_compile": t.jit_compile,
     }
-
-
-def worker_main(settings: WorkerSettings, index: int) -> int:
-    """Entry point of a spawned worker process; returns its exit code."""
-    import os
-
-    os.environ.update(settings.env)
-    setup_logging()
-    interrupts = Interrupts()
-    interrupts.install()
-    try:
-        Worker(settings, interrupts).run()
-        return 0
-    except KeyboardInterrupt:
-        return 130
-    except BenchError as exc:
-        log.error("worker %d: %s", index, exc)
-        return 2
-    except Exception as exc:  # noqa: BLE001 - one line; a running job is reaped by a peer
-        log.error("worker %d crashed: %s: %s", index, type(exc).__name__, redact(exc))
-        return 1

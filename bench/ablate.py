@@ -29,6 +29,7 @@ from bench.cli import (
     check_name,
     engine_main,
     run,
+    worker_plan,
 )
 from bench.errors import EXIT_OK, BenchError, SpaceError, redact
 from bench.records import DONE
@@ -356,7 +357,6 @@ def _run(args: argparse.Namespace, interrupts) -> int:
     from bench.engine.driver import BatchRun, drive, open_design_batch
     from bench.engine.mirror import complete_mirrors
     from bench.engine.store import JobStore
-    from bench.resources import plan_workers, usable_cpus, visible_gpus
     from bench.results import interactions, what_matters
     from bench.results.study import (
         StudyView,
@@ -438,7 +438,7 @@ def _run(args: argparse.Namespace, interrupts) -> int:
     check_uri(uri)
     budget = int(spec_train["max_epochs"])
     n_jobs = len(plan.job_configs())  # every plan lists its jobs' configurations
-    workers = plan_workers(args.workers, args.threads, n_jobs, usable_cpus(), visible_gpus())
+    workers = worker_plan(args, n_jobs)
     n_train = len(dataset.y_train) - int(spec_train["validation_size"])
     rate, how = seconds_per_mac(view, n_train)
 

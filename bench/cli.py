@@ -73,6 +73,21 @@ def bounded_int(low: int, high: int, what: str = "") -> Callable[[str], int]:
     return parse
 
 
+def bounded_float(low: float, high: float) -> Callable[[str], float]:
+    """An argparse type: a number in ``[low, high]`` (NaN refused)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+        if not low <= value <= high:  # NaN fails this too
+            raise argparse.ArgumentTypeError(f"must be from {low:g} to {high:g}, got {text}")
+        return value
+
+    return parse
+
+
 SEED_MAX = 2**31 - 1  # job seeds are seed + index (+ 2,000,000 at most): kept below 2**32
 
 
@@ -166,7 +181,49 @@ def add_worker_flags(p: argparse.ArgumentParser) -> None:
         type=bounded_int(1, 1024),
         help="TensorFlow threads per worker (default: usable CPUs / workers)",
     )
+    p.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="where jobs run: local (slot processes on this machine, the default) or ray (Ray "
+        "actors on the cluster of --ray-address or RAY_ADDRESS; pip install 'bench[ray]')",
+    )
+    p.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        help="the Ray cluster for --executor ray (default: RAY_ADDRESS, else a Ray started here)",
+    )
+    p.add_argument(
+        "--gpus-per-slot",
+        type=bounded_float(0.01, 8.0),
+        default=1.0,
+        metavar="G",
+        help="GPUs per Ray actor when the cluster has GPUs (default 1; 0.5: two per GPU)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument(
         "--verbose", action="store_true", help="let TensorFlow's start-up messages through"
     )
+
+
+def worker_plan(args: argparse.Namespace, n_jobs: int):
+    """The :class:`~bench.resources.WorkerPlan` the worker flags ask for.
+
+    Raises:
+        BenchError: a flag that does not fit this machine, or Ray flags without ``--executor
+            ray``.
+    """
+    from bench.errors import BenchError
+    from bench.resources import plan_for
+
+    executor = getattr(args, "executor", "local")
+    if executor != "ray" and getattr(args, "ray_address", None):
+        raise BenchError("--ray-address: only with --executor ray; add --executor ray")
+    if executor == "ray":
+        from bench.engine.ray_slots import check_ray
+
+        check_ray()
+    return plan_for(
+        args.workers, args.threads, n_jobs, executor, getattr(args, "ray_address", None),
+        getattr(args, "gpus_per_slot", 1.0),
+    )  # fmt: skip

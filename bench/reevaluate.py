@@ -66,6 +66,8 @@ def _run(args: argparse.Namespace, interrupts) -> int:
         register=not args.no_register,
         workers=args.workers,
         threads=args.threads,
+        executor=args.executor,
+        ray_address=args.ray_address,
         quiet=args.quiet,
     )
     return reevaluate(req, interrupts)

@@ -244,11 +244,18 @@ class WorkerPlan:
         per_worker_env: One mapping per worker of the variables to set before it imports
             TensorFlow (merged over the inherited environment); empty mappings without GPUs,
             so a CPU machine's CUDA settings are left exactly as they were.
+        executor: ``local`` (slots on this machine) or ``ray`` (Ray actors on a cluster; then
+            ``jobs`` 0 fills the cluster, and Ray gives each slot its GPU).
+        ray_address: The Ray cluster (None: ``RAY_ADDRESS``, or a Ray started here).
+        gpus_per_slot: GPUs per Ray actor where the cluster has GPUs.
     """
 
     jobs: int
     threads: int
     per_worker_env: list[dict[str, str]] = field(default_factory=list)
+    executor: str = "local"
+    ray_address: str | None = None
+    gpus_per_slot: float = 1.0
 
     @property
     def gpus(self) -> list[str]:
@@ -257,6 +264,9 @@ class WorkerPlan:
 
     def describe(self) -> str:
         """One line for the CLI, e.g. ``2 worker(s) x 8 thread(s) on GPU(s) 0, 1``."""
+        if self.executor == "ray":
+            slots = f"{self.jobs} Ray actor(s)" if self.jobs else "Ray actors filling the cluster"
+            return f"{slots} x {self.threads} thread(s)"
         text = f"{self.jobs} worker(s) x {self.threads} thread(s)"
         gpus = list(dict.fromkeys(self.gpus))
         return f"{text} on GPU(s) {', '.join(gpus)}" if gpus else text
@@ -327,6 +337,23 @@ def _check_jobs(jobs: int, cpus: int) -> None:
         )
 
 
+def plan_for(
+    requested_jobs: int | None,
+    requested_threads: int | None,
+    n_trials: int,
+    executor: str = "local",
+    ray_address: str | None = None,
+    gpus_per_slot: float = 1.0,
+) -> WorkerPlan:
+    """The plan for ``--executor``: :func:`plan_for_this_machine` for ``local``; for ``ray``,
+    ``--jobs`` actors (default: as many as the cluster holds, never more than ``n_trials``) of
+    ``--threads`` CPUs (default 1), placed by Ray."""
+    if executor != "ray":
+        return plan_for_this_machine(requested_jobs, requested_threads, n_trials)
+    jobs = min(requested_jobs, max(1, n_trials)) if requested_jobs else 0
+    return WorkerPlan(jobs, requested_threads or 1, [], "ray", ray_address, gpus_per_slot)
+
+
 def plan_for_this_machine(
     requested_jobs: int | None, requested_threads: int | None, n_trials: int
 ) -> WorkerPlan:
@@ -339,6 +366,7 @@ __all__ = [
     "MAX_JOBS",
     "WorkerPlan",
     "cgroup_cpu_limit",
+    "plan_for",
     "plan_for_this_machine",
     "plan_workers",
     "usable_cpus",

@@ -24,6 +24,7 @@ from bench.cli import (
     engine_main,
     positive_seconds,
     run,
+    worker_plan,
 )
 from bench.errors import (
     BenchError,
@@ -144,7 +145,6 @@ def _run(args: argparse.Namespace, interrupts) -> int:
     from bench.designs.search import SearchDesign
     from bench.engine.driver import BatchRun, drive, open_design_batch
     from bench.engine.store import JobStore
-    from bench.resources import plan_workers, usable_cpus, visible_gpus
     from bench.space import load_space, load_space_text, resolve_space
     from bench.tracking import Tracker, check_uri, resolve_uri
     from bench.training import download_dataset
@@ -175,7 +175,7 @@ def _run(args: argparse.Namespace, interrupts) -> int:
     experiment = check_name("--experiment", args.experiment or default_name)
     model_name = check_name("--model-name", args.model_name or default_name)
     storage = args.storage or opt.DEFAULT_STORAGE
-    plan = plan_workers(args.workers, args.threads, n_trials, usable_cpus(), visible_gpus())
+    plan = worker_plan(args, n_trials)
     settings = {
         "space": space_path,
         "space_text": space_text,  # what every worker trains, wherever the file is

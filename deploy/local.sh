@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Scale-out on one machine, exactly as on many: a PostgreSQL study, an MLflow tracking server
-# backed by PostgreSQL, and N independent workers that join the same study and parent run.
+# backed by PostgreSQL, a Ray cluster, and one driver whose slots are Ray actors.
 #
-#   deploy/local.sh [WORKERS=2] [TRIALS=20] [extra bench.search flags...]
+#   deploy/local.sh [SLOTS=2] [TRIALS=20] [extra bench.search flags...]
 #
 # Needs a PostgreSQL server (PGURL, default postgresql://postgres@127.0.0.1:5432) and
-# `pip install -e '.[postgres]'`. On several machines, run the mlflow server once and the
-# `python -m bench.search ...` line on every machine with the same --storage/--tracking-uri.
+# `pip install -e '.[postgres,ray]'`. On several machines, run the mlflow server and the Ray head
+# once, `ray start --address` on every other machine, and this script's last command once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 workers="${1:-2}"; trials="${2:-20}"; shift $(( $# > 2 ? 2 : $# ))
@@ -28,16 +28,14 @@ if ! curl -fs "http://127.0.0.1:$port/health" >/dev/null 2>&1; then
   for _ in $(seq 120); do curl -fs "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break; sleep 1; done
 fi
 
-pids=()
-for i in $(seq "$workers"); do   # each worker is what one machine would run
-  python -m bench.search --trials "$trials" --workers 1 --threads 1 --quiet \
-    --storage "$pgurl/bench_optuna" --tracking-uri "http://127.0.0.1:$port" "$@" \
-    >"$run_dir/worker-$i.log" 2>&1 &
-  pids+=($!)
-done
-echo "started ${#pids[@]} workers: ${pids[*]} (logs: $run_dir/worker-*.log)"
+# a Ray cluster on this machine: one head with WORKERS CPUs (on many machines: `ray start --head`
+# on one, `ray start --address HEAD:6379` on the others; see deploy/README.md)
+ray start --head --port "${RAY_PORT:-6379}" --num-cpus "$workers" --disable-usage-stats \
+  >"$run_dir/ray.log" 2>&1
+trap 'ray stop >/dev/null 2>&1 || true' EXIT
 status=0
-for pid in "${pids[@]}"; do wait "$pid" || status=$?; done
-tail -n 5 "$run_dir"/worker-*.log
+RAY_ADDRESS="127.0.0.1:${RAY_PORT:-6379}" python -m bench.search --trials "$trials" \
+  --executor ray --threads 1 --storage "$pgurl/bench_optuna" \
+  --tracking-uri "http://127.0.0.1:$port" "$@" || status=$?
 echo "done; browse: http://127.0.0.1:$port ; study: optuna-dashboard $pgurl/bench_optuna"
 exit "$status"

@@ -210,26 +210,28 @@ def _drive_locked(run: BatchRun, interrupts, purposes, done_before: int, total: 
     if batch.parent_run_id:
         tracker.safe(tracker.reopen, batch.parent_run_id)
     print(
-        f"study '{batch.study}' {batch.design} batch {batch.number}: {total} jobs on {plan.jobs} "
-        f"slot(s) x {plan.threads} thread(s); storage {redact(storage)}; tracking {redact(uri)}",
+        f"study '{batch.study}' {batch.design} batch {batch.number}: {total} jobs on "
+        f"{plan.describe()}; storage {redact(storage)}; tracking {redact(uri)}",
         file=sys.stderr,
     )
     study = opt.open_study(batch.study, storage, space, batch.settings["seed"], record_space=False)
     ledger = Ledger(store, batch, study, tracker, space.metric)
     recover(ledger, interrupts)  # this command holds the lock: no attempt of it is alive
     deadline = time.time() + run.timeout if run.timeout else None
-    executor = LocalExecutor(
-        WorkerSettings(
-            storage=storage,
-            tracking_uri=uri,
-            batch_id=batch.id,
-            threads=plan.threads,
-            tensorboard_dir=run.tensorboard,
-        ),
-        plan.jobs,
-        list(plan.per_worker_env),
-        interrupts,
+    settings = WorkerSettings(
+        storage=storage,
+        tracking_uri=uri,
+        batch_id=batch.id,
+        threads=plan.threads,
+        tensorboard_dir=run.tensorboard,
     )
+    executor: Executor
+    if plan.executor == "ray":
+        from bench.engine.ray_slots import RayExecutor
+
+        executor = RayExecutor(settings, plan.jobs or None, plan.ray_address, plan.gpus_per_slot)
+    else:
+        executor = LocalExecutor(settings, plan.jobs, list(plan.per_worker_env), interrupts)
     progress = Progress(storage, batch, purposes, maximize, total, enabled=not run.quiet)
     started = time.time()
     progress.start()
@@ -319,6 +321,8 @@ def run_batch(
         How many slots refused more work (the outcome says so; 0 on a clean run).
     """
     executor.start()
+    if hasattr(executor, "describe"):
+        print(f"slots: {executor.describe()}", file=sys.stderr)
     free = list(range(executor.slots))
     running: dict[int, tuple[int, str]] = {}
     retired = 0
@@ -334,15 +338,18 @@ def run_batch(
                 slot = free.pop(0)
                 running[slot] = (job.id, token)
                 executor.submit(slot, job.id, token)
-            if running:
+            if running or getattr(executor, "starting", 0):
                 for ended in executor.wait(0.5):
                     running.pop(ended.slot, None)
+                    if ended.job_id is None and not ended.error:  # a replacement is ready
+                        free.append(ended.slot)
+                        continue
                     if ended.died and ended.job_id is not None:
                         ledger.after_death(ended.job_id, ended.token, ended.died)
                     if ended.error:
                         retired += 1
                         print(f"error: slot {ended.slot}: {redact(ended.error)}", file=sys.stderr)
-                    else:
+                    elif not ended.gone:
                         free.append(ended.slot)
                 continue
             if late or not free:

@@ -23,7 +23,7 @@ from bench.engine.mirror import complete_mirrors
 from bench.engine.store import JobStore
 from bench.errors import BenchError, redact
 from bench.records import BASELINE, DONE, SEARCH, SEARCH_DESIGN
-from bench.resources import plan_workers, usable_cpus, visible_gpus
+from bench.resources import plan_for
 from bench.tracking import Tracker, check_uri, resolve_uri
 from bench.training import download_dataset
 
@@ -42,6 +42,8 @@ class ReevalRequest:
         register: Refit and register the choice (False: report only).
         workers: Worker processes (None: planned from the CPUs and GPUs).
         threads: TensorFlow threads per worker (None: planned).
+        executor: ``local`` or ``ray`` (see :class:`~bench.resources.WorkerPlan`).
+        ray_address: The Ray cluster for ``ray`` (None: ``RAY_ADDRESS``).
         quiet: No progress output.
     """
 
@@ -54,6 +56,8 @@ class ReevalRequest:
     register: bool = True
     workers: int | None = None
     threads: int | None = None
+    executor: str = "local"
+    ray_address: str | None = None
     quiet: bool = False
 
 
@@ -122,7 +126,7 @@ def reevaluate(req: ReevalRequest, interrupts) -> int:
         print(f"already re-evaluated in batch {batch.number}:", file=sys.stderr)
         print_reeval(batch.summary or {}, design.maximize)
         return 0
-    plan = plan_workers(req.workers, req.threads, len(specs), usable_cpus(), visible_gpus())
+    plan = plan_for(req.workers, req.threads, len(specs), req.executor, req.ray_address)
     run = BatchRun(store, batch, created, tracker, uri, storage, plan, space, quiet=req.quiet)
     code = drive(run, interrupts)
     print_reeval(store.get_batch(batch.id).summary or {}, design.maximize)

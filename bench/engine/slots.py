@@ -41,6 +41,8 @@ class Ended:
         token: The attempt's token.
         died: Why the slot is gone, when it died (the driver reaps the attempt).
         error: Why the slot refuses more work, when it does (the driver retires it).
+        gone: The slot is not free for now: its replacement is reported free (an ``Ended``
+            with no job) once ready, or never (a cluster that lost a node may have no room).
     """
 
     slot: int
@@ -48,6 +50,7 @@ class Ended:
     token: str | None
     died: str | None = None
     error: str | None = None
+    gone: bool = False
 
 
 class Executor(Protocol):

@@ -1,4 +1,5 @@
-"""Trials per hour with 1, 2, ... independent workers on one PostgreSQL study and MLflow server.
+"""Trials and epochs per hour with a 1, 2, ... node Ray cluster (one CPU per node) on one
+PostgreSQL study and MLflow server: one driver, ``bench.search --executor ray``.
 
     # a fixed trial budget: quick, but start-up and the last straggling trial weigh heavily
     BENCH_TEST_POSTGRES_URL=postgresql://postgres@127.0.0.1:5432/test \\
@@ -8,8 +9,9 @@
     python benchmarks/scale_out.py --long --storage postgresql://postgres@127.0.0.1:5432/bench
     python benchmarks/scale_out.py --long --budget-seconds 30 --dataset digits   # smoke check
 
-Every worker is a separate ``python -m bench.search --jobs 1 --threads 1`` process (what one
-machine runs); all share one PostgreSQL study and one MLflow tracking server. ``--storage`` names
+For N nodes, ``ray start`` runs a head and N-1 workers on loopback, one CPU each (what N one-core
+machines would be), and one driver runs ``python -m bench.search --executor ray --jobs N
+--threads 1`` on it; every slot shares one PostgreSQL study and one MLflow tracking server. ``--storage`` names
 the PostgreSQL database for the studies (each worker count gets its own study name); without it a
 fresh database is created on the server of ``BENCH_TEST_POSTGRES_URL`` and dropped afterwards.
 ``--tracking-uri`` names an MLflow server; without it one is started on loopback, backed by a
@@ -95,7 +97,8 @@ def builtin_space(name: str) -> str:
 
 def search_command(args, n_trials: int, study: str, storage: str, tracking: str) -> list[str]:
     cmd = [sys.executable, "-m", "bench.search", "--trials", str(n_trials), "--quiet"]
-    cmd += ["--workers", "1", "--threads", "1", "--dataset", args.dataset, "--seed", str(args.seed)]
+    cmd += ["--executor", "ray", "--threads", "1", "--dataset", args.dataset]
+    cmd += ["--seed", str(args.seed)]
     cmd += ["--study-name", study, "--experiment", study]
     cmd += ["--storage", storage, "--tracking-uri", tracking]
     space = args.space or (builtin_space("smoke") if args.dataset == "digits" else None)
@@ -108,18 +111,29 @@ def search_command(args, n_trials: int, study: str, storage: str, tracking: str)
     return cmd
 
 
+RAY_PORT = 6390
+
+
 def start_workers(cmd: list[str], n: int, folder: Path) -> list[subprocess.Popen]:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    """A Ray cluster of ``n`` one-CPU nodes on loopback, and the driver on it (``--jobs n``)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_ADDRESS": f"127.0.0.1:{RAY_PORT}"}
+    env.pop("RAY_ADDRESS_OVERRIDE", None)
+    ray = [sys.executable, "-m", "ray.scripts.scripts", "start", "--num-cpus", "1",
+           "--node-ip-address", "127.0.0.1", "--disable-usage-stats"]  # fmt: skip
+    log = open(folder / "ray.log", "a")  # noqa: SIM115 - closed at exit
+    subprocess.run([*ray, "--head", "--port", str(RAY_PORT)], check=True, stdout=log, stderr=log)
+    for _ in range(n - 1):
+        subprocess.run([*ray, "--address", f"127.0.0.1:{RAY_PORT}"], check=True, stdout=log,
+                       stderr=log)  # fmt: skip
     return [
         subprocess.Popen(
-            cmd,
+            [*cmd, "--jobs", str(n)],
             cwd=folder,
             env=env,
             stdout=subprocess.DEVNULL,
-            stderr=open(folder / f"worker-{i}.err", "w"),  # noqa: SIM115 - closed at exit
+            stderr=open(folder / "worker-0.err", "w"),  # noqa: SIM115 - closed at exit
             start_new_session=True,
         )
-        for i in range(n)
     ]
 
 
@@ -137,6 +151,8 @@ def stop_workers(procs: list[subprocess.Popen]) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
+    subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "stop", "--force"],
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
 
 
 def worker_error(folder: Path) -> str:

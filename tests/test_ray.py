@@ -23,6 +23,13 @@ from tests.conftest import REPO, cli_env
 from tests.faults import batches, jobs_of, mlflow_runs, slow_space, trials_of, wait_for
 
 STUDY = "digits-slow"
+
+
+def on_ray(test):
+    """Slow, needs Ray, and serial with the other cluster tests (one xdist group)."""
+    return pytest.mark.slow(pytest.mark.ray(pytest.mark.xdist_group("ray")(test)))
+
+
 MODEL = "digits-mlp"
 
 
@@ -100,9 +107,7 @@ def _check_totals(folder: Path, trials: int):
     return jobs, runs
 
 
-@pytest.mark.slow
-@pytest.mark.ray
-@pytest.mark.xdist_group("ray")
+@on_ray
 def test_two_nodes_share_one_batch_and_register_once(tmp_path):
     proc = start_on_cluster(tmp_path, 2, *_search_args(tmp_path, 6))
     _finish(proc, tmp_path)
@@ -114,9 +119,7 @@ def test_two_nodes_share_one_batch_and_register_once(tmp_path):
     assert "slots: 2 Ray actor(s) on 2 node(s), 1 CPU each" in err
 
 
-@pytest.mark.slow
-@pytest.mark.ray
-@pytest.mark.xdist_group("ray")
+@on_ray
 def test_a_node_removed_mid_job_is_retried_elsewhere(tmp_path):
     proc = start_on_cluster(
         tmp_path, 3, *_search_args(tmp_path, 6, epochs=40), flags=["--remove-node-mid-job"]
@@ -136,9 +139,7 @@ def test_a_node_removed_mid_job_is_retried_elsewhere(tmp_path):
     assert dead and "Ray actor died" in dead[0].data.tags["state_reason"]
 
 
-@pytest.mark.slow
-@pytest.mark.ray
-@pytest.mark.xdist_group("ray")
+@on_ray
 def test_a_killed_slot_process_is_retried_on_a_fresh_actor(tmp_path):
     proc = start_on_cluster(tmp_path, 2, *_search_args(tmp_path, 4))
     try:
@@ -160,9 +161,7 @@ def test_a_killed_slot_process_is_retried_on_a_fresh_actor(tmp_path):
     assert redone.owner["pid"] != victim.owner["pid"]
 
 
-@pytest.mark.slow
-@pytest.mark.ray
-@pytest.mark.xdist_group("ray")
+@on_ray
 def test_a_job_that_kills_its_actor_every_time_fails_after_3_attempts_and_is_replaced(tmp_path):
     """The driver's BENCH_* settings reach every actor, so the kill point fires in each."""
     args = [*_search_args(tmp_path, 1), "--max-replacements", "1"]
@@ -183,9 +182,7 @@ def test_a_job_that_kills_its_actor_every_time_fails_after_3_attempts_and_is_rep
     assert len(runs) >= 6 and not [r for r in runs if r.info.status == "RUNNING"]
 
 
-@pytest.mark.slow
-@pytest.mark.ray
-@pytest.mark.xdist_group("ray")
+@on_ray
 def test_a_killed_driver_takes_its_actors_with_it_and_a_rerun_resumes(tmp_path):
     proc = start_on_cluster(
         tmp_path, 2, *_search_args(tmp_path, 6, epochs=40), flags=["--kill-driver-mid-job"]

@@ -214,9 +214,7 @@ def _drive_locked(run: BatchRun, interrupts, purposes, done_before: int, total: 
         f"{plan.describe()}; storage {redact(storage)}; tracking {redact(uri)}",
         file=sys.stderr,
     )
-    study = opt.open_study(batch.study, storage, space, batch.settings["seed"], record_space=False)
-    ledger = Ledger(store, batch, study, tracker, space.metric)
-    recover(ledger, interrupts)  # this command holds the lock: no attempt of it is alive
+    ledger = recovered_ledger(store, batch, space, tracker, storage, interrupts)
     deadline = time.time() + run.timeout if run.timeout else None
     settings = WorkerSettings(
         storage=storage,
@@ -273,16 +271,23 @@ def drive_here(settings: WorkerSettings, interrupts=None) -> int:
                 f"batch {batch.number} of study '{batch.study}' is being driven by "
                 f"{driver_words(store.driver(batch.id))}"
             )
-        study = opt.open_study(
-            batch.study, settings.storage, space, batch.settings["seed"], record_space=False
-        )
-        ledger = Ledger(store, batch, study, tracker, space.metric)
-        recover(ledger, interrupts)
+        ledger = recovered_ledger(store, batch, space, tracker, settings.storage, interrupts)
         with interrupts.cooperative():
             return run_batch(
                 store, batch, make_design(batch, space), space.train.max_epochs, ledger,
                 LocalExecutor(settings, 1, [], interrupts), interrupts,
             )  # fmt: skip
+
+
+def recovered_ledger(
+    store: JobStore, batch: Batch, space: Space, tracker, storage: str, interrupts
+) -> Ledger:
+    """The batch's ledger, after :func:`recover`: what the holder of its lock does first (no
+    attempt of the batch is alive then)."""
+    study = opt.open_study(batch.study, storage, space, batch.settings["seed"], record_space=False)
+    ledger = Ledger(store, batch, study, tracker, space.metric)
+    recover(ledger, interrupts)
+    return ledger
 
 
 def recover(ledger: Ledger, interrupts, tries: int = 5) -> None:

@@ -181,14 +181,13 @@ class Worker:
         if run_id:
             self.store.update_owned(job.id, self.token, run_id=run_id)
             job = replace(job, run_id=run_id)
-        tracking_ok = [run_id is not None]
+        failures = self.tracker.failures
         prune = live is not None
 
         def on_epoch(epoch: int, metrics: dict[str, float]) -> bool:
-            if tracking_ok[0]:
-                before = self.tracker.failures
-                self.tracker.safe(self.tracker.log_metrics, run_id, metrics, epoch)
-                tracking_ok[0] = self.tracker.failures == before
+            # queued, sent in the background; once one fails, this job's other epochs are not
+            if run_id is not None and self.tracker.failures == failures:
+                self.tracker.log_metrics_later(run_id, metrics, epoch)
             if epoch == 1:
                 kill_point("train" if job.purpose == SEARCH else "reeval")
             value = metrics.get(self.space.metric)
@@ -201,6 +200,7 @@ class Worker:
             result = self._fit(job, config, spec, on_epoch)
         except KeyboardInterrupt:
             with self.interrupts.critical():
+                self.tracker.flush()  # its epochs land before its run is ended
                 self.store.release(job.id, self.token, "interrupted by the user (SIGINT/SIGTERM)")
                 if live:
                     opt.tell(self.study, live.number, "FAIL")
@@ -212,6 +212,7 @@ class Worker:
             reason = redact(f"{type(exc).__name__}: {lines[0] if lines else ''}", limit=300)
             log.warning("job %s failed: %s", job.key, reason)
             with self.interrupts.critical():
+                self.tracker.flush()
                 if live:
                     live.set_attrs({TRIAL_REASON: reason})
                 failed = JobResult(FAILED, None, 0, 0, 0.0, 0, 0.0, config, reason=reason)
@@ -222,6 +223,7 @@ class Worker:
                     opt.tell(self.study, live.number, "FAIL")
             return
         with self.interrupts.critical():
+            self.tracker.flush()  # every epoch is in the run before its result is recorded
             self._record(job, live, result, config)
 
     def _fit(self, job: Job, config: dict, spec, on_epoch):

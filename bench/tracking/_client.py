@@ -4,7 +4,9 @@ Runs are driven through ``MlflowClient`` with explicit run ids, never through th
 "active run" stack, so several worker processes (or machines) can write trial runs under one
 parent run without "run already active" errors. Calls made while a trial trains go through
 :meth:`Tracker.safe`: when the store is down the trial keeps training and its result still lands
-in the Optuna storage; the failure is reported once and counted.
+in the Optuna storage; the failure is reported once and counted. Per-epoch metrics are sent by a
+background thread (:meth:`Tracker.log_metrics_later`), off the training loop's path; a job waits
+for them (:meth:`Tracker.flush`) before its result or its run's end is recorded.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 import sqlite3
 import tempfile
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
@@ -142,6 +145,8 @@ class Tracker:
         self.failures = 0
         self._warned = False
         self._down_until = 0.0
+        self._sender: ThreadPoolExecutor | None = None  # started on the first queued epoch
+        self._queued: list[Future] = []
         try:
             exp = self.client.get_experiment_by_name(experiment)
             if exp is None:
@@ -258,6 +263,25 @@ class Tracker:
             for k, v in metrics.items()
         ]
         self.client.log_batch(run_id, metrics=batch)
+
+    def log_metrics_later(self, run_id: str, metrics: dict[str, float], step: int) -> None:
+        """Queue one epoch's metrics; one background thread sends them in order.
+
+        The training loop does not wait for the tracking store (a server on a busy machine costs
+        tens of milliseconds a call, a stalled one up to its timeout). Failures take the path of
+        :meth:`safe` there: counted, warned once, and the rest of an outage skipped at once.
+        MLflow's own ``log_batch(synchronous=False)`` was not used: its failures surface only
+        when waited on, so an outage would cost one timeout per epoch instead of one.
+        """
+        if self._sender is None:
+            self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bench-metrics")
+        self._queued.append(self._sender.submit(self.safe, self.log_metrics, run_id, metrics, step))
+
+    def flush(self) -> None:
+        """Wait until every queued epoch has been sent (or counted as failed)."""
+        queued, self._queued = self._queued, []
+        for future in queued:
+            future.result()
 
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
 

@@ -31,6 +31,11 @@ class FakeExecutor:
         self._pending: list[tuple[int, int, str]] = []
         self._lost: list[Ended] = []
 
+    starting = 0
+
+    def describe(self) -> str:
+        return ""
+
     def start(self) -> None:
         self.started += 1
 

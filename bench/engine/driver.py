@@ -326,7 +326,7 @@ def run_batch(
         How many slots refused more work (the outcome says so; 0 on a clean run).
     """
     executor.start()
-    if hasattr(executor, "describe"):
+    if executor.describe():
         print(f"slots: {executor.describe()}", file=sys.stderr)
     free = list(range(executor.slots))
     running: dict[int, tuple[int, str]] = {}
@@ -343,7 +343,7 @@ def run_batch(
                 slot = free.pop(0)
                 running[slot] = (job.id, token)
                 executor.submit(slot, job.id, token)
-            if running or getattr(executor, "starting", 0):
+            if running or executor.starting:
                 for ended in executor.wait(0.5):
                     running.pop(ended.slot, None)
                     if ended.job_id is None and not ended.error:  # a replacement is ready

@@ -57,6 +57,13 @@ class Executor(Protocol):
     """What the driver needs from an executor."""
 
     slots: int
+    # slots being (re)placed that cannot take work yet: the driver waits for them rather than
+    # ending a stage early (a replacement Ray actor; always 0 on this machine)
+    starting: int
+
+    def describe(self) -> str:
+        """One line on where the slots run, printed when the batch starts ("" for nothing)."""
+        ...
 
     def start(self) -> None: ...
 
@@ -92,6 +99,11 @@ class LocalExecutor:
         self._procs: dict[int, object] = {}
         self._conns: dict[int, object] = {}
         self._busy: dict[int, tuple[int, str]] = {}
+
+    starting = 0  # local slots start in start() and are replaced at once
+
+    def describe(self) -> str:
+        return ""  # the batch's first line already says N slots on this machine
 
     def start(self) -> None:
         if self.in_process:

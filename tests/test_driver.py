@@ -7,6 +7,8 @@ from an attempt it gave up is refused by the store.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from bench import optuna_adapter as opt
@@ -15,7 +17,17 @@ from bench.engine.driver import run_batch
 from bench.engine.interrupts import Interrupts
 from bench.engine.ledger import MAX_ATTEMPTS, Ledger
 from bench.engine.store import JobStore
-from bench.records import COMPLETED, DONE, FAILED, RUNNING, SEARCH, WAITING, JobResult
+from bench.records import (
+    COMPLETED,
+    DONE,
+    FAILED,
+    RUNNING,
+    SEARCH,
+    TRIAL_BATCH,
+    TRIAL_JOB,
+    WAITING,
+    JobResult,
+)
 from bench.space import load_space
 from tests.fake_executor import FakeExecutor, FakeTracker
 
@@ -173,3 +185,51 @@ def test_a_new_driver_reaps_what_a_dead_driver_left_running_and_mirrors_what_it_
     assert b.state == DONE and b.synced and b.attempts == 1  # kept, not trained again
     complete = [t for t in opt.trials(study) if t.state == "COMPLETE"]
     assert [t.value for t in complete] == [_result(b).value]  # mirrored into Optuna once
+
+
+def test_every_job_purpose_has_one_runner_and_only_training_asks_the_sampler():
+    from bench.engine.worker import RUNNERS, Worker
+    from bench.records import BASELINE, PURPOSES, REFIT
+
+    assert set(RUNNERS) == set(PURPOSES)  # a purpose without a row would fail mid-batch
+    assert [p for p, r in RUNNERS.items() if r.asks_sampler] == [SEARCH]
+    # the test set is scored for reporting on every purpose but the search (selection) itself
+    assert [p for p, r in RUNNERS.items() if not r.test_scored] == [SEARCH]
+    assert {p for p, r in RUNNERS.items() if r.steps is Worker.train} >= {SEARCH, BASELINE, REFIT}
+    assert RUNNERS[REFIT].then is not None  # a refit registers before its result is recorded
+
+
+def test_a_job_redone_after_deaths_keeps_one_finished_trial_despite_an_orphan(world):
+    """Attempt 1 asked Optuna for a trial and died before recording its number (the trial is an
+    orphan, still RUNNING); attempt 2 asked another and died (reaped: FAIL); attempt 3 trains the
+    same configuration and records it. Its sync must add a finished trial: the orphan of attempt
+    1 is not one (found by the Ray kill-point test, where the orphan is failed only later)."""
+    store, study, space = world
+    batch, design = _open(store, {**SETTINGS, "n_trials": 1})
+    job = store.jobs(batch.id)[0]
+    ledger = Ledger(store, batch, study, FakeTracker(), space.metric)
+    ref = {TRIAL_JOB: [batch.id, job.id], TRIAL_BATCH: batch.number}
+
+    orphan = opt.ask(study, space, job.spec.seed)  # attempt 1: asked, then died at "take"
+    orphan.set_attrs(ref)
+    assert ledger.reap(store.take(batch.id, "t1", {"slot": 0}), "died") is True
+    second = opt.ask(study, space, job.spec.seed)  # attempt 2: asked, recorded, died
+    second.set_attrs(ref)
+    taken = store.take(batch.id, "t2", {"slot": 0})
+    config = second.suggest(space)
+    store.update_owned(taken.id, "t2", trial_number=second.number)
+    store.update_owned(taken.id, "t2", spec=replace(taken.spec, config=config))
+    assert ledger.reap(store.get_job(taken.id), "died") is True
+    assert opt.trial_state(study, second.number) == "FAIL"
+
+    store.take(batch.id, "t3", {"slot": 1})  # attempt 3: same configuration, no new trial
+    assert store.finish(job.id, "t3", DONE, _result(store.get_job(job.id)))
+    ledger.sync(store.get_job(job.id), "t3")
+    assert opt.trial_state(study, orphan.number) == "RUNNING"  # failed later, by the driver
+    finished = [t for t in opt.trials(study, ("COMPLETE",)) if t.user_attrs.get(TRIAL_JOB)]
+    assert len(finished) == 1 and finished[0].user_attrs[TRIAL_JOB] == [batch.id, job.id]
+    # the configuration attempt 2 drew (and attempt 3 trained), under the finished trial
+    assert finished[0].params == opt.trials(study)[second.number].params
+    ledger.fail_orphan_trials(asking=False)
+    assert opt.trial_state(study, orphan.number) == "FAIL"
+    assert len(opt.trials(study, ("COMPLETE",))) == 1

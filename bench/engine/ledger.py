@@ -91,10 +91,13 @@ class Ledger:
 
     def _add_trial(self, job: Job, state: str, value: float | None) -> None:
         ref = [self.batch.id, job.id]
+        # only a finished trial says it was added already (a sync that died after adding it): a
+        # RUNNING one is an earlier attempt's orphan, which fail_orphan_trials fails later
         if any(
-            t.user_attrs.get(TRIAL_JOB) == ref and t.state != "FAIL" for t in opt.trials(self.study)
+            t.user_attrs.get(TRIAL_JOB) == ref
+            for t in opt.trials(self.study, ("COMPLETE", "PRUNED"))
         ):
-            return  # added already (a sync that died after it)
+            return
         params = None
         if job.trial_number is not None:
             params = opt.trial_params(self.study, job.trial_number)

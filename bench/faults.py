@@ -3,6 +3,10 @@
 ``BENCH_TEST_KILL_AT=<point>`` makes the process that reaches ``<point>`` kill itself with
 SIGKILL (no cleanup, like a power cut or the OOM killer); ``BENCH_TEST_KILL_SKIP=n`` lets the
 first n passes through that point live. Unset, a kill point costs one dictionary lookup.
+Several points may be named, comma-separated. With ``BENCH_TEST_KILL_ONCE=<folder>`` each named
+point kills only the first process, of all those that share the folder, to reach it (a marker
+file per point, created exclusively before the kill): on a cluster of slots, one death per point
+instead of one per slot.
 
 ``BENCH_TEST_SIGNAL_AT=<tracking call>`` (``log_metrics``, ``end_run``, ...) sends this process
 ``BENCH_TEST_SIGNAL`` (``SIGINT`` or ``SIGTERM``) from *inside* MLflow's store code during that
@@ -34,11 +38,18 @@ _seen: dict[str, int] = {}
 def kill_point(name: str) -> None:
     """Die here if the test asked for it (see the module docstring)."""
     target = os.environ.get("BENCH_TEST_KILL_AT")
-    if target != name:
+    if target is None or name not in target.split(","):
         return
     _seen[name] = _seen.get(name, 0) + 1
-    if _seen[name] > int(os.environ.get("BENCH_TEST_KILL_SKIP", "0")):
-        os.kill(os.getpid(), signal.SIGKILL)
+    if _seen[name] <= int(os.environ.get("BENCH_TEST_KILL_SKIP", "0")):
+        return
+    once = os.environ.get("BENCH_TEST_KILL_ONCE")
+    if once:
+        try:
+            os.close(os.open(os.path.join(once, name), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return  # another process died here already
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 @contextlib.contextmanager

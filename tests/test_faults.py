@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -26,7 +28,7 @@ import pytest
 
 from bench.faults import POINTS
 from bench.records import FINAL
-from tests.conftest import run_module
+from tests.conftest import cli_env, run_module
 from tests.faults import (
     MODEL,
     batches,
@@ -168,6 +170,21 @@ def test_kill_at_each_point_then_plain_rerun_recovers(tmp_path, point):
         sources = {j.spec.info["source"] for j in reevals}  # top 2 distinct completed configs
         assert len(reevals) == 2 * len(sources) and all(j.state == "done" for j in reevals)
         assert any(j.attempts == 2 for j in reevals)  # the killed one ran again
+
+
+@pytest.mark.component
+def test_kill_once_kills_one_process_per_point_across_processes(tmp_path):
+    """With BENCH_TEST_KILL_ONCE, each named point kills only the first process to reach it."""
+    code = "from bench.faults import kill_point; kill_point('a'); kill_point('b'); print('lived')"
+    env = {"BENCH_TEST_KILL_AT": "a,b", "BENCH_TEST_KILL_ONCE": str(tmp_path)}
+    runs = [
+        subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=cli_env(**env),
+                       capture_output=True, text=True, timeout=60)
+        for _ in range(3)
+    ]  # fmt: skip
+    assert [r.returncode for r in runs] == [-signal.SIGKILL, -signal.SIGKILL, 0]
+    assert runs[2].stdout.strip() == "lived"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]
 
 
 # A space in which several of 4 digits trials complete (a median pruner that cuts the hopeless

@@ -47,10 +47,12 @@ def _need_ray() -> None:
         pytest.skip(missing)
 
 
-def start_on_cluster(folder: Path, nodes: int, *args: str, flags=(), **env) -> subprocess.Popen:
+def start_on_cluster(
+    folder: Path, nodes: int, *args: str, flags=(), study=STUDY, **env
+) -> subprocess.Popen:
     """``bench.search ARGS --executor ray`` on a fresh ``nodes``-node cluster (see module doc)."""
     _need_ray()
-    (folder / "study-name").write_text(STUDY)
+    (folder / "study-name").write_text(study)
     script = 'ip link set lo up && exec "$@"'
     return subprocess.Popen(
         ["unshare", "--net", "sh", "-c", script, "sh", sys.executable, "-m",
@@ -196,6 +198,59 @@ def test_a_killed_driver_takes_its_actors_with_it_and_a_rerun_resumes(tmp_path):
     assert first  # what the killed driver finished was kept, not trained again
     err = (tmp_path / "search.err").read_text()
     assert "joining search batch 1" in err
+
+
+@on_ray
+def test_a_stopped_node_is_redone_elsewhere_and_its_late_result_is_refused(tmp_path):
+    """SIGSTOP a node mid-job until the job was redone on another node, then SIGCONT the slot:
+    it trains on and reaches its record, which is refused. With --no-refit a search run that is
+    the best so far logs its model, so a late attempt that was not fenced would log one."""
+    args = [*_search_args(tmp_path, 6, epochs=40), "--no-refit"]
+    proc = start_on_cluster(tmp_path, 3, *args, flags=["--stop-node-mid-job"])
+    harness = _finish(proc, tmp_path)
+    stopped = harness["stopped"]
+    assert stopped and stopped.get("redone_on"), stopped  # redone while the node was stopped
+    assert stopped["redone_on"] != stopped["node"]
+    assert stopped.get("dropped"), "the resumed slot never reached its record"
+    jobs, runs = _check_totals(tmp_path, 6)
+    redone = {j.id: j for j in jobs}[stopped["job"]]
+    assert redone.state == "done" and redone.attempts == 2
+    mine = [r for r in runs if r.data.tags.get("job_key") == stopped["key"]]
+    late = [r for r in mine if r.info.status == "FAILED"]
+    assert len(mine) == 2 and len(late) == 1, [r.info.status for r in mine]
+    client, _ = mlflow_runs(tmp_path)
+    assert not client.search_logged_models(
+        experiment_ids=[late[0].info.experiment_id],
+        filter_string=f"source_run_id = '{late[0].info.run_id}'",
+    )  # no model landed in the stopped attempt's run
+    version = client.get_model_version_by_alias(MODEL, "champion")
+    assert version.run_id != late[0].info.run_id
+
+
+@on_ray
+def test_every_kill_point_kills_once_on_ray_and_the_batch_recovers(tmp_path):
+    """Each kill point of tests/test_faults.py kills one process of a 2-node run: the driver at
+    open-batch (then the plain rerun a user would type), a slot's actor at every other point (the
+    driver retries that attempt on a fresh actor). The batch ends with test_faults' guarantees:
+    N search jobs and trials finished, nothing RUNNING, the champion registered once."""
+    from bench.faults import POINTS
+    from tests.test_faults import REEVAL, assert_recovered
+
+    markers = tmp_path / "killed"
+    markers.mkdir()
+    args = ["--dataset", "digits", "--space", "smoke", "--trials", "4", "--ensemble", "1", *REEVAL]
+    proc = start_on_cluster(
+        tmp_path, 2, *args, flags=["--rerun-after-kill"], study="digits-smoke",
+        BENCH_TEST_KILL_AT=",".join(POINTS), BENCH_TEST_KILL_ONCE=str(markers),
+    )  # fmt: skip
+    harness = _finish(proc, tmp_path)
+    assert sorted(p.name for p in markers.iterdir()) == sorted(POINTS)  # each point killed once
+    assert harness.get("killed"), "the driver did not die at open-batch"
+    # 7 slot deaths; 6 attempts reaped and retried (at sync the result was recorded first: the
+    # driver only finishes its mirroring)
+    err = (tmp_path / "search.err").read_text()
+    assert err.count("its Ray actor died") == len(POINTS) - 2, _bench_lines(err)[-3000:]
+    assert_recovered(tmp_path, n=4, study="digits-smoke")
 
 
 @pytest.mark.component

@@ -13,7 +13,7 @@ import contextlib
 import json
 import math
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from bench import optuna_adapter as opt
 from bench.engine.ledger import job_tags
@@ -37,10 +37,33 @@ from bench.tracking.registry import register_champion, selection_procedure
 from bench.training import average_models, confusion, evaluate
 
 if TYPE_CHECKING:
-    from bench.engine.worker import Worker
+    from bench.data import Dataset
+    from bench.engine.interrupts import Interrupts
+    from bench.engine.ledger import Ledger
+    from bench.engine.store import JobStore
+    from bench.records import Batch
+    from bench.space import Space
+    from bench.tracking import Tracker
 
 
-def register_refit(w: Worker, job: Job, live, result, out: JobResult) -> bool:
+class Slot(Protocol):
+    """What these steps use of the slot's worker (:class:`bench.engine.worker.Worker`, which
+    calls them: this module does not import it)."""
+
+    store: JobStore
+    tracker: Tracker
+    ledger: Ledger
+    dataset: Dataset
+    batch: Batch
+    space: Space
+    study: Any
+    token: str
+    interrupts: Interrupts
+
+    def still_owns(self, job: Job, live: Any = None) -> bool: ...
+
+
+def register_refit(w: Slot, job: Job, live, result, out: JobResult) -> bool:
     """After a refit trained: make sure its model is in MLflow, register it (an ensemble's
     member is registered by the ensemble job instead). False when the attempt was given up."""
     member = is_member(job)
@@ -61,7 +84,7 @@ def register_refit(w: Worker, job: Job, live, result, out: JobResult) -> bool:
     return True
 
 
-def register(w: Worker, job: Job, out: JobResult) -> dict:
+def register(w: Slot, job: Job, out: JobResult) -> dict:
 
     s = w.batch.settings
     info = job.spec.info
@@ -114,7 +137,7 @@ def register(w: Worker, job: Job, out: JobResult) -> dict:
     return registered
 
 
-def members_of(w: Worker, job: Job, out: JobResult | None = None) -> list:
+def members_of(w: Slot, job: Job, out: JobResult | None = None) -> list:
     """The configurations a refit, ensemble or register job's model is made of, with the
     runs that trained and scored them (:class:`bench.results.champion.Member`)."""
 
@@ -153,7 +176,7 @@ def members_of(w: Worker, job: Job, out: JobResult | None = None) -> list:
     return [Member(source, config, epochs, run_of(source), None, selection=how)]
 
 
-def describe_run(w: Worker, job: Job, parts: list, description: str, registered: dict) -> None:
+def describe_run(w: Slot, job: Job, parts: list, description: str, registered: dict) -> None:
     """Put the sentence and links to the members' runs on the registered model's run, as
     its MLflow note (the run page's description); a failure costs only the note."""
 
@@ -167,7 +190,7 @@ def describe_run(w: Worker, job: Job, parts: list, description: str, registered:
     w.tracker.safe(w.tracker.set_tags, run_id, {"mlflow.note.content": note})
 
 
-def store_confusion(w: Worker, job: Job, model) -> None:
+def store_confusion(w: Slot, job: Job, model) -> None:
     """The registered model's test confusion matrix, for bench.report (reported only)."""
 
     opt.set_study_attr(
@@ -183,7 +206,7 @@ def store_confusion(w: Worker, job: Job, model) -> None:
 
 
 @contextlib.contextmanager
-def registration(w: Worker, job: Job):
+def registration(w: Slot, job: Job):
     """Registration needs the tracking store: when it fails, the job goes back to waiting
     (no attempt is lost to an outage) and this worker stops, so the batch stays open for a
     rerun or ``bench.register`` instead of finishing without a champion."""
@@ -198,7 +221,7 @@ def registration(w: Worker, job: Job):
         ) from None
 
 
-def identity(w: Worker, job: Job) -> dict[str, Any]:
+def identity(w: Slot, job: Job) -> dict[str, Any]:
     """Tags that identify a registration, so a rerun finds it instead of adding another."""
     return {
         "study_name": w.batch.study,
@@ -208,7 +231,7 @@ def identity(w: Worker, job: Job) -> dict[str, Any]:
     }
 
 
-def run_ensemble(w: Worker, job: Job) -> None:
+def run_ensemble(w: Slot, job: Job) -> None:
     """Average the refit members into one model, log it in a run of its own, register it.
 
     A rerun after a crash that followed the registration never gets here (``run_job`` finds
@@ -248,7 +271,7 @@ def run_ensemble(w: Worker, job: Job) -> None:
     run_register(w, replace(job, run_id=run_id), info.model_uri, model)
 
 
-def run_register(w: Worker, job: Job, uri: str, model=None) -> None:
+def run_register(w: Slot, job: Job, uri: str, model=None) -> None:
     """Register an already trained model: the chosen search run's own (``--no-refit``), the
     averaged ensemble (``model`` given, already in memory), or the one a refit or ensemble
     registered before its worker died."""

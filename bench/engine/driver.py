@@ -326,8 +326,9 @@ def run_batch(
         How many slots refused more work (the outcome says so; 0 on a clean run).
     """
     executor.start()
-    if executor.describe():
-        print(f"slots: {executor.describe()}", file=sys.stderr)
+    where = executor.describe()
+    if where:
+        print(f"slots: {where}", file=sys.stderr)
     free = list(range(executor.slots))
     running: dict[int, tuple[int, str]] = {}
     retired = 0

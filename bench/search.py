@@ -119,6 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue a study created with a different search space",
     )
     p.add_argument(
+        "--no-start",
+        action="store_true",
+        help="leave out the space's study.enqueue starting configurations: the sampler "
+        "proposes every trial (what the search finds by itself)",
+    )
+    p.add_argument(
         "--with-baselines",
         action="store_true",
         help="run the seed tutorials' configurations first (the built-in space 'baselines')",
@@ -203,7 +209,7 @@ def _run(args: argparse.Namespace, interrupts) -> int:
     store = JobStore(storage)
     if not args.allow_space_change:
         check_split_seed(store, study_name, args.seed)
-    if space.enqueue and n_trials:
+    if space.enqueue and n_trials and not args.no_start:
         opt.enqueue(study, space.enqueue)  # the space's starting points, once per study
     tracker = Tracker(uri, experiment)
     batch, created = open_design_batch(

@@ -191,3 +191,57 @@ def test_early_stopping_spares_decaying_schedules_unless_asked(
     result = train(_config(lr_schedule=schedule), spec, _split(), 2, seed=0)
     assert result.status == COMPLETED and result.epochs_run == epochs
     assert len(result.history["val_accuracy"]) == epochs
+
+
+def test_a_smoothed_score_ranks_epochs_by_the_mean_of_the_last_k():
+    # labels half noise, so validation accuracy moves from epoch to epoch
+    rng = np.random.default_rng(3)
+    split = _split()
+    y_val = np.where(rng.random(len(split.y_val)) < 0.4, 1 - split.y_val, split.y_val)
+    split = Split(split.x_train, split.y_train, split.x_val, y_val)
+    spec = TrainSpec(
+        max_epochs=7,
+        patience=7,
+        min_delta=0.0,
+        smooth_epochs=3,
+        validation_size=64,
+        steps_per_execution=4,
+        jit_compile=False,
+        eval_batch_size=64,
+    )
+    result = train(_config(learning_rate=3e-2), spec, split, 2, seed=0)
+    val = result.history["val_accuracy"]
+    smooth = result.history["smoothed_val_accuracy"]
+    assert len(val) == len(smooth) == 7
+    for i, s in enumerate(smooth):
+        window = val[max(0, i - 2) : i + 1]
+        assert s == pytest.approx(sum(window) / len(window))
+    # the score and the kept weights are those of the best 3-epoch mean, not the best epoch
+    assert result.value == pytest.approx(max(smooth))
+    assert result.best_epoch == smooth.index(max(smooth))
+    _, acc = result.model.evaluate(split.x_val, split.y_val, verbose=0)
+    assert acc == pytest.approx(val[result.best_epoch], abs=1e-6)
+
+
+@pytest.mark.parametrize(("min_epochs", "epochs"), [(0, 2), (4, 4), (9, 6)])
+def test_min_epochs_holds_early_stopping_back_but_keeps_the_best_epoch(min_epochs, epochs):
+    # min_delta 0.5: no epoch improves on the first, so patience 1 would stop after 2 epochs
+    spec = TrainSpec(
+        max_epochs=6,
+        patience=1,
+        min_delta=0.5,
+        min_epochs=min_epochs,
+        validation_size=300,
+        steps_per_execution=4,
+        jit_compile=False,
+    )
+    result = train(_config(), spec, _split(), 2, seed=0)
+    assert result.status == COMPLETED and result.epochs_run == epochs
+    assert result.best_epoch == 0  # the best epoch is tracked from the first, as before
+    assert result.value == pytest.approx(result.history["val_accuracy"][0])
+
+
+def test_min_epochs_does_not_hold_back_pruning():
+    spec = TrainSpec(max_epochs=6, patience=1, min_epochs=6, validation_size=300, jit_compile=False)
+    result = train(_config(), spec, _split(), 2, seed=0, on_epoch=lambda epoch, m: epoch == 1)
+    assert result.status == PRUNED and result.epochs_run == 2

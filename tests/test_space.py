@@ -120,6 +120,9 @@ def _space(params: dict | None = None, **top) -> dict:
             "val_accuracy must be maximized",
         ),
         (_space(train={"max_epochs": 0}), "train.max_epochs: must be >= 1"),
+        (_space(train={"smooth_epochs": 0}), "train.smooth_epochs: must be >= 1, got 0"),
+        (_space(train={"smooth_epochs": 1.5}), "train.smooth_epochs: must be an integer"),
+        (_space(train={"min_epochs": -1}), "train.min_epochs: must be >= 0, got -1"),
         (
             _space(_SAMPLED, study={"enqueue": [{"learning_rate": 0.5}]}),
             "study.enqueue[0].learning_rate: must be a number from 0.0001 to 0.01, got 0.5",
@@ -212,6 +215,15 @@ def test_search_hash_ignores_train_settings_but_not_params():
     )
     c = parse_space(_space({"n_layers": {"type": "int", "low": 1, "high": 4}}))
     assert a.search_hash == b.search_hash != c.search_hash
+    # a smoothed score is another score: a study cannot mix the two; smoothing off (1) is the
+    # score as before, so studies recorded before the setting existed keep their hash
+    d = parse_space(
+        _space({"n_layers": {"type": "int", "low": 1, "high": 3}}, train={"smooth_epochs": 3})
+    )
+    e = parse_space(
+        _space({"n_layers": {"type": "int", "low": 1, "high": 3}}, train={"smooth_epochs": 1})
+    )
+    assert d.search_hash != a.search_hash == e.search_hash
 
 
 def test_enqueued_configurations_are_what_the_first_trials_sample_once_per_study():

@@ -371,3 +371,24 @@ def test_the_report_says_how_the_champion_was_chosen_and_its_val_to_test_gap(sea
         )
     markdown = (folder / "reports" / STUDY / "report.md").read_text(encoding="utf-8")
     assert "## Champion (chosen by validation" in markdown
+
+
+def test_no_start_leaves_the_spaces_start_out_and_min_epochs_holds_early_stopping(tmp_path):
+    # min_delta 0.5: no epoch improves on the first, so patience 1 alone would stop at 2 epochs
+    start = {"learning_rate": 0.01}
+    space = {
+        **SPACE,
+        "study": {**SPACE["study"], "pruner": {"name": "none"}, "enqueue": [start]},
+        "train": {**SPACE["train"], "patience": 1, "min_delta": 0.5, "min_epochs": 3},
+    }
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
+    proc = run_module(
+        "bench.search", "--dataset", "digits", "--space", "space.yaml", "--trials", "2",
+        "--jobs", "1", "--quiet", "--no-register", "--no-start", cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = trials_of(tmp_path, "digits-space")
+    assert len(trials) == 2
+    assert all(t.params["learning_rate"] != start["learning_rate"] for t in trials)
+    # every search trial trained min_epochs (3) epochs before early stopping could end it
+    assert [len(t.intermediate_values) for t in trials] == [3, 3]

@@ -154,6 +154,8 @@ class Worker:
         tracking (and pruning, for the sampler's trials), record."""
         live, config = self._configure(job, runner)
         spec = self._train_spec(job)
+        if live is None:  # min_epochs keeps a pruned trial from dodging a rung; nothing else
+            spec = replace(spec, min_epochs=0)
         params = {
             **flat_config(config),
             **_train_params(spec),
@@ -370,6 +372,8 @@ def _train_params(t) -> dict[str, Any]:
         "patience": t.patience,
         "min_delta": t.min_delta,
         "early_stop_decaying": t.early_stop_decaying,
+        "smooth_epochs": t.smooth_epochs,
+        "min_epochs": t.min_epochs,
         "validation_size": t.validation_size,
         "steps_per_execution": t.steps_per_execution,
         "jit_compile": t.jit_compile,

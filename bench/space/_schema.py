@@ -142,6 +142,7 @@ _DIST_KEYS = {
 _AT_LEAST_ONE = (
     "max_epochs",
     "patience",
+    "smooth_epochs",
     "validation_size",
     "steps_per_execution",
     "eval_batch_size",
@@ -157,6 +158,8 @@ def _check_train(ctx: _Ctx, where: str, train: dict[str, Any]) -> None:
     if train.get("cv_folds", 1) > 20:
         shown = _show(train["cv_folds"])
         raise ctx.fail(f"{where}.cv_folds", f"must be 1 (off) to 20, got {shown}")
+    if train.get("min_epochs", 0) < 0:
+        raise ctx.fail(f"{where}.min_epochs", f"must be >= 0, got {_show(train['min_epochs'])}")
     if train.get("min_delta", 0) < 0:
         raise ctx.fail(f"{where}.min_delta", f"must be >= 0, got {_show(train['min_delta'])}")
     jit = train.get("jit_compile")
@@ -357,6 +360,8 @@ def parse_space(data: Any, path: str = "<space>") -> Space:
         "patience": (int, "an integer"),
         "min_delta": ((int, float), "a number"),
         "early_stop_decaying": (bool, "true or false"),
+        "smooth_epochs": (int, "an integer"),
+        "min_epochs": (int, "an integer"),
         "validation_size": (int, "an integer"),
         "steps_per_execution": (int, "an integer"),
         "jit_compile": ((bool, str), "true, false or auto"),

@@ -98,6 +98,15 @@ class TrainSpec:
     # EarlyStopping for decaying learning rates too (cosine, linear). Off: such a run trains to
     # its schedule's end, where the decay pays off; pruning still cuts the weak ones.
     early_stop_decaying: bool = False
+    # K > 1: a run scores the best mean of K consecutive epochs' validation metric, and early
+    # stopping and the kept weights follow that mean, not one epoch's value. On 5,000 validation
+    # images one epoch's accuracy is noisy (±0.4 points), so the single best epoch of a bouncing
+    # curve overstates it; a smoothed score ranks steady curves (decayed learning rates) fairly.
+    smooth_epochs: int = 1
+    # Early stopping may not end a run before this many epochs. With a successive-halving pruner
+    # set it past the last rung: a run that stops itself before a rung is never judged there and
+    # counts as completed, which the sampler ranks above every pruned run, however good.
+    min_epochs: int = 0
     validation_size: int = 5000  # the seeds' validation split of Fashion-MNIST
     steps_per_execution: int = 32  # amortises Python/dispatch overhead, the main CPU cost
     jit_compile: bool | str = "auto"  # "auto": XLA where Keras supports it
@@ -145,6 +154,8 @@ class Space:
             "baselines": [b.payload() for b in self.baselines],
             "scoring": {k: getattr(self.train, k) for k in SCORING_TRAIN_FIELDS},
         }
+        if self.train.smooth_epochs != 1:  # a smoothed score is another score (off: as before)
+            payload["scoring"]["smooth_epochs"] = self.train.smooth_epochs
         blob = json.dumps(payload, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

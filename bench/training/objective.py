@@ -114,15 +114,24 @@ def train(
     # points short). Such runs keep only the best-epoch restore unless the space asks otherwise.
     decaying = config.get("lr_schedule", "constant") != "constant"
     patience = spec.max_epochs if decaying and not spec.early_stop_decaying else spec.patience
-    stopper = keras.callbacks.EarlyStopping(
-        monitor=metric,
+    # with ``smooth_epochs: K`` the score, early stopping and the kept weights follow the mean of
+    # the last K epochs' metric (written into each epoch's logs by Watch, which runs first)
+    smooth = max(1, int(getattr(spec, "smooth_epochs", 1))) if validate else 1
+    scored = smoothed_name(metric) if smooth > 1 else metric
+    watch = _watch_class()(on_epoch, on_batch, metric, smooth)
+    # ``min_epochs``: early stopping may not end a run before it has trained that many epochs,
+    # so a run cannot stop itself short of a pruning rung and count as completed (the best
+    # epoch is still tracked from the first; pruning and divergence still stop it at once)
+    stopper = _stopper_class()(
+        not_before=int(getattr(spec, "min_epochs", 0)),
+        stopped_by_watch=lambda: watch.pruned or watch.diverged,
+        monitor=scored,
         mode=mode,
         patience=patience,
         min_delta=spec.min_delta,
         restore_best_weights=True,
     )
-    watch = _watch_class()(on_epoch, on_batch)
-    callbacks = [stopper, watch] if validate else [watch]
+    callbacks = [watch, stopper] if validate else [watch]
     if tensorboard_dir:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=tensorboard_dir))
     start = time.perf_counter()
@@ -143,7 +152,7 @@ def train(
     if watch.diverged:
         status, value, reason = DIVERGED, float("nan"), watch.reason
     else:
-        value = float(history[metric][best]) if epochs and validate else float("nan")
+        value = float(history[scored][best]) if epochs and validate else float("nan")
         status = PRUNED if watch.pruned else COMPLETED
         reason = f"pruned at epoch {epochs - 1}" if watch.pruned else ""
     return TrialResult(
@@ -161,10 +170,41 @@ def train(
     )
 
 
+def smoothed_name(metric: str) -> str:
+    """The history key of a metric's trailing mean (``smoothed_val_accuracy``)."""
+    return f"smoothed_{metric}"
+
+
+def trailing_mean(values: list[float], k: int) -> float:
+    """The mean of the last ``k`` values (of all of them while fewer than ``k`` exist)."""
+    tail = values[-k:]
+    return sum(tail) / len(tail)
+
+
 def _flops(model) -> int:
     from bench.training.model import dense_flops
 
     return dense_flops(model)
+
+
+def _stopper_class():
+    """Keras' EarlyStopping that does not stop a run before ``not_before`` epochs."""
+    import keras
+
+    class Stopper(keras.callbacks.EarlyStopping):
+        def __init__(self, not_before: int, stopped_by_watch: Callable[[], bool], **kwargs):
+            super().__init__(**kwargs)
+            self.not_before = not_before
+            self.stopped_by_watch = stopped_by_watch
+
+        def on_epoch_end(self, epoch, logs=None):
+            super().on_epoch_end(epoch, logs)
+            too_soon = epoch + 1 < self.not_before and self.stopped_epoch == epoch
+            if too_soon and self.model.stop_training and not self.stopped_by_watch():
+                self.model.stop_training = False  # patience ran out early: train on, best kept
+                self.stopped_epoch = 0
+
+    return Stopper
 
 
 def _watch_class():
@@ -174,8 +214,16 @@ def _watch_class():
     class Watch(keras.callbacks.Callback):
         """Collects per-epoch metrics, stops on divergence, relays epochs to the hook."""
 
-        def __init__(self, hook: EpochHook | None, on_batch: Callable[[], None] | None):
+        def __init__(
+            self,
+            hook: EpochHook | None,
+            on_batch: Callable[[], None] | None,
+            metric: str = "val_accuracy",
+            smooth: int = 1,
+        ):
             super().__init__()
+            self.metric = metric
+            self.smooth = smooth
             self.hook = hook
             self.on_batch = on_batch
             self.history: dict[str, list[float]] = {}
@@ -198,6 +246,9 @@ def _watch_class():
                 self.on_batch()
 
         def on_epoch_end(self, epoch, logs=None):
+            if self.smooth > 1 and logs is not None and self.metric in logs:
+                past = [*self.history.get(self.metric, []), float(logs[self.metric])]
+                logs[smoothed_name(self.metric)] = trailing_mean(past, self.smooth)
             metrics = {k: float(v) for k, v in (logs or {}).items()}
             metrics["learning_rate"] = float(
                 keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)

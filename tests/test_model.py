@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -199,16 +200,7 @@ def test_a_smoothed_score_ranks_epochs_by_the_mean_of_the_last_k():
     split = _split()
     y_val = np.where(rng.random(len(split.y_val)) < 0.4, 1 - split.y_val, split.y_val)
     split = Split(split.x_train, split.y_train, split.x_val, y_val)
-    spec = TrainSpec(
-        max_epochs=7,
-        patience=7,
-        min_delta=0.0,
-        smooth_epochs=3,
-        validation_size=64,
-        steps_per_execution=4,
-        jit_compile=False,
-        eval_batch_size=64,
-    )
+    spec = replace(SPEC, max_epochs=7, patience=7, smooth_epochs=3)
     result = train(_config(learning_rate=3e-2), spec, split, 2, seed=0)
     val = result.history["val_accuracy"]
     smooth = result.history["smoothed_val_accuracy"]
@@ -226,15 +218,7 @@ def test_a_smoothed_score_ranks_epochs_by_the_mean_of_the_last_k():
 @pytest.mark.parametrize(("min_epochs", "epochs"), [(0, 2), (4, 4), (9, 6)])
 def test_min_epochs_holds_early_stopping_back_but_keeps_the_best_epoch(min_epochs, epochs):
     # min_delta 0.5: no epoch improves on the first, so patience 1 would stop after 2 epochs
-    spec = TrainSpec(
-        max_epochs=6,
-        patience=1,
-        min_delta=0.5,
-        min_epochs=min_epochs,
-        validation_size=300,
-        steps_per_execution=4,
-        jit_compile=False,
-    )
+    spec = replace(SPEC, max_epochs=6, patience=1, min_delta=0.5, min_epochs=min_epochs)
     result = train(_config(), spec, _split(), 2, seed=0)
     assert result.status == COMPLETED and result.epochs_run == epochs
     assert result.best_epoch == 0  # the best epoch is tracked from the first, as before
@@ -242,6 +226,6 @@ def test_min_epochs_holds_early_stopping_back_but_keeps_the_best_epoch(min_epoch
 
 
 def test_min_epochs_does_not_hold_back_pruning():
-    spec = TrainSpec(max_epochs=6, patience=1, min_epochs=6, validation_size=300, jit_compile=False)
+    spec = replace(SPEC, max_epochs=6, patience=1, min_epochs=6)
     result = train(_config(), spec, _split(), 2, seed=0, on_epoch=lambda epoch, m: epoch == 1)
     assert result.status == PRUNED and result.epochs_run == 2

@@ -116,14 +116,14 @@ def train(
     patience = spec.max_epochs if decaying and not spec.early_stop_decaying else spec.patience
     # with ``smooth_epochs: K`` the score, early stopping and the kept weights follow the mean of
     # the last K epochs' metric (written into each epoch's logs by Watch, which runs first)
-    smooth = max(1, int(getattr(spec, "smooth_epochs", 1))) if validate else 1
+    smooth = spec.smooth_epochs if validate else 1  # the space file checks it is >= 1
     scored = smoothed_name(metric) if smooth > 1 else metric
     watch = _watch_class()(on_epoch, on_batch, metric, smooth)
     # ``min_epochs``: early stopping may not end a run before it has trained that many epochs,
     # so a run cannot stop itself short of a pruning rung and count as completed (the best
     # epoch is still tracked from the first; pruning and divergence still stop it at once)
     stopper = _stopper_class()(
-        not_before=int(getattr(spec, "min_epochs", 0)),
+        not_before=spec.min_epochs,
         stopped_by_watch=lambda: watch.pruned or watch.diverged,
         monitor=scored,
         mode=mode,

@@ -7,6 +7,12 @@
         --budget-from-harness   # or --budget-seconds 720: the peer gets the whole 12 minutes
     python benchmarks/peer_keras_tuner.py --dataset digits --budget-seconds 30 --seeds 0   # smoke
 
+Two fair pairings (issue #22): neither tool given a start (the harness with ``-- --no-start``,
+the peer as it is), or both given the same one (the harness as it is, the peer with ``--start``,
+which makes the space's ``study.enqueue`` configurations KerasTuner's first trials: they enter
+Hyperband's first bracket like any sampled configuration, and are cut if they fall behind, as the
+harness's start is pruned if it falls behind).
+
 The peer is what a careful KerasTuner user would write for this task: ``kt.Hyperband`` (max 36
 epochs, factor 3, seeded) over the parameters of ``search_spaces/mlp.yaml``, sampled by
 KerasTuner's own ``hp`` API through bench's ``suggest`` (so ranges, log scales and per-layer
@@ -110,7 +116,7 @@ def run_seed(args, seed: int, clock_start: float) -> dict:
     warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
 
     from bench.data import load_dataset, validation_split
-    from bench.space import flat_config, load_space, suggest
+    from bench.space import flat_config, load_space, start_configs, suggest
 
     build_mlp, make_optimizer = _model_functions()
     deadline = clock_start + args.budget_seconds
@@ -176,7 +182,17 @@ def run_seed(args, seed: int, clock_start: float) -> dict:
                 **fit_kwargs,
             )
 
+    # ``--start``: the space's enqueued configurations, as the parameter names that ``suggest``
+    # asks KerasTuner for (units_0, units_1, ...), handed out before any random draw
+    starts = [dict(params) for params in space.enqueue] if args.start else []
+    start_list = start_configs(space) if args.start else []
+
     class DeadlineHyperbandOracle(kt.oracles.HyperbandOracle):
+        def _random_values(self):
+            if starts:
+                return starts.pop(0)
+            return super()._random_values()
+
         def populate_space(self, trial_id):
             if time.time() >= deadline:
                 return {"status": "STOPPED"}
@@ -194,8 +210,11 @@ def run_seed(args, seed: int, clock_start: float) -> dict:
             done = len(self.oracle.end_order)
             value = self.oracle.get_trial(trial.trial_id).score
             score = "—" if value is None else f"{value:.4f}"
+            values = self.oracle.get_trial(trial.trial_id).hyperparameters.values
+            mark = " (the start)" if suggest(_Replay(values), space) in start_list else ""
             print(
-                f"seed {seed} trial {done}: val {score} after {time.time() - clock_start:.0f} s",
+                f"seed {seed} trial {done}: val {score}{mark} after "
+                f"{time.time() - clock_start:.0f} s",
                 file=sys.stderr,
                 flush=True,
             )
@@ -248,6 +267,8 @@ def run_seed(args, seed: int, clock_start: float) -> dict:
         "best_val": best_val,
         "test_acc": test_acc,
         "best_config": flat_config(best_config),
+        "start": bool(args.start),
+        "best_is_start": bool(best_config) and best_config in start_list,
         "keras_tuner": kt.__version__,
     }
 
@@ -371,6 +392,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="search space, name or path (mlp; smoke for digits, whose 1,797 images cannot "
         "spare mlp's 5,000-image validation split)",
     )
+    p.add_argument(
+        "--start",
+        action="store_true",
+        help="KerasTuner's first trials are the space's study.enqueue configurations (the start "
+        "the harness's search gets unless it runs with --no-start)",
+    )
     p.add_argument("--max-epochs", type=int, default=MAX_EPOCHS, help=f"({MAX_EPOCHS})")
     p.add_argument("--factor", type=int, default=FACTOR, help=f"Hyperband factor ({FACTOR})")
     p.add_argument(
@@ -395,6 +422,8 @@ def child_command(args, seed: int, clock_start: float, budget: float, out: Path)
     cmd += ["--max-epochs", str(args.max_epochs), "--factor", str(args.factor), "--out", str(out)]
     if args.data_dir:
         cmd += ["--data-dir", args.data_dir]
+    if args.start:
+        cmd.append("--start")
     return cmd
 
 
@@ -433,6 +462,7 @@ def main(argv=None) -> None:
             "space": args.space,
             "max_epochs": args.max_epochs,
             "factor": args.factor,
+            "start": bool(args.start),
             "cores": os.cpu_count(),
         },
         "runs": {str(s): r for s, r in peer.items()},

@@ -112,6 +112,14 @@ def _space(params: dict | None = None, **top) -> dict:
         ),
         (_space(study={"sampler": {"name": "cmaes"}}), "study.sampler.name: must be one of"),
         (
+            _space(study={"sampler": {"name": "tpe", "gamma": 1.5}}),
+            "study.sampler.gamma: must be between 0 and 1, got 1.5",
+        ),
+        (
+            _space(study={"sampler": {"name": "tpe", "gamma": "top"}}),
+            "study.sampler.gamma: must be a number or null, got str",
+        ),
+        (
             _space(study={"pruner": {"name": "median", "n_warmup": 2}}),
             "did you mean 'n_warmup_steps'?",
         ),

@@ -16,6 +16,7 @@ come back as :class:`TrialView` records.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import time
@@ -143,7 +144,19 @@ def make_sampler(space: Space, seed: int | None):
         group=s.multivariate,
         n_startup_trials=s.n_startup_trials,
         constant_liar=True,
+        gamma=None if s.gamma is None else _Gamma(s.gamma),
     )
+
+
+@dataclass(frozen=True)
+class _Gamma:
+    """TPE's split: the best ``fraction`` of the finished trials (at least 1, at most 25) are
+    modelled as good. A class, not a lambda, so the sampler stays picklable for Ray."""
+
+    fraction: float
+
+    def __call__(self, n: int) -> int:
+        return max(1, min(math.ceil(self.fraction * n), 25))
 
 
 def make_pruner(space: Space):

@@ -327,8 +327,13 @@ def parse_space(data: Any, path: str = "<space>") -> Space:
             "seed": ((int, type(None)), "an integer or null"),
             "multivariate": (bool, "true or false"),
             "n_startup_trials": (int, "an integer"),
+            "gamma": ((int, float, type(None)), "a number or null"),
         },
     )
+    if sampler.gamma is not None and not 0 < sampler.gamma < 1:
+        raise ctx.fail(
+            "study.sampler.gamma", f"must be between 0 and 1, got {_show(sampler.gamma)}"
+        )
     if sampler.name not in SAMPLERS:
         raise ctx.fail(
             "study.sampler.name", f"must be one of {list(SAMPLERS)}, got {_show(sampler.name)}"

@@ -225,7 +225,7 @@ def test_sampler_gamma_is_the_good_fraction_and_survives_pickling(space):
     import pickle
 
     tuned = dataclasses.replace(space, sampler=dataclasses.replace(space.sampler, gamma=0.25))
-    sampler = pickle.loads(pickle.dumps(opt.make_sampler(tuned, seed=0)))  # Ray ships it
+    sampler = pickle.loads(pickle.dumps(opt.make_sampler(tuned, seed=0)))
     # the best quarter of the finished trials, at least 1 and at most 25 (Optuna's cap)
     assert [sampler._gamma(n) for n in (1, 10, 50, 200)] == [1, 3, 13, 25]
     assert not isinstance(opt.make_sampler(space, seed=0)._gamma, opt._Gamma)  # Optuna's own

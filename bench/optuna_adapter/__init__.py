@@ -151,7 +151,8 @@ def make_sampler(space: Space, seed: int | None):
 @dataclass(frozen=True)
 class _Gamma:
     """TPE's split: the best ``fraction`` of the finished trials (at least 1, at most 25) are
-    modelled as good. A class, not a lambda, so the sampler stays picklable for Ray."""
+    modelled as good. A class, not a lambda: a sampler holding it still pickles, as Optuna's
+    samplers do (its own default is a plain function)."""
 
     fraction: float
 

@@ -138,13 +138,15 @@ def make_sampler(space: Space, seed: int | None):
     seed = s.seed if seed is None else seed
     if s.name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
+    # unset: Optuna's own default (Optuna 4.5 takes no None for it, Optuna 5 does)
+    extra = {} if s.gamma is None else {"gamma": _Gamma(s.gamma)}
     return optuna.samplers.TPESampler(
         seed=seed,
         multivariate=s.multivariate,
         group=s.multivariate,
         n_startup_trials=s.n_startup_trials,
         constant_liar=True,
-        gamma=None if s.gamma is None else _Gamma(s.gamma),
+        **extra,
     )
 
 

@@ -208,10 +208,13 @@ def run_seed(args, seed: int, clock_start: float) -> dict:
         def on_trial_end(self, trial):
             super().on_trial_end(trial)
             done = len(self.oracle.end_order)
-            value = self.oracle.get_trial(trial.trial_id).score
+            done_trial = self.oracle.get_trial(trial.trial_id)
+            value = done_trial.score
             score = "—" if value is None else f"{value:.4f}"
-            values = self.oracle.get_trial(trial.trial_id).hyperparameters.values
-            mark = " (the start)" if suggest(_Replay(values), space) in start_list else ""
+            values = done_trial.hyperparameters.values
+            # only with --start: without one no trial is replayed through the space's rules
+            is_start = bool(start_list) and suggest(_Replay(values), space) in start_list
+            mark = " (the start)" if is_start else ""
             print(
                 f"seed {seed} trial {done}: val {score}{mark} after "
                 f"{time.time() - clock_start:.0f} s",
